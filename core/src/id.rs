@@ -1,0 +1,54 @@
+use crate::{Result, StoreError};
+
+/// The longest session id a store accepts, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Checks that `id` is a valid session id: 1 to [`MAX_ID_LEN`] bytes, each printable ASCII
+/// (0x21 to 0x7E, so no spaces or control characters).
+///
+/// The error message never repeats the id: ids are secrets.
+pub fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(StoreError::invalid("session id is empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(StoreError::invalid(format!(
+            "session id is {} bytes, over the limit of {MAX_ID_LEN}",
+            id.len()
+        )));
+    }
+    if let Some(pos) = id.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(StoreError::invalid(format!(
+            "session id has a byte outside printable ASCII at position {pos}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_printable_ascii_up_to_the_limit() {
+        assert!(validate_id("a").is_ok());
+        assert!(validate_id("!~").is_ok());
+        assert!(validate_id(&"x".repeat(MAX_ID_LEN)).is_ok());
+    }
+
+    #[test]
+    fn rejects_empty_long_and_unprintable() {
+        for bad in [
+            String::new(),
+            "x".repeat(MAX_ID_LEN + 1),
+            "has space".to_owned(),
+            "tab\t".to_owned(),
+            "nul\0".to_owned(),
+            "del\x7f".to_owned(),
+            "é".to_owned(),
+        ] {
+            let err = validate_id(&bad).unwrap_err();
+            assert!(matches!(err, StoreError::InvalidArgument(_)), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,884 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::Notify;
+
+use crate::{
+    Clock, Expiry, Result, Save, Saved, SessionData, SessionRecord, SessionStore, StoreError,
+    data_size, validate_id,
+};
+
+/// Shards in the map. Each operation locks one shard, and the sweeper locks one shard at a time,
+/// so many shards keep both contention and the sweeper's pauses small: with a million sessions a
+/// shard holds about a thousand.
+const SHARDS: usize = 1024;
+
+/// An expiring, versioned, in-memory session store.
+///
+/// It is what `gonest-sessiond` serves and what single-instance apps and tests use in-process.
+/// It follows every rule of the [data model](crate): an expired record is absent for every
+/// operation, even before the sweeper removes it.
+///
+/// Clones share the same sessions. When built inside a tokio runtime, a sweeper task removes
+/// expired records every sweep interval (5 minutes unless set) and stops when the last clone is
+/// dropped.
+#[derive(Clone, Debug)]
+pub struct MemorySessionStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    /// Session id to record. Expired records stay until the sweeper or an access removes them.
+    map: DashMap<String, Entry_>,
+    /// The clock every expiry is computed and checked against.
+    clock: Clock,
+    /// Limits and defaults.
+    config: Config,
+    /// Records in `map`, kept alongside it so that `--max-sessions` is exact under concurrency
+    /// and reading the count does not lock every shard.
+    stored: AtomicU64,
+    /// Records removed because they had expired, by the sweeper or on access.
+    expired_removed: AtomicU64,
+    /// Sweeps run.
+    sweeps: AtomicU64,
+    /// Wakes the sweeper task so it stops, when the store is dropped.
+    stop_sweeper: Arc<Notify>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_sweeper.notify_one();
+    }
+}
+
+/// A stored record, without its id (the map's key).
+#[derive(Debug, Clone)]
+struct Entry_ {
+    data: SessionData,
+    created_at: SystemTime,
+    expires_at: SystemTime,
+    version: u64,
+}
+
+impl Entry_ {
+    fn is_live(&self, now: SystemTime) -> bool {
+        self.expires_at > now
+    }
+
+    fn to_record(&self, id: &str) -> SessionRecord {
+        SessionRecord {
+            id: id.to_owned(),
+            data: self.data.clone(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            version: self.version,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    default_ttl: Duration,
+    max_ttl: Duration,
+    max_session_bytes: usize,
+    max_sessions: u64,
+    sweep_interval: Option<Duration>,
+}
+
+/// Counters of a [`MemorySessionStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Records stored now, including expired ones the sweeper has not removed yet.
+    pub live_sessions: u64,
+    /// Records removed because they expired, by the sweeper or on access.
+    pub expired_removed_total: u64,
+    /// Sweeps run.
+    pub sweeps_total: u64,
+}
+
+/// Configures a [`MemorySessionStore`]; from [`MemorySessionStore::builder`].
+#[derive(Debug, Clone)]
+pub struct MemorySessionStoreBuilder {
+    config: Config,
+}
+
+impl Default for MemorySessionStoreBuilder {
+    fn default() -> Self {
+        Self {
+            config: Config {
+                default_ttl: MemorySessionStore::DEFAULT_TTL,
+                max_ttl: MemorySessionStore::DEFAULT_MAX_TTL,
+                max_session_bytes: MemorySessionStore::DEFAULT_MAX_SESSION_BYTES,
+                max_sessions: 0,
+                sweep_interval: Some(MemorySessionStore::DEFAULT_SWEEP_INTERVAL),
+            },
+        }
+    }
+}
+
+impl MemorySessionStoreBuilder {
+    /// The lifetime of a session saved with [`Expiry::Default`] (default 24 hours).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.config.default_ttl = ttl;
+        self
+    }
+
+    /// The longest lifetime a save or touch may ask for (default 30 days).
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.config.max_ttl = ttl;
+        self
+    }
+
+    /// The largest session, keys plus values, in bytes (default 1 MiB).
+    pub fn max_session_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_session_bytes = bytes;
+        self
+    }
+
+    /// The most sessions stored at once; 0, the default, means no limit. Saves to existing
+    /// sessions still succeed at the limit.
+    pub fn max_sessions(mut self, sessions: u64) -> Self {
+        self.config.max_sessions = sessions;
+        self
+    }
+
+    /// How often the sweeper removes expired records; `None` runs no sweeper (expired records
+    /// are then removed only when accessed, or by calling [`MemorySessionStore::sweep`]).
+    pub fn sweep_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.sweep_interval = interval;
+        self
+    }
+
+    /// Builds the store, and starts its sweeper when called inside a tokio runtime.
+    ///
+    /// Fails when a duration is zero or the default TTL is longer than the maximum TTL.
+    pub fn build(self) -> Result<MemorySessionStore> {
+        let config = self.config;
+        if config.default_ttl.is_zero() {
+            return Err(StoreError::invalid("default ttl must be positive"));
+        }
+        if config.max_ttl < config.default_ttl {
+            return Err(StoreError::invalid(format!(
+                "default ttl ({:?}) is longer than the maximum ttl ({:?})",
+                config.default_ttl, config.max_ttl
+            )));
+        }
+        if config.sweep_interval.is_some_and(|i| i.is_zero()) {
+            return Err(StoreError::invalid("sweep interval must be positive"));
+        }
+        let sweep_interval = config.sweep_interval;
+        let store = MemorySessionStore {
+            inner: Arc::new(Inner {
+                map: DashMap::with_shard_amount(SHARDS),
+                clock: Clock::new(),
+                config,
+                stored: AtomicU64::new(0),
+                expired_removed: AtomicU64::new(0),
+                sweeps: AtomicU64::new(0),
+                stop_sweeper: Arc::new(Notify::new()),
+            }),
+        };
+        if let (Some(interval), Ok(runtime)) =
+            (sweep_interval, tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(crate::sweeper::run(
+                Arc::downgrade(&store.inner),
+                store.inner.stop_sweeper.clone(),
+                interval,
+            ));
+        }
+        Ok(store)
+    }
+}
+
+impl MemorySessionStore {
+    /// The default lifetime of a session: 24 hours.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+    /// The default longest lifetime a save may ask for: 30 days.
+    pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+    /// The default largest session: 1 MiB.
+    pub const DEFAULT_MAX_SESSION_BYTES: usize = 1024 * 1024;
+    /// The default sweep interval: 5 minutes.
+    pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+    /// A store whose sessions live `max_age` unless a save says otherwise, swept every
+    /// 5 minutes; like the seed's `NewMemorySessionStore(maxAge)`. The maximum TTL is 30 days or
+    /// `max_age`, whichever is longer.
+    ///
+    /// # Panics
+    /// When `max_age` is zero. Use [`builder`](Self::builder) to handle that as an error.
+    pub fn new(max_age: Duration) -> Self {
+        Self::builder()
+            .default_ttl(max_age)
+            .max_ttl(max_age.max(Self::DEFAULT_MAX_TTL))
+            .build()
+            .expect("MemorySessionStore::new: max_age must be positive")
+    }
+
+    /// A builder for a store with other limits.
+    pub fn builder() -> MemorySessionStoreBuilder {
+        MemorySessionStoreBuilder::default()
+    }
+
+    /// The store's clock; every expiry is computed from it.
+    pub fn clock(&self) -> Clock {
+        self.inner.clock
+    }
+
+    /// The store's counters.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            live_sessions: self.inner.stored.load(Ordering::Relaxed),
+            expired_removed_total: self.inner.expired_removed.load(Ordering::Relaxed),
+            sweeps_total: self.inner.sweeps.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Removes every expired record now and returns how many it removed.
+    ///
+    /// It locks one shard at a time, so operations on other shards go on meanwhile. It does not
+    /// yield to the async runtime: from async code call it on a blocking thread (the sweeper
+    /// task does).
+    pub fn sweep(&self) -> u64 {
+        self.inner.sweep()
+    }
+
+    /// Reads a session now. The same as [`SessionStore::get`], without the future.
+    pub fn get_now(&self, id: &str) -> Result<Option<SessionRecord>> {
+        validate_id(id)?;
+        let now = self.inner.clock.now();
+        if let Some(entry) = self.inner.map.get(id) {
+            if entry.is_live(now) {
+                return Ok(Some(entry.to_record(id)));
+            }
+        } else {
+            return Ok(None);
+        }
+        self.inner.remove_expired(id, now);
+        Ok(None)
+    }
+
+    /// Saves a session now. The same as [`SessionStore::save`], without the future.
+    pub fn save_now(&self, save: Save) -> Result<Saved> {
+        let inner = &*self.inner;
+        validate_id(&save.id)?;
+        let size = data_size(&save.data);
+        if size > inner.config.max_session_bytes {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: inner.config.max_session_bytes,
+            });
+        }
+        let now = inner.clock.now();
+        let expires_at = inner.expires_at(save.expiry, now)?;
+        let fresh = |data| Entry_ {
+            data,
+            created_at: now,
+            expires_at,
+            version: 1,
+        };
+        let check_absent = |expected: Option<u64>| match expected {
+            None | Some(0) => Ok(()),
+            Some(expected) => Err(StoreError::Conflict {
+                expected,
+                actual: None,
+            }),
+        };
+        let entry = match inner.map.entry(save.id) {
+            Entry::Occupied(mut occupied) => {
+                let current = occupied.get_mut();
+                if current.is_live(now) {
+                    if let Some(expected) = save.expected_version
+                        && expected != current.version
+                    {
+                        return Err(StoreError::Conflict {
+                            expected,
+                            actual: Some(current.version),
+                        });
+                    }
+                    current.data = save.data;
+                    current.expires_at = expires_at;
+                    current.version += 1;
+                } else {
+                    // An expired record is absent: the save creates a new session in its place.
+                    check_absent(save.expected_version)?;
+                    *current = fresh(save.data);
+                    inner.expired_removed.fetch_add(1, Ordering::Relaxed);
+                }
+                current.clone_meta()
+            }
+            Entry::Vacant(vacant) => {
+                check_absent(save.expected_version)?;
+                inner.reserve_slot()?;
+                vacant.insert(fresh(save.data)).clone_meta()
+            }
+        };
+        Ok(entry)
+    }
+
+    /// Destroys a session now. The same as [`SessionStore::destroy`], without the future.
+    pub fn destroy_now(&self, id: &str) -> Result<bool> {
+        validate_id(id)?;
+        let now = self.inner.clock.now();
+        match self.inner.map.remove(id) {
+            Some((_, entry)) => {
+                self.inner.stored.fetch_sub(1, Ordering::Relaxed);
+                let live = entry.is_live(now);
+                if !live {
+                    self.inner.expired_removed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(live)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Touches a session now. The same as [`SessionStore::touch`], without the future.
+    pub fn touch_now(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
+        validate_id(id)?;
+        let now = self.inner.clock.now();
+        let expires_at = self
+            .inner
+            .expires_at(ttl.map_or(Expiry::Default, Expiry::Ttl), now)?;
+        match self.inner.map.get_mut(id) {
+            Some(mut entry) if entry.is_live(now) => {
+                entry.expires_at = expires_at;
+                return Ok(Some(expires_at));
+            }
+            Some(_) => {}
+            None => return Ok(None),
+        }
+        self.inner.remove_expired(id, now);
+        Ok(None)
+    }
+
+    /// Puts a record back exactly as it was, keeping its version, `created_at` and `expires_at`
+    /// (as when loading a snapshot). An expired record is skipped and `false` returned. Limits
+    /// on size and count are not applied: the record was accepted once already.
+    pub fn restore(&self, record: SessionRecord) -> Result<bool> {
+        validate_id(&record.id)?;
+        if record.expires_at <= self.inner.clock.now() {
+            return Ok(false);
+        }
+        let entry = Entry_ {
+            data: record.data,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            version: record.version,
+        };
+        if self.inner.map.insert(record.id, entry).is_none() {
+            self.inner.stored.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
+    /// Calls `f` with every live record, one shard at a time (as when writing a snapshot).
+    /// Records saved meanwhile may or may not be seen.
+    pub fn for_each_live(&self, mut f: impl FnMut(SessionRecord)) {
+        let now = self.inner.clock.now();
+        for item in self.inner.map.iter() {
+            if item.is_live(now) {
+                f(item.to_record(item.key()));
+            }
+        }
+    }
+}
+
+impl Entry_ {
+    fn clone_meta(&self) -> Saved {
+        Saved {
+            version: self.version,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+impl Inner {
+    /// Computes when a session saved or touched now with `expiry` expires.
+    fn expires_at(&self, expiry: Expiry, now: SystemTime) -> Result<SystemTime> {
+        let ttl = match expiry {
+            Expiry::Default => self.config.default_ttl,
+            Expiry::Ttl(ttl) => ttl,
+            Expiry::At(at) => match at.duration_since(now) {
+                Ok(ttl) if !ttl.is_zero() => ttl,
+                _ => return Err(StoreError::invalid("expires_at is not in the future")),
+            },
+        };
+        if ttl.is_zero() {
+            return Err(StoreError::invalid("ttl must be positive"));
+        }
+        if ttl > self.config.max_ttl {
+            return Err(StoreError::invalid(format!(
+                "ttl of {}s is over the maximum of {}s",
+                ttl.as_secs(),
+                self.config.max_ttl.as_secs()
+            )));
+        }
+        Ok(now + ttl)
+    }
+
+    /// Counts a new record against `max_sessions`, or fails when the store is full.
+    fn reserve_slot(&self) -> Result<()> {
+        let limit = self.config.max_sessions;
+        let before = self.stored.fetch_add(1, Ordering::Relaxed);
+        if limit != 0 && before >= limit {
+            self.stored.fetch_sub(1, Ordering::Relaxed);
+            return Err(StoreError::TooManySessions { limit });
+        }
+        Ok(())
+    }
+
+    /// Removes `id` if it is still expired at `now` (it may have been saved again meanwhile).
+    fn remove_expired(&self, id: &str, now: SystemTime) {
+        if self
+            .map
+            .remove_if(id, |_, entry| !entry.is_live(now))
+            .is_some()
+        {
+            self.stored.fetch_sub(1, Ordering::Relaxed);
+            self.expired_removed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn sweep(&self) -> u64 {
+        let now = self.clock.now();
+        let mut removed = 0;
+        // `retain` write-locks one shard at a time, so a sweep never holds more than one shard.
+        self.map.retain(|_, entry| {
+            let live = entry.is_live(now);
+            removed += u64::from(!live);
+            live
+        });
+        self.stored.fetch_sub(removed, Ordering::Relaxed);
+        self.expired_removed.fetch_add(removed, Ordering::Relaxed);
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
+        removed
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemorySessionStore {
+    async fn get(&self, id: &str) -> Result<Option<SessionRecord>> {
+        self.get_now(id)
+    }
+
+    async fn save(&self, save: Save) -> Result<Saved> {
+        self.save_now(save)
+    }
+
+    async fn destroy(&self, id: &str) -> Result<bool> {
+        self.destroy_now(id)
+    }
+
+    async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
+        self.touch_now(id, ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn data(pairs: &[(&str, &str)]) -> SessionData {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn store() -> MemorySessionStore {
+        MemorySessionStore::builder()
+            .default_ttl(HOUR)
+            .max_ttl(24 * HOUR)
+            .sweep_interval(None)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn version_starts_at_one_and_counts_saves() {
+        let store = store();
+        let first = store
+            .save(Save::new("s1", data(&[("a", "1")])))
+            .await
+            .unwrap();
+        assert_eq!(first.version, 1);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let second = store
+            .save(Save::new("s1", data(&[("a", "2")])))
+            .await
+            .unwrap();
+        assert_eq!(second.version, 2);
+        assert_eq!(second.created_at, first.created_at, "created_at is kept");
+        assert_eq!(
+            second.expires_at,
+            first.expires_at + Duration::from_secs(10)
+        );
+        let record = store.get("s1").await.unwrap().unwrap();
+        assert_eq!(record.version, 2);
+        assert_eq!(record.data, data(&[("a", "2")]));
+        assert_eq!(record.created_at, first.created_at);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_records_are_absent_for_every_operation() {
+        let store = store();
+        store
+            .save(Save::new("s1", data(&[("a", "1")])).ttl(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(store.get("s1").await.unwrap().is_some());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // expires_at == now: no longer in the future, so gone.
+        assert_eq!(store.get("s1").await.unwrap(), None);
+        assert_eq!(store.stats().expired_removed_total, 1);
+
+        store
+            .save(Save::new("s2", data(&[])).ttl(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(store.touch("s2", None).await.unwrap(), None);
+
+        store
+            .save(Save::new("s3", data(&[])).ttl(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(
+            !store.destroy("s3").await.unwrap(),
+            "expired is not 'existed'"
+        );
+
+        store
+            .save(Save::new("s4", data(&[("old", "x")])).ttl(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let err = store
+            .save(Save::new("s4", data(&[])).expected_version(1))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            StoreError::Conflict {
+                expected: 1,
+                actual: None
+            }
+        );
+        let created = store
+            .save(Save::new("s4", data(&[("new", "y")])).expected_version(0))
+            .await
+            .unwrap();
+        assert_eq!(
+            created.version, 1,
+            "an expired record is replaced, not continued"
+        );
+        assert_eq!(store.stats().live_sessions, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expected_version_guards_saves_and_a_conflict_changes_nothing() {
+        let store = store();
+        store
+            .save(Save::new("s", data(&[("k", "v1")])).expected_version(0))
+            .await
+            .unwrap();
+        let err = store
+            .save(Save::new("s", data(&[("k", "again")])).expected_version(0))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            StoreError::Conflict {
+                expected: 0,
+                actual: Some(1)
+            }
+        );
+        let err = store
+            .save(Save::new("s", data(&[("k", "stale")])).expected_version(7))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("expected version 7"), "{err}");
+        let record = store.get("s").await.unwrap().unwrap();
+        assert_eq!((record.version, record.data), (1, data(&[("k", "v1")])));
+
+        let saved = store
+            .save(Save::new("s", data(&[("k", "v2")])).expected_version(1))
+            .await
+            .unwrap();
+        assert_eq!(saved.version, 2);
+        let err = store
+            .save(Save::new("absent", data(&[])).expected_version(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { actual: None, .. }));
+        assert_eq!(store.get("absent").await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_comes_from_ttl_then_absolute_then_default() {
+        let store = store();
+        let now = store.clock().now();
+        let saved = store.save(Save::new("d", data(&[]))).await.unwrap();
+        assert_eq!(saved.expires_at, now + HOUR);
+        let saved = store
+            .save(Save::new("t", data(&[])).ttl(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert_eq!(saved.expires_at, now + Duration::from_secs(30));
+        let at = now + 2 * HOUR;
+        let mut save = Save::new("a", data(&[]));
+        save.expiry = Expiry::At(at);
+        assert_eq!(store.save(save).await.unwrap().expires_at, at);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_ttls_and_expiries_are_invalid_and_store_nothing() {
+        let store = store();
+        let now = store.clock().now();
+        let cases = [
+            Expiry::Ttl(Duration::ZERO),
+            Expiry::Ttl(25 * HOUR),
+            Expiry::At(now),
+            Expiry::At(now - Duration::from_secs(1)),
+            Expiry::At(now + 25 * HOUR),
+        ];
+        for expiry in cases {
+            let mut save = Save::new("s", data(&[]));
+            save.expiry = expiry;
+            let err = store.save(save).await.unwrap_err();
+            assert!(matches!(err, StoreError::InvalidArgument(_)), "{expiry:?}");
+        }
+        assert_eq!(store.get("s").await.unwrap(), None);
+        assert!(matches!(
+            store.touch("s", Some(Duration::ZERO)).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn bad_ids_are_invalid_for_every_operation() {
+        let store = store();
+        for id in ["", "with space", "\u{7f}"] {
+            assert!(matches!(
+                store.get(id).await,
+                Err(StoreError::InvalidArgument(_))
+            ));
+            assert!(matches!(
+                store.save(Save::new(id, data(&[]))).await,
+                Err(StoreError::InvalidArgument(_))
+            ));
+            assert!(matches!(
+                store.destroy(id).await,
+                Err(StoreError::InvalidArgument(_))
+            ));
+            assert!(matches!(
+                store.touch(id, None).await,
+                Err(StoreError::InvalidArgument(_))
+            ));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn touch_extends_without_changing_version_or_data() {
+        let store = store();
+        let saved = store
+            .save(Save::new("s", data(&[("k", "v")])).ttl(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(50)).await;
+        let expires = store
+            .touch("s", Some(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(expires, saved.expires_at + Duration::from_secs(50));
+        tokio::time::advance(Duration::from_secs(50)).await;
+        let record = store.get("s").await.unwrap().unwrap();
+        assert_eq!(record.version, 1);
+        assert_eq!(record.expires_at, expires);
+        assert_eq!(record.data, data(&[("k", "v")]));
+        assert_eq!(store.touch("missing", None).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn destroy_is_idempotent() {
+        let store = store();
+        store.save(Save::new("s", data(&[]))).await.unwrap();
+        assert!(store.destroy("s").await.unwrap());
+        assert!(!store.destroy("s").await.unwrap());
+        assert_eq!(store.get("s").await.unwrap(), None);
+        assert_eq!(store.stats().live_sessions, 0);
+    }
+
+    #[tokio::test]
+    async fn sessions_over_the_size_limit_are_refused_and_the_old_data_kept() {
+        let store = MemorySessionStore::builder()
+            .max_session_bytes(10)
+            .sweep_interval(None)
+            .build()
+            .unwrap();
+        store
+            .save(Save::new("s", data(&[("abc", "1234567")])))
+            .await
+            .unwrap();
+        let err = store
+            .save(Save::new("s", data(&[("abc", "12345678")])))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            StoreError::TooLarge {
+                size: 11,
+                limit: 10
+            }
+        );
+        let record = store.get("s").await.unwrap().unwrap();
+        assert_eq!(
+            (record.version, record.data),
+            (1, data(&[("abc", "1234567")]))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_session_limit_refuses_new_sessions_but_not_updates() {
+        let store = MemorySessionStore::builder()
+            .max_sessions(2)
+            .sweep_interval(None)
+            .build()
+            .unwrap();
+        store.save(Save::new("a", data(&[]))).await.unwrap();
+        store.save(Save::new("b", data(&[]))).await.unwrap();
+        let err = store.save(Save::new("c", data(&[]))).await.unwrap_err();
+        assert_eq!(err, StoreError::TooManySessions { limit: 2 });
+        assert_eq!(
+            store
+                .save(Save::new("a", data(&[("k", "v")])))
+                .await
+                .unwrap()
+                .version,
+            2
+        );
+        store.destroy("b").await.unwrap();
+        store.save(Save::new("c", data(&[]))).await.unwrap();
+        assert_eq!(store.stats().live_sessions, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_removes_expired_records_every_interval() {
+        let store = MemorySessionStore::builder()
+            .sweep_interval(Some(Duration::from_secs(300)))
+            .build()
+            .unwrap();
+        for i in 0..100 {
+            let ttl = Duration::from_secs(if i % 2 == 0 { 60 } else { 3600 });
+            store
+                .save(Save::new(format!("s{i}"), data(&[])).ttl(ttl))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.stats().sweeps_total, 0);
+        tokio::time::advance(Duration::from_secs(301)).await;
+        // The sweep runs on a blocking thread; wait for it in paused time, which lets the
+        // runtime move on as soon as it is otherwise idle.
+        while store.stats().sweeps_total == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let stats = store.stats();
+        assert_eq!(stats.sweeps_total, 1);
+        assert_eq!(stats.expired_removed_total, 50);
+        assert_eq!(stats.live_sessions, 50);
+        assert!(store.get("s1").await.unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_stops_when_the_store_is_dropped() {
+        let store = MemorySessionStore::builder()
+            .sweep_interval(Some(Duration::from_secs(1)))
+            .build()
+            .unwrap();
+        let weak = Arc::downgrade(&store.inner);
+        drop(store);
+        assert!(weak.upgrade().is_none());
+        tokio::time::advance(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compare_and_swap_loses_no_increment() {
+        let store = store();
+        store
+            .save(Save::new("counter", data(&[("n", "0")])).expected_version(0))
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut conflicts = 0u32;
+                    for _ in 0..50 {
+                        loop {
+                            let record = store.get("counter").await.unwrap().unwrap();
+                            let n: u64 = std::str::from_utf8(&record.data["n"])
+                                .unwrap()
+                                .parse()
+                                .unwrap();
+                            let next = data(&[("n", &(n + 1).to_string())]);
+                            match store
+                                .save(Save::new("counter", next).expected_version(record.version))
+                                .await
+                            {
+                                Ok(_) => break,
+                                Err(StoreError::Conflict { .. }) => {
+                                    conflicts += 1;
+                                    tokio::task::yield_now().await;
+                                }
+                                Err(err) => panic!("{err}"),
+                            }
+                        }
+                    }
+                    conflicts
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let record = store.get("counter").await.unwrap().unwrap();
+        assert_eq!(record.data["n"], b"800");
+        assert_eq!(record.version, 801);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restore_keeps_every_field_and_skips_expired() {
+        let store = store();
+        let now = store.clock().now();
+        let record = SessionRecord {
+            id: "r".into(),
+            data: data(&[("k", "v")]),
+            created_at: now - HOUR,
+            expires_at: now + HOUR,
+            version: 9,
+        };
+        assert!(store.restore(record.clone()).unwrap());
+        assert_eq!(store.get("r").await.unwrap(), Some(record.clone()));
+        let expired = SessionRecord {
+            id: "x".into(),
+            expires_at: now,
+            ..record
+        };
+        assert!(!store.restore(expired).unwrap());
+        let mut seen = Vec::new();
+        store.for_each_live(|r| seen.push(r.id));
+        assert_eq!(seen, ["r"]);
+    }
+}

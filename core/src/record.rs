@@ -1,0 +1,87 @@
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+/// A session's values: opaque bytes under string keys.
+pub type SessionData = HashMap<String, Vec<u8>>;
+
+/// The size a store counts against its per-session limit: every key plus every value, in bytes.
+pub fn data_size(data: &SessionData) -> usize {
+    data.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// One stored session, as read back from a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The session id.
+    pub id: String,
+    /// The session's values.
+    pub data: SessionData,
+    /// When the session was first saved.
+    pub created_at: SystemTime,
+    /// When the session stops existing.
+    pub expires_at: SystemTime,
+    /// How many times the session's data was saved: 1 after the first save.
+    pub version: u64,
+}
+
+/// When a saved session expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expiry {
+    /// The store's default TTL, counted from now.
+    #[default]
+    Default,
+    /// This long from now, by the store's clock. Must be positive and at most the store's
+    /// maximum TTL.
+    Ttl(Duration),
+    /// At this time. Must be in the future, and at most the maximum TTL away.
+    At(SystemTime),
+}
+
+/// A write of one session's data: what [`SessionStore::save`](crate::SessionStore::save) takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Save {
+    /// The session id.
+    pub id: String,
+    /// The complete new data; it replaces what was stored.
+    pub data: SessionData,
+    /// `None`: unconditional upsert. `Some(0)`: only if no live session has this id.
+    /// `Some(n)`: only if the live session is at version `n`.
+    pub expected_version: Option<u64>,
+    /// When the session expires.
+    pub expiry: Expiry,
+}
+
+impl Save {
+    /// An unconditional save of `data` under `id` with the store's default TTL.
+    pub fn new(id: impl Into<String>, data: SessionData) -> Self {
+        Self {
+            id: id.into(),
+            data,
+            expected_version: None,
+            expiry: Expiry::Default,
+        }
+    }
+
+    /// Makes the save conditional on the session being at `version` (0: absent).
+    pub fn expected_version(mut self, version: u64) -> Self {
+        self.expected_version = Some(version);
+        self
+    }
+
+    /// Sets the session's lifetime from now.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.expiry = Expiry::Ttl(ttl);
+        self
+    }
+}
+
+/// What a successful save reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    /// The session's version after the save.
+    pub version: u64,
+    /// When the session was first saved.
+    pub created_at: SystemTime,
+    /// When the session now expires.
+    pub expires_at: SystemTime,
+}

@@ -1,0 +1,82 @@
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::{Result, Save, Saved, SessionRecord};
+
+/// Where sessions live: the in-process [`MemorySessionStore`](crate::MemorySessionStore), the
+/// `gonest-sessiond` daemon through `RemoteSessionStore`, or a store of your own.
+///
+/// Every implementation follows the data model in the [crate docs](crate): expired records are
+/// absent, versions count saves, saves are conditional on `expected_version`, and the store owns
+/// the clock.
+///
+/// A custom store, here one that keeps nothing:
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use gonest_session_core::{async_trait, Result, Save, Saved, SessionRecord, SessionStore, StoreError};
+///
+/// struct Forgetful;
+///
+/// #[async_trait]
+/// impl SessionStore for Forgetful {
+///     async fn get(&self, _id: &str) -> Result<Option<SessionRecord>> {
+///         Ok(None)
+///     }
+///     async fn save(&self, save: Save) -> Result<Saved> {
+///         match save.expected_version {
+///             None | Some(0) => {
+///                 let now = SystemTime::now();
+///                 Ok(Saved { version: 1, created_at: now, expires_at: now })
+///             }
+///             Some(expected) => Err(StoreError::Conflict { expected, actual: None }),
+///         }
+///     }
+///     async fn destroy(&self, _id: &str) -> Result<bool> {
+///         Ok(false)
+///     }
+///     async fn touch(&self, _id: &str, _ttl: Option<Duration>) -> Result<Option<SystemTime>> {
+///         Ok(None)
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Reads the live session with this id; `Ok(None)` when there is none or it expired.
+    async fn get(&self, id: &str) -> Result<Option<SessionRecord>>;
+
+    /// Writes a session's data, subject to `save.expected_version`. On success the version is
+    /// one more than before (1 for a new session), `created_at` is kept from the first save, and
+    /// `expires_at` is computed from `save.expiry` by the store's clock.
+    ///
+    /// Errors: [`StoreError::Conflict`](crate::StoreError::Conflict) when the expected version
+    /// does not match (nothing changed), `InvalidArgument` for a bad id or expiry, `TooLarge` and
+    /// `TooManySessions` for the store's limits.
+    async fn save(&self, save: Save) -> Result<Saved>;
+
+    /// Removes the session; `Ok(true)` if a live session existed. Idempotent.
+    async fn destroy(&self, id: &str) -> Result<bool>;
+
+    /// Extends a live session's expiry to `ttl` from now (`None`: the store's default TTL)
+    /// without changing its data or version. Returns the new expiry, or `Ok(None)` when there is
+    /// no live session.
+    async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>>;
+}
+
+#[async_trait]
+impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
+    async fn get(&self, id: &str) -> Result<Option<SessionRecord>> {
+        (**self).get(id).await
+    }
+    async fn save(&self, save: Save) -> Result<Saved> {
+        (**self).save(save).await
+    }
+    async fn destroy(&self, id: &str) -> Result<bool> {
+        (**self).destroy(id).await
+    }
+    async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
+        (**self).touch(id, ttl).await
+    }
+}

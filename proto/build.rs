@@ -1,0 +1,21 @@
+//! Compiles `proto/gonest/session/v1/session.proto` with protox (no `protoc` needed) and writes
+//! its file descriptor set for server reflection.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/gonest/session/v1/session.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let descriptors = protox::compile([proto], ["proto"])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("gonest_session_v1_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .compile_well_known_types(false)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! Conversions between the wire types in [`pb`](crate::pb) and the core types, and between
+//! [`StoreError`] and gRPC status codes.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gonest_session_core::{Expiry, Result, Save, SessionRecord, StoreError};
+use tonic::{Code, Status};
+
+use crate::pb;
+
+/// A point in time as a protobuf timestamp.
+pub fn timestamp_to_pb(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+/// A protobuf timestamp as a point in time; `INVALID_ARGUMENT` when it is malformed or before
+/// 1970.
+pub fn timestamp_from_pb(timestamp: &prost_types::Timestamp) -> Result<SystemTime> {
+    let Ok(nanos) = u32::try_from(timestamp.nanos) else {
+        return Err(StoreError::invalid("timestamp has negative nanos"));
+    };
+    let Ok(seconds) = u64::try_from(timestamp.seconds) else {
+        return Err(StoreError::invalid("timestamp is before 1970"));
+    };
+    if nanos >= 1_000_000_000 {
+        return Err(StoreError::invalid("timestamp nanos out of range"));
+    }
+    UNIX_EPOCH
+        .checked_add(Duration::new(seconds, nanos))
+        .ok_or_else(|| StoreError::invalid("timestamp out of range"))
+}
+
+/// A duration as a protobuf duration.
+pub fn duration_to_pb(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(duration).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    })
+}
+
+/// A protobuf duration used as a TTL; `INVALID_ARGUMENT` when it is zero or negative.
+pub fn duration_from_pb(duration: &prost_types::Duration) -> Result<Duration> {
+    match (
+        u64::try_from(duration.seconds),
+        u32::try_from(duration.nanos),
+    ) {
+        (Ok(seconds), Ok(nanos)) if nanos < 1_000_000_000 => {
+            let duration = Duration::new(seconds, nanos);
+            if duration.is_zero() {
+                Err(StoreError::invalid("ttl must be positive"))
+            } else {
+                Ok(duration)
+            }
+        }
+        _ => Err(StoreError::invalid("ttl must be positive")),
+    }
+}
+
+/// A stored record as a wire session.
+pub fn record_to_pb(record: SessionRecord) -> pb::Session {
+    pb::Session {
+        id: record.id,
+        data: record.data,
+        created_at: Some(timestamp_to_pb(record.created_at)),
+        expires_at: Some(timestamp_to_pb(record.expires_at)),
+        version: record.version,
+    }
+}
+
+/// A wire session, as answered by Get, as a record.
+pub fn record_from_pb(session: pb::Session) -> Result<SessionRecord> {
+    let time = |t: Option<prost_types::Timestamp>, what: &str| {
+        t.as_ref()
+            .map(timestamp_from_pb)
+            .transpose()?
+            .ok_or_else(|| StoreError::Internal(format!("session without {what}")))
+    };
+    Ok(SessionRecord {
+        created_at: time(session.created_at, "created_at")?,
+        expires_at: time(session.expires_at, "expires_at")?,
+        id: session.id,
+        data: session.data,
+        version: session.version,
+    })
+}
+
+/// A wire Save request as a core save: expiry from `ttl`, else `session.expires_at`, else the
+/// store's default.
+pub fn save_from_pb(request: pb::SaveRequest) -> Result<Save> {
+    let Some(session) = request.session else {
+        return Err(StoreError::invalid("save without a session"));
+    };
+    let expiry = match (&request.ttl, &session.expires_at) {
+        (Some(ttl), _) => Expiry::Ttl(duration_from_pb(ttl)?),
+        (None, Some(at)) => Expiry::At(timestamp_from_pb(at)?),
+        (None, None) => Expiry::Default,
+    };
+    Ok(Save {
+        id: session.id,
+        data: session.data,
+        expected_version: request.expected_version,
+        expiry,
+    })
+}
+
+/// A core save as a wire Save request.
+pub fn save_to_pb(save: Save) -> pb::SaveRequest {
+    let (ttl, expires_at) = match save.expiry {
+        Expiry::Default => (None, None),
+        Expiry::Ttl(ttl) => (Some(duration_to_pb(ttl)), None),
+        Expiry::At(at) => (None, Some(timestamp_to_pb(at))),
+    };
+    pb::SaveRequest {
+        session: Some(pb::Session {
+            id: save.id,
+            data: save.data,
+            created_at: None,
+            expires_at,
+            version: 0,
+        }),
+        expected_version: save.expected_version,
+        ttl,
+    }
+}
+
+/// The gRPC status a store error is answered with.
+pub fn status_from_error(error: &StoreError) -> Status {
+    let code = match error {
+        StoreError::InvalidArgument(_) => Code::InvalidArgument,
+        StoreError::Conflict { .. } => Code::Aborted,
+        StoreError::TooLarge { .. } | StoreError::TooManySessions { .. } => Code::ResourceExhausted,
+        StoreError::Unauthenticated(_) => Code::Unauthenticated,
+        StoreError::Unavailable(_) => Code::Unavailable,
+        StoreError::Timeout => Code::DeadlineExceeded,
+        StoreError::Internal(_) => Code::Internal,
+    };
+    Status::new(code, error.to_string())
+}
+
+/// The store error a gRPC status stands for; the mapping back of [`status_from_error`].
+///
+/// `expected_version` is the version the failed call expected, which an `ABORTED` status does
+/// not carry.
+pub fn error_from_status(status: &Status, expected_version: Option<u64>) -> StoreError {
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => StoreError::InvalidArgument(message),
+        Code::Aborted | Code::FailedPrecondition => StoreError::Conflict {
+            expected: expected_version.unwrap_or(0),
+            actual: None,
+        },
+        Code::ResourceExhausted => limit_error(&message),
+        Code::Unauthenticated | Code::PermissionDenied => StoreError::Unauthenticated(message),
+        Code::Unavailable | Code::Cancelled => StoreError::Unavailable(message),
+        Code::DeadlineExceeded => StoreError::Timeout,
+        _ => StoreError::Internal(format!("{}: {message}", status.code())),
+    }
+}
+
+/// Reads the limit back out of a `RESOURCE_EXHAUSTED` message written by [`status_from_error`].
+fn limit_error(message: &str) -> StoreError {
+    let numbers: Vec<u64> = message
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    match numbers.as_slice() {
+        [limit] if message.starts_with("session limit") => {
+            StoreError::TooManySessions { limit: *limit }
+        }
+        [size, limit] => StoreError::TooLarge {
+            size: usize::try_from(*size).unwrap_or(usize::MAX),
+            limit: usize::try_from(*limit).unwrap_or(usize::MAX),
+        },
+        _ => StoreError::Internal(format!("resource exhausted: {message}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_round_trips_through_a_status() {
+        for error in [
+            StoreError::invalid("ttl must be positive"),
+            StoreError::Conflict {
+                expected: 3,
+                actual: None,
+            },
+            StoreError::TooLarge {
+                size: 2_000_000,
+                limit: 1_048_576,
+            },
+            StoreError::TooManySessions { limit: 10 },
+            StoreError::Unauthenticated("unauthenticated: missing token".into()),
+            StoreError::Timeout,
+        ] {
+            let status = status_from_error(&error);
+            let back = error_from_status(&status, Some(3));
+            match (&error, &back) {
+                (StoreError::Unauthenticated(_), StoreError::Unauthenticated(_)) => {}
+                _ => assert_eq!(error, back),
+            }
+        }
+    }
+
+    #[test]
+    fn negative_and_zero_ttls_are_invalid() {
+        for (seconds, nanos) in [(0, 0), (-1, 0), (0, -5), (-3, 999)] {
+            let ttl = prost_types::Duration { seconds, nanos };
+            assert!(duration_from_pb(&ttl).is_err(), "{seconds}s {nanos}ns");
+        }
+        let ttl = prost_types::Duration {
+            seconds: 0,
+            nanos: 1,
+        };
+        assert_eq!(duration_from_pb(&ttl).unwrap(), Duration::from_nanos(1));
+    }
+
+    #[test]
+    fn save_expiry_prefers_ttl_then_expires_at() {
+        let at = timestamp_to_pb(UNIX_EPOCH + Duration::from_secs(4_000_000_000));
+        let mut request = pb::SaveRequest {
+            session: Some(pb::Session {
+                id: "a".into(),
+                expires_at: Some(at),
+                ..Default::default()
+            }),
+            expected_version: None,
+            ttl: Some(duration_to_pb(Duration::from_secs(5))),
+        };
+        let save = save_from_pb(request.clone()).unwrap();
+        assert_eq!(save.expiry, Expiry::Ttl(Duration::from_secs(5)));
+        request.ttl = None;
+        let save = save_from_pb(request.clone()).unwrap();
+        assert_eq!(
+            save.expiry,
+            Expiry::At(UNIX_EPOCH + Duration::from_secs(4_000_000_000))
+        );
+        request.session.as_mut().unwrap().expires_at = None;
+        assert_eq!(save_from_pb(request).unwrap().expiry, Expiry::Default);
+    }
+}

@@ -1,0 +1,35 @@
+//! The `gonest.session.v1` gRPC contract: the generated tonic client and server ([`pb`]), the
+//! descriptor set for server reflection, and conversions between wire and core types.
+//!
+//! The contract itself is `proto/gonest/session/v1/session.proto` in this crate; apps in other
+//! languages generate their clients from that file.
+//!
+//! ```no_run
+//! use gonest_session_proto::pb::{GetRequest, session_store_client::SessionStoreClient};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut client = SessionStoreClient::connect("http://127.0.0.1:7070").await?;
+//! let response = client.get(GetRequest { id: "abc123".into() }).await?;
+//! println!("found: {}", response.into_inner().session.is_some());
+//! # Ok(())
+//! # }
+//! ```
+
+mod convert;
+
+pub use convert::{
+    duration_from_pb, duration_to_pb, error_from_status, record_from_pb, record_to_pb,
+    save_from_pb, save_to_pb, status_from_error, timestamp_from_pb, timestamp_to_pb,
+};
+
+/// Generated messages, client and server of `gonest.session.v1`.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("gonest.session.v1");
+}
+
+/// The encoded file descriptor set of `gonest.session.v1`, for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/gonest_session_v1_descriptor.bin"
+));
