@@ -1,0 +1,155 @@
+//! The daemon's command line; every flag can also be set through a `GONEST_SESSIOND_*`
+//! environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::Config;
+
+/// The GoNest session store daemon: holds web sessions in memory and serves them over gRPC
+/// (gonest.session.v1.SessionStore) to any number of app instances.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gonest-sessiond", version, about)]
+pub struct Cli {
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "GONEST_SESSIOND_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+
+    /// Lifetime of a session saved with neither a ttl nor an expires_at.
+    #[arg(long, env = "GONEST_SESSIOND_DEFAULT_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub default_ttl: Duration,
+
+    /// Longest lifetime a save or touch may ask for; longer is INVALID_ARGUMENT.
+    #[arg(long, env = "GONEST_SESSIOND_MAX_TTL", default_value = "30d", value_parser = parse_duration)]
+    pub max_ttl: Duration,
+
+    /// How often expired sessions are swept from memory.
+    #[arg(long, env = "GONEST_SESSIOND_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// Largest session, keys plus values, in bytes (suffixes KiB, MiB, GiB allowed);
+    /// larger is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GONEST_SESSIOND_MAX_SESSION_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    pub max_session_bytes: usize,
+
+    /// Most sessions held at once (0: no limit); a new session beyond it is RESOURCE_EXHAUSTED,
+    /// while existing sessions stay writable.
+    #[arg(long, env = "GONEST_SESSIOND_MAX_SESSIONS", default_value_t = 0)]
+    pub max_sessions: u64,
+
+    /// How long in-flight calls may run on after SIGTERM or Ctrl-C before the daemon exits anyway.
+    #[arg(long, env = "GONEST_SESSIOND_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log format; the filter comes from RUST_LOG (default: info).
+    #[arg(long, env = "GONEST_SESSIOND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Cli {
+    /// The server configuration these flags describe; fails when they contradict each other.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        if self.default_ttl > self.max_ttl {
+            anyhow::bail!(
+                "--default-ttl ({}) is longer than --max-ttl ({})",
+                humantime::format_duration(self.default_ttl),
+                humantime::format_duration(self.max_ttl)
+            );
+        }
+        Ok(Config {
+            default_ttl: self.default_ttl,
+            max_ttl: self.max_ttl,
+            sweep_interval: self.sweep_interval,
+            max_session_bytes: self.max_session_bytes,
+            max_sessions: self.max_sessions,
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+/// Parses a positive duration such as `30s`, `5m`, `24h` or `1h 30m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|err| format!("{err} (write durations like 30s, 5m, 24h)"))?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+/// Parses a byte count: a number, optionally followed by B, KiB, MiB or GiB.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (write sizes like 65536, 64KiB, 1MiB)"))?;
+    let multiplier = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` (use B, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    let size = number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("`{text}` is too large"))?;
+    if size == 0 {
+        return Err("must be larger than zero".to_owned());
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let cli = Cli::try_parse_from(["gonest-sessiond"]).unwrap();
+        assert_eq!(cli.listen, "127.0.0.1:7070".parse().unwrap());
+        assert_eq!(cli.default_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(cli.sweep_interval, Duration::from_secs(300));
+        assert_eq!(cli.max_session_bytes, 1 << 20);
+        assert_eq!(cli.max_sessions, 0);
+        assert_eq!(cli.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn durations_and_sizes_parse_with_units() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").unwrap_err().contains("30s, 5m, 24h"));
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert!(parse_size("1MB").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn a_default_ttl_over_the_max_is_refused() {
+        let cli =
+            Cli::try_parse_from(["gonest-sessiond", "--default-ttl", "2h", "--max-ttl", "1h"])
+                .unwrap();
+        assert!(cli.config().unwrap_err().to_string().contains("--max-ttl"));
+    }
+}

@@ -1,0 +1,34 @@
+//! `gonest-sessiond`, the GoNest session store daemon: a [`MemorySessionStore`] served over gRPC
+//! (`gonest.session.v1.SessionStore`), with a sweeper, health and reflection.
+//!
+//! The binary is a thin wrapper over [`run`], which takes an already bound listener; tests bind
+//! `127.0.0.1:0` and pass a shutdown future:
+//!
+//! ```no_run
+//! use gonest_sessiond::{Config, run};
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(run(listener, Config::default(), async {
+//!     stopped.await.ok();
+//! }));
+//! // ... talk to it ...
+//! stop.send(()).ok();
+//! server.await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`MemorySessionStore`]: gonest_session_core::MemorySessionStore
+
+mod cli;
+pub mod logging;
+mod memory_usage;
+mod server;
+mod service;
+pub mod shutdown;
+
+pub use cli::{Cli, LogFormat};
+pub use server::{Config, run};
+pub use service::SessionService;

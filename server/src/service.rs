@@ -1,0 +1,173 @@
+//! The `gonest.session.v1.SessionStore` gRPC service over a [`MemorySessionStore`].
+
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
+use gonest_session_core::{MemorySessionStore, StoreError};
+use gonest_session_proto::{
+    duration_from_pb, pb, record_to_pb, save_from_pb, status_from_error, timestamp_to_pb,
+};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::memory_usage;
+
+/// Serves a [`MemorySessionStore`] as `gonest.session.v1.SessionStore`.
+///
+/// Unary calls and `Pipeline` operations go through the same handlers, so they answer alike.
+#[derive(Clone, Debug)]
+pub struct SessionService {
+    /// The sessions.
+    store: MemorySessionStore,
+    /// Becomes `true` when the daemon starts shutting down, which ends open `Pipeline` streams.
+    stopping: watch::Receiver<bool>,
+}
+
+impl SessionService {
+    /// Serves `store`. Open `Pipeline` streams end when `stopping` turns `true`.
+    pub fn new(store: MemorySessionStore, stopping: watch::Receiver<bool>) -> Self {
+        Self { store, stopping }
+    }
+
+    fn get(&self, request: pb::GetRequest) -> Result<pb::GetResponse, StoreError> {
+        let session = self.store.get_now(&request.id)?.map(record_to_pb);
+        Ok(pb::GetResponse { session })
+    }
+
+    fn save(&self, request: pb::SaveRequest) -> Result<pb::SaveResponse, StoreError> {
+        let saved = self.store.save_now(save_from_pb(request)?)?;
+        Ok(pb::SaveResponse {
+            version: saved.version,
+            created_at: Some(timestamp_to_pb(saved.created_at)),
+            expires_at: Some(timestamp_to_pb(saved.expires_at)),
+        })
+    }
+
+    fn destroy(&self, request: pb::DestroyRequest) -> Result<pb::DestroyResponse, StoreError> {
+        let existed = self.store.destroy_now(&request.id)?;
+        Ok(pb::DestroyResponse { existed })
+    }
+
+    fn touch(&self, request: pb::TouchRequest) -> Result<pb::TouchResponse, StoreError> {
+        let ttl = request.ttl.as_ref().map(duration_from_pb).transpose()?;
+        let expires_at = self.store.touch_now(&request.id, ttl)?;
+        Ok(pb::TouchResponse {
+            found: expires_at.is_some(),
+            expires_at: expires_at.map(timestamp_to_pb),
+        })
+    }
+
+    /// Applies one pipelined operation; a failure becomes an inline `Error`.
+    fn apply(&self, request: pb::PipelineRequest) -> pb::PipelineResponse {
+        use pb::pipeline_request::Op;
+        use pb::pipeline_response::Result as Answer;
+        let result = match request.op {
+            Some(Op::Get(op)) => self.get(op).map(Answer::Get),
+            Some(Op::Save(op)) => self.save(op).map(Answer::Save),
+            Some(Op::Destroy(op)) => self.destroy(op).map(Answer::Destroy),
+            Some(Op::Touch(op)) => self.touch(op).map(Answer::Touch),
+            None => Err(StoreError::invalid("pipeline request has no operation")),
+        };
+        let result = result.unwrap_or_else(|err| {
+            let status = status_from_error(&err);
+            log_failure(&status);
+            Answer::Error(pb::Error {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            })
+        });
+        pb::PipelineResponse {
+            tag: request.tag,
+            result: Some(result),
+        }
+    }
+}
+
+/// Answers a unary call, logging failures.
+fn answer<T>(result: Result<T, StoreError>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(|err| {
+        let status = status_from_error(&err);
+        log_failure(&status);
+        status
+    })
+}
+
+/// Logs a failed operation. Rejections of bad requests are the caller's business and logged at
+/// debug; anything else is the daemon's and logged as an error. Never with the session id.
+fn log_failure(status: &Status) {
+    match status.code() {
+        tonic::Code::Internal | tonic::Code::Unknown => {
+            tracing::error!(code = ?status.code(), message = status.message(), "operation failed");
+        }
+        code => tracing::debug!(?code, message = status.message(), "operation refused"),
+    }
+}
+
+/// The response stream of `Pipeline`.
+pub type PipelineStream = Pin<Box<dyn Stream<Item = Result<pb::PipelineResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::session_store_server::SessionStore for SessionService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        answer(SessionService::get(self, request.into_inner()))
+    }
+
+    async fn save(
+        &self,
+        request: Request<pb::SaveRequest>,
+    ) -> Result<Response<pb::SaveResponse>, Status> {
+        answer(SessionService::save(self, request.into_inner()))
+    }
+
+    async fn destroy(
+        &self,
+        request: Request<pb::DestroyRequest>,
+    ) -> Result<Response<pb::DestroyResponse>, Status> {
+        answer(SessionService::destroy(self, request.into_inner()))
+    }
+
+    async fn touch(
+        &self,
+        request: Request<pb::TouchRequest>,
+    ) -> Result<Response<pb::TouchResponse>, Status> {
+        answer(SessionService::touch(self, request.into_inner()))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let stats = self.store.stats();
+        Ok(Response::new(pb::StatsResponse {
+            live_sessions: stats.live_sessions,
+            expired_removed_total: stats.expired_removed_total,
+            sweeps_total: stats.sweeps_total,
+            resident_memory_bytes: memory_usage::resident_bytes(),
+        }))
+    }
+
+    type PipelineStream = PipelineStream;
+
+    /// Answers each operation as it arrives, in order. Operations are applied on the task that
+    /// polls this stream, one stream's operations one after another, and different streams in
+    /// parallel: the store locks only the shard an operation touches.
+    async fn pipeline(
+        &self,
+        request: Request<Streaming<pb::PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        let service = self.clone();
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            // An error means the daemon is gone, which is as good as stopping.
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        let answers = request
+            .into_inner()
+            .map(move |item| item.map(|op| service.apply(op)))
+            .take_until(Box::pin(stopped));
+        Ok(Response::new(Box::pin(answers)))
+    }
+}

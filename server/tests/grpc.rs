@@ -1,0 +1,533 @@
+//! Every RPC and every error code of `gonest.session.v1.SessionStore` over a real tonic client.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::Daemon;
+use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Result as Answer};
+use gonest_session_proto::{duration_to_pb, timestamp_from_pb, timestamp_to_pb};
+use gonest_sessiond::Config;
+use tonic::Code;
+
+fn session(id: &str, pairs: &[(&str, &str)]) -> pb::Session {
+    pb::Session {
+        id: id.to_owned(),
+        data: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn save(id: &str, pairs: &[(&str, &str)], expected: Option<u64>) -> pb::SaveRequest {
+    pb::SaveRequest {
+        session: Some(session(id, pairs)),
+        expected_version: expected,
+        ttl: None,
+    }
+}
+
+fn get(id: &str) -> pb::GetRequest {
+    pb::GetRequest { id: id.to_owned() }
+}
+
+#[tokio::test]
+async fn save_get_touch_destroy_round_trip() {
+    let daemon = Daemon::start(Config::default()).await;
+    let mut client = daemon.client();
+
+    let absent = client.get(get("abc")).await.unwrap().into_inner();
+    assert_eq!(absent.session, None, "absent is not an error");
+
+    let before = SystemTime::now();
+    let saved = client
+        .save(save("abc", &[("user_id", "42")], Some(0)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(saved.version, 1);
+    let expires_at = timestamp_from_pb(&saved.expires_at.unwrap()).unwrap();
+    let default_ttl = Duration::from_secs(24 * 3600);
+    assert!(expires_at >= before + default_ttl - Duration::from_secs(5));
+    assert!(expires_at <= SystemTime::now() + default_ttl);
+
+    let got = client
+        .get(get("abc"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(got.id, "abc");
+    assert_eq!(got.data["user_id"], b"42");
+    assert_eq!(got.version, 1);
+    assert_eq!(got.created_at, saved.created_at);
+    assert_eq!(got.expires_at, saved.expires_at);
+
+    let resaved = client
+        .save(pb::SaveRequest {
+            ttl: Some(duration_to_pb(Duration::from_secs(60))),
+            ..save("abc", &[("user_id", "43")], Some(1))
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resaved.version, 2);
+    assert_eq!(resaved.created_at, saved.created_at, "created_at is kept");
+    let short = timestamp_from_pb(&resaved.expires_at.unwrap()).unwrap();
+    assert!(short < expires_at, "ttl on the request wins");
+
+    let touched = client
+        .touch(pb::TouchRequest {
+            id: "abc".into(),
+            ttl: Some(duration_to_pb(Duration::from_secs(3600))),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(touched.found);
+    let touched_at = timestamp_from_pb(&touched.expires_at.unwrap()).unwrap();
+    assert!(touched_at > short);
+    let got = client
+        .get(get("abc"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(got.version, 2, "touch does not change the version");
+    assert_eq!(got.expires_at, touched.expires_at);
+
+    let missing = client
+        .touch(pb::TouchRequest {
+            id: "nope".into(),
+            ttl: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!missing.found);
+    assert_eq!(missing.expires_at, None);
+
+    let destroyed = client
+        .destroy(pb::DestroyRequest { id: "abc".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(destroyed.existed);
+    let again = client
+        .destroy(pb::DestroyRequest { id: "abc".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.existed, "destroy is idempotent");
+    assert_eq!(
+        client.get(get("abc")).await.unwrap().into_inner().session,
+        None
+    );
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_absolute_expires_at_is_used_when_no_ttl_is_given() {
+    let daemon = Daemon::start(Config::default()).await;
+    let mut client = daemon.client();
+    let at = SystemTime::now() + Duration::from_secs(7200);
+    let mut request = save("abs", &[], None);
+    request.session.as_mut().unwrap().expires_at = Some(timestamp_to_pb(at));
+    let saved = client.save(request).await.unwrap().into_inner();
+    assert_eq!(timestamp_from_pb(&saved.expires_at.unwrap()).unwrap(), at);
+}
+
+#[tokio::test]
+async fn version_conflicts_are_aborted_and_change_nothing() {
+    let daemon = Daemon::start(Config::default()).await;
+    let mut client = daemon.client();
+    client
+        .save(save("s", &[("k", "v1")], Some(0)))
+        .await
+        .unwrap();
+
+    for expected in [0, 2, 7] {
+        let status = client
+            .save(save("s", &[("k", "lost")], Some(expected)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Aborted, "expected {expected}");
+        assert!(
+            status.message().contains("version conflict"),
+            "{}",
+            status.message()
+        );
+    }
+    let status = client.save(save("new", &[], Some(3))).await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted);
+
+    let got = client
+        .get(get("s"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!((got.version, &got.data["k"][..]), (1, &b"v1"[..]));
+    assert_eq!(
+        client.get(get("new")).await.unwrap().into_inner().session,
+        None
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_with_a_clear_message() {
+    let daemon = Daemon::start(Config {
+        max_ttl: Duration::from_secs(3600),
+        default_ttl: Duration::from_secs(600),
+        ..Config::default()
+    })
+    .await;
+    let mut client = daemon.client();
+    let long_id = "x".repeat(257);
+    for (id, needle) in [
+        ("", "empty"),
+        (long_id.as_str(), "over the limit"),
+        ("has space", "printable"),
+        ("caf\u{e9}", "printable"),
+        ("tab\there", "printable"),
+    ] {
+        let status = client.get(get(id)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{id:?}");
+        assert!(status.message().contains(needle), "{}", status.message());
+        assert!(!status.message().contains(id) || id.is_empty(), "id echoed");
+        let status = client.save(save(id, &[], None)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let status = client
+            .destroy(pb::DestroyRequest { id: id.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let status = client
+            .touch(pb::TouchRequest {
+                id: id.into(),
+                ttl: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+
+    for (seconds, nanos, needle) in [
+        (0, 0, "positive"),
+        (-5, 0, "positive"),
+        (7200, 0, "maximum"),
+    ] {
+        let request = pb::SaveRequest {
+            ttl: Some(prost_types::Duration { seconds, nanos }),
+            ..save("ok", &[], None)
+        };
+        let status = client.save(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "ttl {seconds}");
+        assert!(status.message().contains(needle), "{}", status.message());
+        let status = client
+            .touch(pb::TouchRequest {
+                id: "ok".into(),
+                ttl: Some(prost_types::Duration { seconds, nanos }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "touch ttl {seconds}");
+    }
+
+    let mut past = save("ok", &[], None);
+    past.session.as_mut().unwrap().expires_at =
+        Some(timestamp_to_pb(SystemTime::now() - Duration::from_secs(1)));
+    let status = client.save(past).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("not in the future"),
+        "{}",
+        status.message()
+    );
+
+    let status = client
+        .save(pb::SaveRequest {
+            session: None,
+            expected_version: None,
+            ttl: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    assert_eq!(
+        client.get(get("ok")).await.unwrap().into_inner().session,
+        None
+    );
+}
+
+#[tokio::test]
+async fn limits_are_resource_exhausted_and_existing_sessions_stay_writable() {
+    let daemon = Daemon::start(Config {
+        max_session_bytes: 100,
+        max_sessions: 2,
+        ..Config::default()
+    })
+    .await;
+    let mut client = daemon.client();
+    let big = "v".repeat(100);
+    let status = client
+        .save(save("a", &[("k", &big)], None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("over the limit of 100"),
+        "{}",
+        status.message()
+    );
+
+    client.save(save("a", &[("k", "1")], None)).await.unwrap();
+    client.save(save("b", &[("k", "1")], None)).await.unwrap();
+    let status = client
+        .save(save("c", &[("k", "1")], None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains("session limit"),
+        "{}",
+        status.message()
+    );
+    let status = client
+        .save(save("a", &[("k", &big)], None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+
+    let updated = client.save(save("a", &[("k", "2")], None)).await.unwrap();
+    assert_eq!(updated.into_inner().version, 2);
+    let got = client
+        .get(get("a"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(got.data["k"], b"2");
+
+    let stats = client
+        .stats(pb::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.live_sessions, 2);
+    assert!(stats.resident_memory_bytes > 0);
+}
+
+fn op(tag: u64, op: Op) -> pb::PipelineRequest {
+    pb::PipelineRequest { tag, op: Some(op) }
+}
+
+#[tokio::test]
+async fn pipeline_applies_in_order_and_answers_errors_inline() {
+    let daemon = Daemon::start(Config::default()).await;
+    let mut client = daemon.client();
+    let requests = vec![
+        op(10, Op::Save(save("p", &[("n", "1")], Some(0)))),
+        op(11, Op::Get(get("p"))),
+        op(12, Op::Save(save("p", &[("n", "2")], Some(1)))),
+        op(13, Op::Save(save("p", &[("n", "x")], Some(1)))),
+        op(14, Op::Get(get(""))),
+        pb::PipelineRequest { tag: 15, op: None },
+        op(
+            16,
+            Op::Touch(pb::TouchRequest {
+                id: "p".into(),
+                ttl: None,
+            }),
+        ),
+        op(17, Op::Destroy(pb::DestroyRequest { id: "p".into() })),
+        op(18, Op::Get(get("p"))),
+    ];
+    let count = requests.len();
+    let answers: Vec<pb::PipelineResponse> = {
+        use futures_util::StreamExt;
+        let stream = client
+            .pipeline(futures_util::stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        stream.map(|r| r.unwrap()).collect().await
+    };
+    assert_eq!(answers.len(), count);
+    let tags: Vec<u64> = answers.iter().map(|a| a.tag).collect();
+    assert_eq!(tags, (10..19).collect::<Vec<_>>());
+    let results: Vec<Answer> = answers.into_iter().map(|a| a.result.unwrap()).collect();
+    assert!(matches!(&results[0], Answer::Save(s) if s.version == 1));
+    assert!(matches!(&results[1], Answer::Get(g) if g.session.as_ref().unwrap().data["n"] == b"1"));
+    assert!(matches!(&results[2], Answer::Save(s) if s.version == 2));
+    assert!(
+        matches!(&results[3], Answer::Error(e) if e.code == Code::Aborted as i32 && e.message.contains("version conflict"))
+    );
+    assert!(matches!(&results[4], Answer::Error(e) if e.code == Code::InvalidArgument as i32));
+    assert!(matches!(&results[5], Answer::Error(e) if e.code == Code::InvalidArgument as i32));
+    assert!(matches!(&results[6], Answer::Touch(t) if t.found));
+    assert!(matches!(&results[7], Answer::Destroy(d) if d.existed));
+    assert!(matches!(&results[8], Answer::Get(g) if g.session.is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_pipeline_streams_run_at_once_and_keep_their_own_order() {
+    use futures_util::StreamExt;
+    let daemon = Daemon::start(Config::default()).await;
+    let streams = (0..16).map(|s| {
+        let mut client = daemon.client();
+        tokio::spawn(async move {
+            let id = format!("stream-{s}");
+            // Each stream writes its own session 200 times, each save conditional on the last,
+            // so any reordering inside the stream would surface as a conflict.
+            let requests = (0..200u64).map(move |i| {
+                let value = i.to_string();
+                op(i, Op::Save(save(&id, &[("i", &value)], Some(i))))
+            });
+            let answers: Vec<_> = client
+                .pipeline(futures_util::stream::iter(requests))
+                .await
+                .unwrap()
+                .into_inner()
+                .map(|r| r.unwrap())
+                .collect()
+                .await;
+            for (i, answer) in answers.iter().enumerate() {
+                assert_eq!(answer.tag, i as u64);
+                match &answer.result {
+                    Some(Answer::Save(saved)) => assert_eq!(saved.version, i as u64 + 1),
+                    other => panic!("stream {s} op {i}: {other:?}"),
+                }
+            }
+            answers.len()
+        })
+    });
+    let mut total = 0;
+    for task in streams.collect::<Vec<_>>() {
+        total += task.await.unwrap();
+    }
+    assert_eq!(total, 16 * 200);
+    let stats = daemon
+        .client()
+        .stats(pb::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.live_sessions, 16);
+}
+
+#[tokio::test]
+async fn health_says_serving_and_reflection_lists_the_service() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    let daemon = Daemon::start(Config::default()).await;
+    let mut health = HealthClient::new(daemon.channel.clone());
+    for service in ["", "gonest.session.v1.SessionStore"] {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.status, 1, "SERVING for {service:?}");
+    }
+
+    let mut reflection = ServerReflectionClient::new(daemon.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(futures_util::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected answer {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"gonest.session.v1.SessionStore".to_owned()),
+        "{names:?}"
+    );
+
+    // The descriptor of the service's file resolves, imports included, as grpcurl needs.
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "gonest.session.v1.SessionStore".into(),
+        )),
+    };
+    let mut answers = reflection
+        .server_reflection_info(futures_util::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    assert!(
+        matches!(answer.message_response, Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_pipeline_streams_and_returns() {
+    let daemon = Daemon::start(Config::default()).await;
+    let mut client = daemon.client();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = client
+        .pipeline(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(op(1, Op::Save(save("s", &[], None))))
+        .await
+        .unwrap();
+    let first = answers.message().await.unwrap().unwrap();
+    assert_eq!(first.tag, 1);
+
+    // The stream is still open (tx is alive) when shutdown starts; the daemon must end it
+    // rather than wait for the client.
+    let stopped = tokio::time::timeout(Duration::from_secs(5), daemon.stop()).await;
+    stopped.expect("shutdown waited on an idle stream").unwrap();
+    let end = answers.message().await;
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    drop(tx);
+}
+
+#[tokio::test]
+async fn stats_count_sessions() {
+    let daemon = Daemon::start(Config::default()).await;
+    let mut client = daemon.client();
+    for i in 0..5 {
+        client
+            .save(save(&format!("s{i}"), &[], None))
+            .await
+            .unwrap();
+    }
+    client
+        .destroy(pb::DestroyRequest { id: "s0".into() })
+        .await
+        .unwrap();
+    let stats = client
+        .stats(pb::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.live_sessions, 4);
+    assert_eq!(stats.expired_removed_total, 0);
+    assert_eq!(stats.sweeps_total, 0);
+}
