@@ -1,0 +1,169 @@
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use gonest_session_core::{Result, Save, Saved, SessionRecord, SessionStore, StoreError};
+use gonest_session_proto::pb::{
+    self, pipeline_request::Op, pipeline_response::Result as Answer,
+    session_store_client::SessionStoreClient,
+};
+use gonest_session_proto::{
+    duration_to_pb, error_from_status, record_from_pb, save_to_pb, timestamp_from_pb,
+};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::RemoteSessionStoreBuilder;
+use crate::lanes::Lanes;
+
+/// A [`SessionStore`] kept by a `gonest-sessiond` daemon. Cheap to clone; clones share the
+/// connection and its streams.
+#[derive(Debug, Clone)]
+pub struct RemoteSessionStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The connection, for unary calls (`Stats`); tonic reconnects it by itself.
+    channel: Channel,
+    /// The `Pipeline` streams operations travel on.
+    lanes: Lanes,
+    /// Budget of one operation, retries included.
+    timeout: Duration,
+}
+
+/// The daemon's counters, from [`RemoteSessionStore::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteStats {
+    /// Sessions stored now (expired ones not swept yet may be counted).
+    pub live_sessions: u64,
+    /// Sessions removed because they expired.
+    pub expired_removed_total: u64,
+    /// Sweeps run.
+    pub sweeps_total: u64,
+    /// The daemon's resident memory in bytes (0 where unknown).
+    pub resident_memory_bytes: u64,
+}
+
+impl RemoteSessionStore {
+    /// Connects to the daemon at `url` (such as `http://127.0.0.1:7070`) with default options.
+    pub async fn connect(url: impl Into<String>) -> Result<Self> {
+        Self::builder(url).connect().await
+    }
+
+    /// Options for a store at `url`: timeouts and the number of streams.
+    pub fn builder(url: impl Into<String>) -> RemoteSessionStoreBuilder {
+        RemoteSessionStoreBuilder::new(url)
+    }
+
+    pub(crate) fn from_parts(channel: Channel, timeout: Duration, streams: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                lanes: Lanes::new(channel.clone(), streams),
+                channel,
+                timeout,
+            }),
+        }
+    }
+
+    /// The daemon's counters.
+    pub async fn stats(&self) -> Result<RemoteStats> {
+        let mut client = SessionStoreClient::new(self.inner.channel.clone());
+        let call = client.stats(pb::StatsRequest {});
+        let stats = tokio::time::timeout(self.inner.timeout, call)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(|status| error_from_status(&status, None))?
+            .into_inner();
+        Ok(RemoteStats {
+            live_sessions: stats.live_sessions,
+            expired_removed_total: stats.expired_removed_total,
+            sweeps_total: stats.sweeps_total,
+            resident_memory_bytes: stats.resident_memory_bytes,
+        })
+    }
+
+    /// Runs one operation within the timeout; `retry` operations are tried once more when the
+    /// stream they went on broke.
+    async fn call(&self, op: Op, retry: bool, expected_version: Option<u64>) -> Result<Answer> {
+        let attempt = async {
+            let first = self.inner.lanes.call(op.clone()).await;
+            match first {
+                Err(status) if retry && status.code() == Code::Unavailable => {
+                    self.inner.lanes.call(op).await
+                }
+                other => other,
+            }
+        };
+        let answer = tokio::time::timeout(self.inner.timeout, attempt)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map_err(|status| error_from_status(&status, expected_version))?;
+        match answer {
+            Answer::Error(error) => {
+                let status = Status::new(Code::from(error.code), error.message);
+                Err(error_from_status(&status, expected_version))
+            }
+            answer => Ok(answer),
+        }
+    }
+}
+
+fn unexpected(answer: &Answer) -> StoreError {
+    StoreError::Internal(format!("daemon answered with the wrong kind: {answer:?}"))
+}
+
+fn time(timestamp: Option<prost_types::Timestamp>, what: &str) -> Result<SystemTime> {
+    let timestamp =
+        timestamp.ok_or_else(|| StoreError::Internal(format!("daemon sent no {what}")))?;
+    timestamp_from_pb(&timestamp)
+}
+
+#[async_trait]
+impl SessionStore for RemoteSessionStore {
+    async fn get(&self, id: &str) -> Result<Option<SessionRecord>> {
+        let op = Op::Get(pb::GetRequest { id: id.to_owned() });
+        match self.call(op, true, None).await? {
+            Answer::Get(response) => response.session.map(record_from_pb).transpose(),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn save(&self, save: Save) -> Result<Saved> {
+        let expected = save.expected_version;
+        match self
+            .call(Op::Save(save_to_pb(save)), false, expected)
+            .await?
+        {
+            Answer::Save(saved) => Ok(Saved {
+                version: saved.version,
+                created_at: time(saved.created_at, "created_at")?,
+                expires_at: time(saved.expires_at, "expires_at")?,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn destroy(&self, id: &str) -> Result<bool> {
+        let op = Op::Destroy(pb::DestroyRequest { id: id.to_owned() });
+        match self.call(op, true, None).await? {
+            Answer::Destroy(response) => Ok(response.existed),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
+        let op = Op::Touch(pb::TouchRequest {
+            id: id.to_owned(),
+            ttl: ttl.map(duration_to_pb),
+        });
+        match self.call(op, true, None).await? {
+            Answer::Touch(response) if response.found => {
+                Ok(Some(time(response.expires_at, "expires_at")?))
+            }
+            Answer::Touch(_) => Ok(None),
+            other => Err(unexpected(&other)),
+        }
+    }
+}

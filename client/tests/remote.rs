@@ -1,0 +1,200 @@
+//! RemoteSessionStore against a real daemon on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use gonest_session_client::RemoteSessionStore;
+use gonest_session_core::{Save, SessionData, SessionStore, StoreError};
+use gonest_sessiond::Config;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+struct Daemon {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+async fn daemon_on(listener: TcpListener, config: Config) -> Daemon {
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(gonest_sessiond::run(listener, config, async {
+        stopped.await.ok();
+    }));
+    Daemon { addr, stop, task }
+}
+
+async fn daemon(config: Config) -> Daemon {
+    daemon_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), config).await
+}
+
+impl Daemon {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).ok();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn data(pairs: &[(&str, &str)]) -> SessionData {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+#[tokio::test]
+async fn follows_the_store_contract() {
+    let daemon = daemon(Config {
+        max_session_bytes: 64,
+        ..Config::default()
+    })
+    .await;
+    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
+
+    assert_eq!(store.get("s").await.unwrap(), None);
+    let saved = store
+        .save(Save::new("s", data(&[("k", "v")])).expected_version(0))
+        .await
+        .unwrap();
+    assert_eq!(saved.version, 1);
+    let record = store.get("s").await.unwrap().unwrap();
+    assert_eq!(record.data, data(&[("k", "v")]));
+    assert_eq!(record.created_at, saved.created_at);
+    assert_eq!(record.expires_at, saved.expires_at);
+
+    let err = store
+        .save(Save::new("s", data(&[])).expected_version(5))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Conflict {
+            expected: 5,
+            actual: None
+        }
+    );
+    let err = store
+        .save(Save::new("s", data(&[("k", &"x".repeat(100))])))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::TooLarge {
+            size: 101,
+            limit: 64
+        }
+    );
+    assert!(matches!(
+        store.get("bad id").await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        store.save(Save::new("s", data(&[])).ttl(Duration::from_secs(365 * 86400))).await,
+        Err(StoreError::InvalidArgument(m)) if m.contains("maximum")
+    ));
+
+    let expires = store
+        .touch("s", Some(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(expires < saved.expires_at);
+    assert_eq!(store.get("s").await.unwrap().unwrap().version, 1);
+    assert_eq!(store.touch("none", None).await.unwrap(), None);
+    assert!(store.destroy("s").await.unwrap());
+    assert!(!store.destroy("s").await.unwrap());
+
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.live_sessions, 0);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_each_get_their_own_answer() {
+    let daemon = daemon(Config::default()).await;
+    let store = RemoteSessionStore::builder(daemon.url())
+        .streams(3)
+        .connect()
+        .await
+        .unwrap();
+    for i in 0..200 {
+        store
+            .save(Save::new(format!("s{i}"), data(&[("i", &i.to_string())])))
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = (0..50)
+        .map(|worker| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for round in 0..40 {
+                    let i = (worker * 7 + round * 13) % 200;
+                    let record = store.get(&format!("s{i}")).await.unwrap().unwrap();
+                    assert_eq!(record.id, format!("s{i}"));
+                    assert_eq!(record.data["i"], i.to_string().as_bytes());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopped_daemon_is_unavailable_and_a_restarted_one_is_used_again() {
+    let first = daemon(Config::default()).await;
+    let addr = first.addr;
+    let store = RemoteSessionStore::builder(first.url())
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    store.save(Save::new("s", data(&[]))).await.unwrap();
+    first.stop().await;
+
+    let started = Instant::now();
+    let err = store.get("s").await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    let err = store.save(Save::new("s", data(&[]))).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Same port, new daemon (empty: it keeps nothing across restarts without persistence).
+    let second = daemon_on(TcpListener::bind(addr).await.unwrap(), Config::default()).await;
+    let mut recovered = None;
+    for _ in 0..3 {
+        match store.save(Save::new("s", data(&[("back", "1")]))).await {
+            Ok(saved) => {
+                recovered = Some(saved);
+                break;
+            }
+            Err(err) => assert!(err.is_transient(), "{err:?}"),
+        }
+    }
+    assert_eq!(recovered.expect("store did not reconnect").version, 1);
+    assert!(store.get("s").await.unwrap().is_some());
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn connect_fails_clearly() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let err = RemoteSessionStore::connect(format!("http://{addr}"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let err = RemoteSessionStore::connect("not a url").await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::InvalidArgument(ref m) if m.contains("invalid daemon url")),
+        "{err:?}"
+    );
+}
