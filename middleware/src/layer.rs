@@ -1,0 +1,168 @@
+//! The tower [`Layer`] and [`Service`] that give each request its [`Session`] and write it back.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use gonest_session_core::SessionStore;
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+use crate::session::Outcome;
+use crate::{Session, SessionOptions, id};
+
+/// Adds sessions to a tower stack (axum, hyper, tonic-web, ...).
+///
+/// ```
+/// use std::time::Duration;
+/// use gonest_session::{MemorySessionStore, SessionLayer, SessionOptions};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let store = MemorySessionStore::new(Duration::from_secs(3600));
+/// let layer = SessionLayer::new(store, SessionOptions { secure: true, ..Default::default() });
+/// # let _ = layer;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SessionLayer {
+    store: Arc<dyn SessionStore>,
+    options: Arc<SessionOptions>,
+}
+
+impl std::fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionLayer {
+    /// Sessions kept in `store`, with cookies and lifetimes from `options`.
+    pub fn new(store: impl SessionStore, options: SessionOptions) -> Self {
+        Self {
+            store: Arc::new(store),
+            options: Arc::new(options),
+        }
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService {
+            inner,
+            store: self.store.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+/// The service [`SessionLayer`] wraps around an inner service.
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    store: Arc<dyn SessionStore>,
+    options: Arc<SessionOptions>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for SessionService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The session id in the request's cookies, if one has the form of an id this crate issues.
+fn cookie_id(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .filter(|cookie| cookie.name() == name)
+        .map(|cookie| cookie.value().to_owned())
+        .find(|value| id::is_well_formed(value))
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // The clone that was driven to readiness serves this request; a fresh clone waits for
+        // the next one (tower's usual dance).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let options = self.options.clone();
+        let session = Session::new(
+            self.store.clone(),
+            options.clone(),
+            cookie_id(request.headers(), &options.cookie_name),
+        );
+        request.extensions_mut().insert(session.clone());
+
+        Box::pin(async move {
+            let mut response = inner.call(request).await?;
+            if response.status().is_server_error() {
+                return Ok(response);
+            }
+            let cookie = match session.commit().await {
+                Ok(Outcome::Unchanged) => return Ok(response),
+                Ok(Outcome::SetCookie(id)) => options.set_cookie(&id),
+                Ok(Outcome::RemoveCookie) => options.removal_cookie(),
+                Err(err) => {
+                    tracing::error!(%err, "session could not be saved; answering 503");
+                    let mut unavailable = Response::new(ResBody::default());
+                    *unavailable.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    return Ok(unavailable);
+                }
+            };
+            match HeaderValue::try_from(cookie) {
+                Ok(value) => {
+                    response.headers_mut().append(SET_COOKIE, value);
+                }
+                Err(err) => tracing::error!(%err, "session cookie is not a valid header"),
+            }
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_ids_are_taken_from_cookies() {
+        let good = id::generate();
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("other=1; gonest.sid=bogus"),
+        );
+        assert_eq!(cookie_id(&headers, "gonest.sid"), None);
+        headers.append(
+            COOKIE,
+            HeaderValue::from_str(&format!("gonest.sid={good}")).unwrap(),
+        );
+        assert_eq!(cookie_id(&headers, "gonest.sid"), Some(good.clone()));
+        assert_eq!(cookie_id(&headers, "other.sid"), None);
+    }
+}

@@ -1,0 +1,122 @@
+use std::time::Duration;
+
+/// The cookie's `SameSite` attribute.
+pub use cookie::SameSite;
+
+/// How the session cookie is written and how long sessions live. The defaults are the seed's:
+/// cookie `gonest.sid`, 24 hours, not `Secure`, `HttpOnly`, `SameSite=Lax`, path `/`.
+///
+/// ```
+/// use gonest_session::SessionOptions;
+/// let options = SessionOptions { secure: true, ..Default::default() };
+/// assert_eq!(options.cookie_name, "gonest.sid");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Name of the session cookie.
+    pub cookie_name: String,
+    /// How long a session lives after it is saved (the store TTL), and the cookie's `Max-Age`.
+    pub max_age: Duration,
+    /// Send the cookie over HTTPS only. Turn it on wherever the app is served over HTTPS.
+    pub secure: bool,
+    /// Hide the cookie from JavaScript.
+    pub http_only: bool,
+    /// The cookie's `SameSite` policy. `SameSite::None` needs `secure` in browsers.
+    pub same_site: SameSite,
+    /// The cookie's `Path`.
+    pub path: String,
+    /// The cookie's `Domain`; `None` keeps it to the host that set it.
+    pub domain: Option<String>,
+    /// When true, every request that loads a session extends it by `max_age` (a Touch) and
+    /// re-sends the cookie, so active users stay logged in.
+    pub rolling: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            cookie_name: "gonest.sid".to_owned(),
+            max_age: Duration::from_secs(24 * 60 * 60),
+            secure: false,
+            http_only: true,
+            same_site: SameSite::Lax,
+            path: "/".to_owned(),
+            domain: None,
+            rolling: false,
+        }
+    }
+}
+
+impl SessionOptions {
+    /// The `Set-Cookie` value that hands `id` to the browser.
+    pub(crate) fn set_cookie(&self, id: &str) -> String {
+        let max_age = i64::try_from(self.max_age.as_secs()).unwrap_or(i64::MAX);
+        self.cookie(id.to_owned())
+            .max_age(cookie::time::Duration::seconds(max_age))
+            .build()
+            .to_string()
+    }
+
+    /// The `Set-Cookie` value that removes the session cookie, with the same path and domain.
+    pub(crate) fn removal_cookie(&self) -> String {
+        let mut cookie = self.cookie(String::new()).build();
+        cookie.make_removal();
+        cookie.to_string()
+    }
+
+    fn cookie(&self, value: String) -> cookie::CookieBuilder<'static> {
+        let mut builder = cookie::Cookie::build((self.cookie_name.clone(), value))
+            .path(self.path.clone())
+            .http_only(self.http_only)
+            .secure(self.secure)
+            .same_site(self.same_site);
+        if let Some(domain) = &self.domain {
+            builder = builder.domain(domain.clone());
+        }
+        builder
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_carry_every_attribute() {
+        let options = SessionOptions {
+            secure: true,
+            domain: Some("example.com".into()),
+            path: "/app".into(),
+            max_age: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let set = options.set_cookie("abc");
+        for part in [
+            "gonest.sid=abc",
+            "HttpOnly",
+            "SameSite=Lax",
+            "Secure",
+            "Path=/app",
+            "Domain=example.com",
+            "Max-Age=3600",
+        ] {
+            assert!(set.contains(part), "{set} lacks {part}");
+        }
+        let removal = options.removal_cookie();
+        assert!(removal.starts_with("gonest.sid=;"), "{removal}");
+        assert!(removal.contains("Max-Age=0"), "{removal}");
+        assert!(removal.contains("Path=/app") && removal.contains("Domain=example.com"));
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let options = SessionOptions::default();
+        let set = options.set_cookie("abc");
+        assert!(!set.contains("Secure"), "{set}");
+        assert!(
+            set.contains("Max-Age=86400") && set.contains("Path=/"),
+            "{set}"
+        );
+        assert!(options.http_only && !options.rolling && options.domain.is_none());
+    }
+}

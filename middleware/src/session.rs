@@ -1,0 +1,432 @@
+//! The [`Session`] handle a handler works with, and what happens to it after the handler.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use gonest_session_core::{Expiry, Save, SessionData, SessionStore, StoreError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{SessionOptions, id};
+
+/// How many times a save that lost a race is re-applied on the newer session before the request
+/// gives up with a 503.
+const SAVE_ATTEMPTS: usize = 4;
+
+/// One request's session: the seed's `GetValue` / `SetValue` / `Delete` in Rust spelling, plus
+/// [`regenerate`](Self::regenerate) and [`destroy`](Self::destroy).
+///
+/// In axum, take it as an extractor argument; it arrives loaded. Elsewhere in a tower stack, take
+/// it from the request's extensions and call [`load`](Self::load) before reading it. Clones are
+/// the same session. Changes are kept in the handle and written by the [`SessionLayer`] after the
+/// handler returns.
+///
+/// [`SessionLayer`]: crate::SessionLayer
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the id: it is the user's credential.
+        let state = self.state();
+        f.debug_struct("Session")
+            .field("loaded", &state.loaded)
+            .field("keys", &state.data.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    store: Arc<dyn SessionStore>,
+    options: Arc<SessionOptions>,
+    /// The id the request's cookie carried, if it had the form of one of ours.
+    cookie_id: Option<String>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Whether the store was asked for the cookie's session.
+    loaded: bool,
+    /// The stored session this request started from, if there was one.
+    stored: Option<Stored>,
+    /// The session as the handler sees it: the stored data with this request's changes applied.
+    data: SessionData,
+    /// This request's own changes by key (`None`: deleted), to apply again on top of a newer
+    /// version when another request saved the session meanwhile.
+    changes: HashMap<String, Option<Vec<u8>>>,
+    /// The id a new or regenerated session will be saved under.
+    new_id: Option<String>,
+    /// `regenerate` was called: move the data to a new id and destroy the old one.
+    regenerate: bool,
+    /// `destroy` was called.
+    destroy: bool,
+}
+
+/// What the store had when the session was loaded.
+#[derive(Clone)]
+struct Stored {
+    id: String,
+    version: u64,
+    created_at: SystemTime,
+    expires_at: SystemTime,
+}
+
+/// What the layer does to the response once the session is written.
+pub(crate) enum Outcome {
+    /// Nothing to send.
+    Unchanged,
+    /// Send this id in a `Set-Cookie`.
+    SetCookie(String),
+    /// Send a removal cookie.
+    RemoveCookie,
+}
+
+impl State {
+    fn apply_changes(&mut self) {
+        for (key, value) in &self.changes {
+            match value {
+                Some(value) => self.data.insert(key.clone(), value.clone()),
+                None => self.data.remove(key),
+            };
+        }
+    }
+
+    fn change(&mut self, key: &str, value: Option<Vec<u8>>) {
+        match &value {
+            Some(value) => self.data.insert(key.to_owned(), value.clone()),
+            None => self.data.remove(key),
+        };
+        self.changes.insert(key.to_owned(), value);
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        store: Arc<dyn SessionStore>,
+        options: Arc<SessionOptions>,
+        cookie_id: Option<String>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                options,
+                cookie_id,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// A std mutex is right here: it is never held across an await.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads the request's session from the store, once; later calls do nothing. The axum
+    /// extractor calls it for you.
+    pub async fn load(&self) -> Result<(), StoreError> {
+        if self.state().loaded {
+            return Ok(());
+        }
+        let record = match &self.inner.cookie_id {
+            Some(id) => self.inner.store.get(id).await?,
+            None => None,
+        };
+        let mut state = self.state();
+        if !state.loaded {
+            state.loaded = true;
+            if let Some(record) = record {
+                state.stored = Some(Stored {
+                    id: record.id,
+                    version: record.version,
+                    created_at: record.created_at,
+                    expires_at: record.expires_at,
+                });
+                state.data = record.data;
+                state.apply_changes();
+            }
+        }
+        Ok(())
+    }
+
+    /// The value under `key`, if there is one and it deserializes as a `T`. Never panics: a value
+    /// of another shape is `None`, like an absent one.
+    pub fn get_value<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let state = self.state();
+        serde_json::from_slice(state.data.get(key)?).ok()
+    }
+
+    /// Stores `value` under `key`, as JSON. Fails only when `value` cannot be serialized as JSON.
+    pub fn set_value<T: Serialize>(&self, key: &str, value: T) -> Result<(), serde_json::Error> {
+        let bytes = serde_json::to_vec(&value)?;
+        self.state().change(key, Some(bytes));
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it was there.
+    pub fn delete(&self, key: &str) -> bool {
+        let mut state = self.state();
+        let existed = state.data.contains_key(key);
+        state.change(key, None);
+        existed
+    }
+
+    /// The session's id: the stored one, or the one a new or regenerated session will get.
+    /// `None` for a session that does not exist and was not written.
+    pub fn id(&self) -> Option<String> {
+        let state = self.state();
+        if state.destroy {
+            return None;
+        }
+        match (&state.new_id, &state.stored) {
+            (Some(new_id), _) => Some(new_id.clone()),
+            (None, Some(stored)) => Some(stored.id.clone()),
+            (None, None) => None,
+        }
+    }
+
+    /// When the stored session was created; `None` for a new one.
+    pub fn created_at(&self) -> Option<SystemTime> {
+        self.state().stored.as_ref().map(|s| s.created_at)
+    }
+
+    /// When the stored session expires; `None` for a new one.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.state().stored.as_ref().map(|s| s.expires_at)
+    }
+
+    /// Gives the session a new id, keeping its data; the old id is destroyed. Call it when a user
+    /// logs in, so an id planted before login is worthless after it.
+    pub fn regenerate(&self) {
+        let mut state = self.state();
+        state.regenerate = true;
+        state.new_id = Some(id::generate());
+    }
+
+    /// Ends the session: it is removed from the store and the browser gets a removal cookie.
+    pub fn destroy(&self) {
+        let mut state = self.state();
+        state.destroy = true;
+        state.data.clear();
+        state.changes.clear();
+    }
+
+    /// Writes what the handler did to the store. Called by the layer after the handler.
+    pub(crate) async fn commit(&self) -> Result<Outcome, StoreError> {
+        let (touched, destroy, needs_load) = {
+            let state = self.state();
+            let touched = !state.changes.is_empty() || state.regenerate;
+            (touched, state.destroy, !state.loaded)
+        };
+        if needs_load && (touched || destroy) {
+            // Written to without being read (a tower handler that skipped `load`).
+            self.load().await?;
+        }
+        let store = &self.inner.store;
+        let options = &self.inner.options;
+        let (stored, rolling) = {
+            let state = self.state();
+            (state.stored.clone(), options.rolling && state.loaded)
+        };
+
+        if destroy {
+            if let Some(stored) = &stored {
+                store.destroy(&stored.id).await?;
+            }
+            return Ok(match self.inner.cookie_id {
+                Some(_) => Outcome::RemoveCookie,
+                None => Outcome::Unchanged,
+            });
+        }
+
+        if !touched {
+            return match (rolling, stored) {
+                (true, Some(stored)) => Ok(
+                    match store.touch(&stored.id, Some(options.max_age)).await? {
+                        Some(_) => Outcome::SetCookie(stored.id),
+                        None => Outcome::Unchanged,
+                    },
+                ),
+                _ => Ok(Outcome::Unchanged),
+            };
+        }
+
+        let (mut target, mut expected, mut data, regenerate) = {
+            let mut state = self.state();
+            if stored.is_none() && state.data.is_empty() {
+                // Nothing was ever written: nothing to keep, no cookie.
+                return Ok(Outcome::Unchanged);
+            }
+            let regenerate = state.regenerate;
+            let (target, expected) = match (&stored, regenerate) {
+                (Some(stored), false) => (stored.id.clone(), stored.version),
+                _ => (state.new_id.get_or_insert_with(id::generate).clone(), 0),
+            };
+            (target, expected, state.data.clone(), regenerate)
+        };
+
+        for _ in 0..SAVE_ATTEMPTS {
+            let save = Save {
+                id: target.clone(),
+                data,
+                expected_version: Some(expected),
+                expiry: Expiry::Ttl(options.max_age),
+            };
+            match store.save(save).await {
+                Ok(_) => {
+                    if let (true, Some(old)) = (regenerate, &stored) {
+                        // The new session is saved; failing to remove the old one must not log
+                        // the user out, so it is logged and left to expire.
+                        if let Err(err) = store.destroy(&old.id).await {
+                            tracing::warn!(%err, "could not destroy the session replaced by regenerate");
+                        }
+                    }
+                    let cookie_changed = self.inner.cookie_id.as_deref() != Some(target.as_str());
+                    return Ok(if cookie_changed || options.rolling {
+                        Outcome::SetCookie(target)
+                    } else {
+                        Outcome::Unchanged
+                    });
+                }
+                Err(StoreError::Conflict { .. }) if expected == 0 => {
+                    // A fresh id that is taken: astronomically unlikely, but harmless to redo.
+                    target = id::generate();
+                    self.state().new_id = Some(target.clone());
+                    data = self.state().data.clone();
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    // Another request saved this session meanwhile: start from its version and
+                    // apply this request's own changes again.
+                    let Some(fresh) = store.get(&target).await? else {
+                        // It was destroyed (a logout): do not bring it back.
+                        tracing::debug!("session destroyed during the request; changes dropped");
+                        return Ok(Outcome::Unchanged);
+                    };
+                    let mut state = self.state();
+                    expected = fresh.version;
+                    state.data = fresh.data;
+                    state.apply_changes();
+                    data = state.data.clone();
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(StoreError::Conflict {
+            expected,
+            actual: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gonest_session_core::MemorySessionStore;
+
+    fn session(store: &MemorySessionStore, cookie: Option<&str>) -> Session {
+        Session::new(
+            Arc::new(store.clone()),
+            Arc::new(SessionOptions::default()),
+            cookie.map(str::to_owned),
+        )
+    }
+
+    #[tokio::test]
+    async fn values_round_trip_as_json_and_wrong_types_are_none() {
+        let store = MemorySessionStore::new(std::time::Duration::from_secs(60));
+        let s = session(&store, None);
+        s.load().await.unwrap();
+        s.set_value("user_id", 42u64).unwrap();
+        s.set_value("role", "admin").unwrap();
+        assert_eq!(s.get_value::<u64>("user_id"), Some(42));
+        assert_eq!(s.get_value::<String>("role").as_deref(), Some("admin"));
+        assert_eq!(s.get_value::<u64>("role"), None, "wrong type is None");
+        assert_eq!(s.get_value::<u64>("missing"), None);
+        assert!(s.delete("role"));
+        assert!(!s.delete("role"));
+        let Outcome::SetCookie(id) = s.commit().await.unwrap() else {
+            panic!("a new written session sets a cookie");
+        };
+        let record = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(record.data["user_id"], b"42");
+        assert!(!record.data.contains_key("role"));
+    }
+
+    #[tokio::test]
+    async fn a_session_never_written_is_not_stored() {
+        let store = MemorySessionStore::new(std::time::Duration::from_secs(60));
+        let s = session(&store, None);
+        s.load().await.unwrap();
+        assert_eq!(s.get_value::<u64>("user_id"), None);
+        s.delete("user_id");
+        assert!(matches!(s.commit().await.unwrap(), Outcome::Unchanged));
+        assert_eq!(store.stats().live_sessions, 0);
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_save_reapplies_only_this_requests_changes() {
+        let store = MemorySessionStore::new(std::time::Duration::from_secs(60));
+        let id = id::generate();
+        let mut data = SessionData::new();
+        data.insert("a".into(), b"1".to_vec());
+        store.save(Save::new(&id, data)).await.unwrap();
+
+        let first = session(&store, Some(&id));
+        let second = session(&store, Some(&id));
+        first.load().await.unwrap();
+        second.load().await.unwrap();
+        first.set_value("b", 2).unwrap();
+        second.set_value("c", 3).unwrap();
+        second.delete("a");
+        first.commit().await.unwrap();
+        second.commit().await.unwrap();
+
+        let record = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(record.version, 3);
+        assert_eq!(record.data.get("a"), None);
+        assert_eq!(record.data["b"], b"2");
+        assert_eq!(record.data["c"], b"3");
+    }
+
+    #[tokio::test]
+    async fn a_session_destroyed_meanwhile_is_not_brought_back() {
+        let store = MemorySessionStore::new(std::time::Duration::from_secs(60));
+        let id = id::generate();
+        store
+            .save(Save::new(&id, SessionData::new()))
+            .await
+            .unwrap();
+        let slow = session(&store, Some(&id));
+        slow.load().await.unwrap();
+        slow.set_value("late", true).unwrap();
+        store.destroy(&id).await.unwrap();
+        assert!(matches!(slow.commit().await.unwrap(), Outcome::Unchanged));
+        assert_eq!(store.get(&id).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn regenerate_moves_the_data_and_destroys_the_old_id() {
+        let store = MemorySessionStore::new(std::time::Duration::from_secs(60));
+        let old = id::generate();
+        let mut data = SessionData::new();
+        data.insert("cart".into(), b"[1]".to_vec());
+        store.save(Save::new(&old, data)).await.unwrap();
+        let s = session(&store, Some(&old));
+        s.load().await.unwrap();
+        s.regenerate();
+        let new = s.id().unwrap();
+        assert_ne!(new, old);
+        let Outcome::SetCookie(sent) = s.commit().await.unwrap() else {
+            panic!("a rotated session sets a cookie")
+        };
+        assert_eq!(sent, new);
+        assert_eq!(store.get(&old).await.unwrap(), None);
+        assert_eq!(store.get(&new).await.unwrap().unwrap().data["cart"], b"[1]");
+    }
+}
