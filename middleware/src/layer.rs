@@ -10,7 +10,7 @@ use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
-use crate::session::Outcome;
+use crate::session::{Outcome, WriteLocks};
 use crate::{Session, SessionOptions, id};
 
 /// Adds sessions to a tower stack (axum, hyper, tonic-web, ...).
@@ -29,6 +29,7 @@ use crate::{Session, SessionOptions, id};
 pub struct SessionLayer {
     store: Arc<dyn SessionStore>,
     options: Arc<SessionOptions>,
+    write_locks: Arc<WriteLocks>,
 }
 
 impl std::fmt::Debug for SessionLayer {
@@ -45,6 +46,7 @@ impl SessionLayer {
         Self {
             store: Arc::new(store),
             options: Arc::new(options),
+            write_locks: Arc::new(WriteLocks::new()),
         }
     }
 }
@@ -57,6 +59,7 @@ impl<S> Layer<S> for SessionLayer {
             inner,
             store: self.store.clone(),
             options: self.options.clone(),
+            write_locks: self.write_locks.clone(),
         }
     }
 }
@@ -67,6 +70,7 @@ pub struct SessionService<S> {
     inner: S,
     store: Arc<dyn SessionStore>,
     options: Arc<SessionOptions>,
+    write_locks: Arc<WriteLocks>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for SessionService<S> {
@@ -114,6 +118,7 @@ where
         let session = Session::new(
             self.store.clone(),
             options.clone(),
+            self.write_locks.clone(),
             cookie_id(request.headers(), &options.cookie_name),
         );
         request.extensions_mut().insert(session.clone());

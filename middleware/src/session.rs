@@ -10,9 +10,13 @@ use serde::de::DeserializeOwned;
 
 use crate::{SessionOptions, id};
 
-/// How many times a save that lost a race is re-applied on the newer session before the request
-/// gives up with a 503.
-const SAVE_ATTEMPTS: usize = 4;
+/// How many times a save that lost a race is tried on the newer session before the request gives
+/// up with a 503. Between attempts the request waits a random while, doubling its range each
+/// time (up to [`MAX_BACKOFF_MS`]), so that instances writing one session at once spread out
+/// instead of colliding again.
+const SAVE_ATTEMPTS: u32 = 8;
+/// The longest random wait between two save attempts, in milliseconds.
+const MAX_BACKOFF_MS: u64 = 64;
 
 /// One request's session: the seed's `GetValue` / `SetValue` / `Delete` in Rust spelling, plus
 /// [`regenerate`](Self::regenerate) and [`destroy`](Self::destroy).
@@ -42,6 +46,8 @@ impl std::fmt::Debug for Session {
 struct Inner {
     store: Arc<dyn SessionStore>,
     options: Arc<SessionOptions>,
+    /// The app instance's write locks, shared by all its requests.
+    write_locks: Arc<WriteLocks>,
     /// The id the request's cookie carried, if it had the form of one of ours.
     cookie_id: Option<String>,
     state: Mutex<State>,
@@ -108,12 +114,14 @@ impl Session {
     pub(crate) fn new(
         store: Arc<dyn SessionStore>,
         options: Arc<SessionOptions>,
+        write_locks: Arc<WriteLocks>,
         cookie_id: Option<String>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 options,
+                write_locks,
                 cookie_id,
                 state: Mutex::new(State::default()),
             }),
@@ -271,7 +279,14 @@ impl Session {
             (target, expected, state.data.clone(), regenerate)
         };
 
-        for _ in 0..SAVE_ATTEMPTS {
+        // Requests of this instance write one session one at a time, so a conflict can only come
+        // from another instance: the retries below race a handful of instances, not every
+        // concurrent request.
+        let _writing = self.inner.write_locks.lock(&target).await;
+        for attempt in 0..SAVE_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt).await;
+            }
             let save = Save {
                 id: target.clone(),
                 data,
@@ -324,6 +339,38 @@ impl Session {
     }
 }
 
+/// Striped locks that serialise one app instance's writes to the same session.
+pub(crate) struct WriteLocks {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl WriteLocks {
+    /// Enough stripes that unrelated sessions rarely wait on each other.
+    const STRIPES: usize = 256;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            stripes: (0..Self::STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
+
+    async fn lock(&self, id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
+        let stripe = usize::try_from(hash % Self::STRIPES as u64).unwrap_or(0);
+        self.stripes[stripe].lock().await
+    }
+}
+
+/// Waits a random time between zero and `2^attempt` ms (at most [`MAX_BACKOFF_MS`]).
+async fn backoff(attempt: u32) {
+    let range = (1u64 << attempt.min(16)).min(MAX_BACKOFF_MS);
+    let jitter = getrandom::u64().unwrap_or(0) % (range * 1000);
+    tokio::time::sleep(std::time::Duration::from_micros(jitter)).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +380,7 @@ mod tests {
         Session::new(
             Arc::new(store.clone()),
             Arc::new(SessionOptions::default()),
+            Arc::new(WriteLocks::new()),
             cookie.map(str::to_owned),
         )
     }
