@@ -14,9 +14,9 @@ use crate::{SessionOptions, id};
 /// up with a 503. Between attempts the request waits a random while, doubling its range each
 /// time (up to [`MAX_BACKOFF_MS`]), so that instances writing one session at once spread out
 /// instead of colliding again.
-const SAVE_ATTEMPTS: u32 = 8;
+const SAVE_ATTEMPTS: u32 = 12;
 /// The longest random wait between two save attempts, in milliseconds.
-const MAX_BACKOFF_MS: u64 = 64;
+const MAX_BACKOFF_MS: u64 = 16;
 
 /// One request's session: the seed's `GetValue` / `SetValue` / `Delete` in Rust spelling, plus
 /// [`regenerate`](Self::regenerate) and [`destroy`](Self::destroy).
@@ -282,19 +282,36 @@ impl Session {
         // Requests of this instance write one session one at a time, so a conflict can only come
         // from another instance: the retries below race a handful of instances, not every
         // concurrent request.
-        let _writing = self.inner.write_locks.lock(&target).await;
+        let mut last_saved = self.inner.write_locks.lock(&target).await;
+        // If this instance saved the session since this request loaded it, a save at the loaded
+        // version is bound to fail: start by reloading instead.
+        let mut reload = matches!(&*last_saved, Some((id, version)) if *id == target && *version != expected)
+            && expected != 0;
         for attempt in 0..SAVE_ATTEMPTS {
-            if attempt > 0 {
-                backoff(attempt).await;
+            if reload {
+                // Another request saved this session meanwhile: start from its version and
+                // apply this request's own changes again.
+                let Some(fresh) = store.get(&target).await? else {
+                    // It was destroyed (a logout): do not bring it back.
+                    tracing::debug!("session destroyed during the request; changes dropped");
+                    return Ok(Outcome::Unchanged);
+                };
+                let mut state = self.state();
+                expected = fresh.version;
+                state.data = fresh.data;
+                state.apply_changes();
+                data = state.data.clone();
             }
             let save = Save {
                 id: target.clone(),
-                data,
+                data: data.clone(),
                 expected_version: Some(expected),
                 expiry: Expiry::Ttl(options.max_age),
             };
             match store.save(save).await {
-                Ok(_) => {
+                Ok(saved) => {
+                    *last_saved = Some((target.clone(), saved.version));
+                    drop(last_saved);
                     if let (true, Some(old)) = (regenerate, &stored) {
                         // The new session is saved; failing to remove the old one must not log
                         // the user out, so it is logged and left to expire.
@@ -313,21 +330,11 @@ impl Session {
                     // A fresh id that is taken: astronomically unlikely, but harmless to redo.
                     target = id::generate();
                     self.state().new_id = Some(target.clone());
-                    data = self.state().data.clone();
                 }
                 Err(StoreError::Conflict { .. }) => {
-                    // Another request saved this session meanwhile: start from its version and
-                    // apply this request's own changes again.
-                    let Some(fresh) = store.get(&target).await? else {
-                        // It was destroyed (a logout): do not bring it back.
-                        tracing::debug!("session destroyed during the request; changes dropped");
-                        return Ok(Outcome::Unchanged);
-                    };
-                    let mut state = self.state();
-                    expected = fresh.version;
-                    state.data = fresh.data;
-                    state.apply_changes();
-                    data = state.data.clone();
+                    // Another instance saved it between our read and our write.
+                    reload = true;
+                    backoff(attempt).await;
                 }
                 Err(err) => return Err(err),
             }
@@ -339,9 +346,14 @@ impl Session {
     }
 }
 
-/// Striped locks that serialise one app instance's writes to the same session.
+/// The session id and version an instance's last save on a stripe left behind.
+type LastSaved = Option<(String, u64)>;
+
+/// Striped locks that serialise one app instance's writes to the same session. Each stripe also
+/// remembers the last save made under it, so the next writer of that session knows whether its
+/// loaded version is already stale.
 pub(crate) struct WriteLocks {
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    stripes: Vec<tokio::sync::Mutex<LastSaved>>,
 }
 
 impl WriteLocks {
@@ -351,12 +363,12 @@ impl WriteLocks {
     pub(crate) fn new() -> Self {
         Self {
             stripes: (0..Self::STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
+                .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
         }
     }
 
-    async fn lock(&self, id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+    async fn lock(&self, id: &str) -> tokio::sync::MutexGuard<'_, LastSaved> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
         let stripe = usize::try_from(hash % Self::STRIPES as u64).unwrap_or(0);

@@ -1,0 +1,110 @@
+//! The GoNest sessions controller as an axum app: `POST /login`, `GET /profile`,
+//! `POST /logout`. Run several instances against one `gonest-sessiond` and they share sessions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gonest_session::{MemorySessionStore, Session, SessionLayer, SessionOptions, SessionStore};
+use gonest_session_client::RemoteSessionStore;
+use serde_json::{Value, json};
+
+/// The controller's routes, without the session layer (tests add routes of their own).
+pub fn routes() -> Router {
+    Router::new()
+        .route("/login", post(login))
+        .route("/profile", get(profile))
+        .route("/logout", post(logout))
+}
+
+/// The app: its routes behind the session layer.
+pub fn app(store: impl SessionStore, options: SessionOptions) -> Router {
+    routes().layer(SessionLayer::new(store, options))
+}
+
+/// The store named on the command line: `memory`, or a daemon URL such as
+/// `http://127.0.0.1:7070`. The daemon is connected to lazily, so the app can start first.
+pub fn store(spec: &str, max_age: Duration) -> anyhow::Result<Arc<dyn SessionStore>> {
+    if spec == "memory" {
+        return Ok(Arc::new(MemorySessionStore::new(max_age)));
+    }
+    let store = RemoteSessionStore::builder(spec).connect_lazy()?;
+    Ok(Arc::new(store))
+}
+
+/// Completes on Ctrl-C or SIGTERM (what Docker sends).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// An error answered as the seed's exception JSON: `{"statusCode": 401, "message": "..."}`.
+#[derive(Debug)]
+pub struct AppError {
+    status: StatusCode,
+    message: &'static str,
+}
+
+impl AppError {
+    /// A 401 with `message`.
+    pub fn unauthorized(message: &'static str) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let body = json!({ "statusCode": self.status.as_u16(), "message": self.message });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+async fn login(session: Session) -> Result<Json<Value>, AppError> {
+    // A new id at login, so an id planted before it is worthless afterwards.
+    session.regenerate();
+    let stored = session
+        .set_value("user_id", 42)
+        .and_then(|()| session.set_value("role", "admin"));
+    if stored.is_err() {
+        return Err(AppError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "could not store the session",
+        });
+    }
+    Ok(Json(json!({ "status": "logged in" })))
+}
+
+async fn profile(session: Session) -> Result<Json<Value>, AppError> {
+    let user_id: u64 = session
+        .get_value("user_id")
+        .ok_or(AppError::unauthorized("not logged in"))?;
+    Ok(Json(json!({ "user_id": user_id })))
+}
+
+async fn logout(session: Session) -> Json<Value> {
+    session.delete("user_id");
+    session.delete("role");
+    Json(json!({ "status": "logged out" }))
+}
