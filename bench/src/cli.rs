@@ -1,0 +1,118 @@
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Load for gonest-sessiond, with Redis as the yardstick.
+#[derive(Debug, Parser)]
+#[command(name = "gonest-session-bench", version, about)]
+pub struct Cli {
+    /// What to measure.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to measure.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Operations per second and latency under concurrent load.
+    Throughput(ThroughputArgs),
+    /// Resident memory per stored session.
+    Memory(MemoryArgs),
+}
+
+/// Flags of `throughput`.
+#[derive(Debug, Clone, Args)]
+pub struct ThroughputArgs {
+    /// The daemon, such as http://127.0.0.1:7070.
+    #[arg(long)]
+    pub sessiond: Option<String>,
+    /// Redis, such as redis://127.0.0.1:6379, to run the same workload against.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 50)]
+    pub clients: usize,
+    /// Bytes in each session's value.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// How long to run against each target.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Share of each operation, in percent: get:N,save:M (they must add up to 100).
+    #[arg(long, default_value = "get:90,save:10", value_parser = parse_mix)]
+    pub mix: Mix,
+    /// Distinct sessions the load is spread over (stored before the run).
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: usize,
+    /// `Pipeline` streams the daemon's client spreads calls over.
+    #[arg(long, default_value_t = 4)]
+    pub streams: usize,
+    /// Also print ops/s and p99 for every second of the run (to see a sweep or a snapshot).
+    #[arg(long)]
+    pub per_second: bool,
+}
+
+/// Flags of `memory`.
+#[derive(Debug, Clone, Args)]
+pub struct MemoryArgs {
+    /// The daemon, such as http://127.0.0.1:7070.
+    #[arg(long)]
+    pub sessiond: Option<String>,
+    /// Redis, such as redis://127.0.0.1:6379.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Sessions to store.
+    #[arg(long, default_value_t = 100_000)]
+    pub sessions: usize,
+    /// Bytes in each session's value.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Lifetime of the stored sessions (short, to watch the daemon sweep them).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+}
+
+/// The share of gets and saves, in percent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mix {
+    /// Percent of operations that are gets; the rest are saves.
+    pub get: u8,
+}
+
+fn parse_mix(text: &str) -> Result<Mix, String> {
+    let mut get = None;
+    let mut save = None;
+    for part in text.split(',') {
+        let (name, share) = part
+            .split_once(':')
+            .ok_or_else(|| format!("`{part}` is not op:percent (like get:90,save:10)"))?;
+        let share: u8 = share
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{share}` is not a percentage"))?;
+        match name.trim() {
+            "get" => get = Some(share),
+            "save" => save = Some(share),
+            other => return Err(format!("unknown operation `{other}` (use get and save)")),
+        }
+    }
+    let (get, save) = (get.unwrap_or(0), save.unwrap_or(0));
+    if u16::from(get) + u16::from(save) != 100 {
+        return Err(format!("get:{get} and save:{save} do not add up to 100"));
+    }
+    Ok(Mix { get })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixes_parse_and_must_add_up() {
+        assert_eq!(parse_mix("get:90,save:10").unwrap(), Mix { get: 90 });
+        assert_eq!(parse_mix("save:100").unwrap(), Mix { get: 0 });
+        assert!(parse_mix("get:90,save:20").unwrap_err().contains("add up"));
+        assert!(parse_mix("put:100").unwrap_err().contains("unknown"));
+        assert!(parse_mix("get").is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! A redis-benchmark-style load tool: the same session workload against `gonest-sessiond`
+//! (through `RemoteSessionStore`) and against Redis (GET and SET with PX over one multiplexed
+//! connection, as a Redis session store does), with the figures side by side.
+
+mod cli;
+mod memory;
+mod report;
+mod target;
+mod throughput;
+
+pub use cli::{Cli, Command, MemoryArgs, ThroughputArgs};
+
+/// Runs the command the flags name.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Throughput(args) => throughput::run(args).await,
+        Command::Memory(args) => memory::run(args).await,
+    }
+}

@@ -1,0 +1,45 @@
+//! What a run prints.
+
+use hdrhistogram::Histogram;
+
+/// The figures of one target's run.
+pub(crate) struct Outcome {
+    pub(crate) name: &'static str,
+    pub(crate) ops: u64,
+    pub(crate) errors: u64,
+    pub(crate) seconds: f64,
+    /// Latency of successful operations, in microseconds.
+    pub(crate) latency: Histogram<u64>,
+}
+
+impl Outcome {
+    pub(crate) fn ops_per_second(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+
+    pub(crate) fn p50_ms(&self) -> f64 {
+        millis(self.latency.value_at_quantile(0.5))
+    }
+
+    /// One line: ops/s, p50, p99, p99.9 and errors.
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "{:<9} ops/s: {:>10.0}  p50: {:>7.3} ms  p99: {:>7.3} ms  p99.9: {:>7.3} ms  errors: {}",
+            self.name,
+            self.ops_per_second(),
+            self.p50_ms(),
+            millis(self.latency.value_at_quantile(0.99)),
+            millis(self.latency.value_at_quantile(0.999)),
+            self.errors
+        )
+    }
+}
+
+pub(crate) fn millis(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+/// A latency histogram from 1 µs to 60 s at 3 significant figures.
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}

@@ -1,0 +1,205 @@
+//! `throughput`: the same concurrent get/save mix against each target.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::ThroughputArgs;
+use crate::report::{self, Outcome, histogram};
+use crate::target::{Target, session_id};
+
+/// Lifetime of the sessions the bench writes.
+const TTL: Duration = Duration::from_secs(3600);
+
+pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
+    let mut targets = Vec::new();
+    if let Some(url) = &args.sessiond {
+        targets.push(Target::sessiond(url, args.streams).await?);
+    }
+    if let Some(url) = &args.redis {
+        targets.push(Target::redis(url).await?);
+    }
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "name a target: --sessiond URL and/or --redis URL"
+    );
+    anyhow::ensure!(
+        args.clients > 0 && args.keys > 0,
+        "--clients and --keys must be positive"
+    );
+
+    println!(
+        "throughput: {} clients, {} byte values, {} keys, get:{} save:{}, {} per target",
+        args.clients,
+        args.size,
+        args.keys,
+        args.mix.get,
+        100 - args.mix.get,
+        humantime::format_duration(args.duration)
+    );
+    let mut outcomes = Vec::new();
+    for target in targets {
+        let outcome = run_one(target, &args).await?;
+        println!("{}", outcome.line());
+        outcomes.push(outcome);
+    }
+    if let [sessiond, redis] = outcomes.as_slice() {
+        println!(
+            "ratio sessiond/redis p50: {:.2}",
+            sessiond.p50_ms() / redis.p50_ms()
+        );
+        println!(
+            "ratio sessiond/redis ops/s: {:.2}",
+            sessiond.ops_per_second() / redis.ops_per_second()
+        );
+    }
+    Ok(())
+}
+
+/// What one caller measured.
+struct Tally {
+    ops: u64,
+    errors: u64,
+    latency: hdrhistogram::Histogram<u64>,
+    /// Per second of the run: operations and their latency.
+    seconds: Vec<(u64, hdrhistogram::Histogram<u64>)>,
+}
+
+async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcome> {
+    let value = vec![b'x'; args.size];
+    preload(&target, args, &value).await?;
+
+    let progress = ProgressBar::new(args.duration.as_secs().max(1));
+    progress.set_style(
+        ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len}s {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    progress.set_prefix(target.name());
+
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|client| {
+            let mut target = target.clone();
+            let value = value.clone();
+            let (keys, get_share, per_second) = (args.keys, args.mix.get, args.per_second);
+            tokio::spawn(async move {
+                let mut tally = Tally {
+                    ops: 0,
+                    errors: 0,
+                    latency: histogram(),
+                    seconds: Vec::new(),
+                };
+                let mut n: usize = client;
+                while Instant::now() < deadline {
+                    // Spread keys and operations evenly without a random number generator:
+                    // multiplicative hashing of a per-caller counter.
+                    n = n.wrapping_add(args_stride(client));
+                    let key = session_id(n.wrapping_mul(2_654_435_761) % keys);
+                    let is_get = (n.wrapping_mul(40_503) % 100) < usize::from(get_share);
+                    let begun = Instant::now();
+                    let result = if is_get {
+                        target.get(&key).await.map(drop)
+                    } else {
+                        target.save(&key, &value, TTL).await
+                    };
+                    let micros = u64::try_from(begun.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    match result {
+                        Ok(()) => {
+                            tally.ops += 1;
+                            tally.latency.saturating_record(micros.max(1));
+                            if per_second {
+                                let second =
+                                    usize::try_from(begun.duration_since(started).as_secs())
+                                        .unwrap_or(usize::MAX);
+                                if tally.seconds.len() <= second {
+                                    tally.seconds.resize_with(second + 1, || (0, histogram()));
+                                }
+                                tally.seconds[second].0 += 1;
+                                tally.seconds[second].1.saturating_record(micros.max(1));
+                            }
+                        }
+                        Err(_) => tally.errors += 1,
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+
+    let ticker = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                progress.inc(1);
+            }
+        })
+    };
+    let mut total = Tally {
+        ops: 0,
+        errors: 0,
+        latency: histogram(),
+        seconds: Vec::new(),
+    };
+    for task in tasks {
+        let tally = task.await?;
+        total.ops += tally.ops;
+        total.errors += tally.errors;
+        total.latency.add(&tally.latency)?;
+        for (second, (ops, latency)) in tally.seconds.into_iter().enumerate() {
+            if total.seconds.len() <= second {
+                total.seconds.resize_with(second + 1, || (0, histogram()));
+            }
+            total.seconds[second].0 += ops;
+            total.seconds[second].1.add(&latency)?;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    ticker.abort();
+    progress.finish_and_clear();
+    for (second, (ops, latency)) in total.seconds.iter().enumerate() {
+        println!(
+            "{:<9} second {second:>3}: ops/s: {ops:>8}  p99: {:>7.3} ms",
+            target.name(),
+            report::millis(latency.value_at_quantile(0.99))
+        );
+    }
+    Ok(Outcome {
+        name: target.name(),
+        ops: total.ops,
+        errors: total.errors,
+        seconds,
+        latency: total.latency,
+    })
+}
+
+/// Each caller walks the keys with its own odd stride, so callers do not move in lockstep.
+fn args_stride(client: usize) -> usize {
+    client.wrapping_mul(2).wrapping_add(1)
+}
+
+/// Stores every key once, so that gets find something.
+async fn preload(target: &Target, args: &ThroughputArgs, value: &[u8]) -> anyhow::Result<()> {
+    let workers = args.clients.clamp(1, 64);
+    let tasks: Vec<_> = (0..workers)
+        .map(|worker| {
+            let mut target = target.clone();
+            let value = value.to_vec();
+            let keys = args.keys;
+            tokio::spawn(async move {
+                for n in (worker..keys).step_by(workers) {
+                    target.save(&session_id(n), &value, TTL).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
