@@ -37,6 +37,7 @@
 //!   computes `expires_at` from its own clock.
 
 mod clock;
+pub mod codec;
 mod error;
 mod id;
 mod memory;

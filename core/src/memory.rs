@@ -7,9 +7,10 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::Notify;
 
+use crate::codec::{decode_data, encode_data};
 use crate::{
-    Clock, Expiry, Result, Save, Saved, SessionData, SessionRecord, SessionStore, StoreError,
-    data_size, validate_id,
+    Clock, Expiry, Result, Save, Saved, SessionRecord, SessionStore, StoreError, data_size,
+    validate_id,
 };
 
 /// Shards in the map. Each operation locks one shard, and the sweeper locks one shard at a time,
@@ -34,7 +35,7 @@ pub struct MemorySessionStore {
 #[derive(Debug)]
 pub(crate) struct Inner {
     /// Session id to record. Expired records stay until the sweeper or an access removes them.
-    map: DashMap<String, Entry_>,
+    map: DashMap<Box<str>, Entry_, foldhash::quality::RandomState>,
     /// The clock every expiry is computed and checked against.
     clock: Clock,
     /// Limits and defaults.
@@ -56,28 +57,49 @@ impl Drop for Inner {
     }
 }
 
-/// A stored record, without its id (the map's key).
+/// A stored record, without its id (the map's key). It is kept small, because a store holds
+/// millions: the data is one encoded buffer (see [`crate::codec`]), times are nanoseconds.
 #[derive(Debug, Clone)]
 struct Entry_ {
-    data: SessionData,
-    created_at: SystemTime,
-    expires_at: SystemTime,
+    data: Box<[u8]>,
+    created_at: Nanos,
+    expires_at: Nanos,
     version: u64,
+}
+
+/// A point in time as nanoseconds since the Unix epoch: 8 bytes instead of `SystemTime`'s 16,
+/// good until the year 2554.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Nanos(u64);
+
+impl From<SystemTime> for Nanos {
+    fn from(time: SystemTime) -> Self {
+        let since = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+impl From<Nanos> for SystemTime {
+    fn from(nanos: Nanos) -> Self {
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos.0)
+    }
 }
 
 impl Entry_ {
     fn is_live(&self, now: SystemTime) -> bool {
-        self.expires_at > now
+        self.expires_at > Nanos::from(now)
     }
 
-    fn to_record(&self, id: &str) -> SessionRecord {
-        SessionRecord {
+    fn to_record(&self, id: &str) -> Result<SessionRecord> {
+        Ok(SessionRecord {
             id: id.to_owned(),
-            data: self.data.clone(),
-            created_at: self.created_at,
-            expires_at: self.expires_at,
+            data: decode_data(&self.data)?,
+            created_at: self.created_at.into(),
+            expires_at: self.expires_at.into(),
             version: self.version,
-        }
+        })
     }
 }
 
@@ -174,7 +196,10 @@ impl MemorySessionStoreBuilder {
         let sweep_interval = config.sweep_interval;
         let store = MemorySessionStore {
             inner: Arc::new(Inner {
-                map: DashMap::with_shard_amount(SHARDS),
+                map: DashMap::with_hasher_and_shard_amount(
+                    foldhash::quality::RandomState::default(),
+                    SHARDS,
+                ),
                 clock: Clock::new(),
                 config,
                 stored: AtomicU64::new(0),
@@ -254,7 +279,7 @@ impl MemorySessionStore {
         let now = self.inner.clock.now();
         if let Some(entry) = self.inner.map.get(id) {
             if entry.is_live(now) {
-                return Ok(Some(entry.to_record(id)));
+                return entry.to_record(id).map(Some);
             }
         } else {
             return Ok(None);
@@ -276,10 +301,11 @@ impl MemorySessionStore {
         }
         let now = inner.clock.now();
         let expires_at = inner.expires_at(save.expiry, now)?;
+        let data = encode_data(&save.data);
         let fresh = |data| Entry_ {
             data,
-            created_at: now,
-            expires_at,
+            created_at: now.into(),
+            expires_at: expires_at.into(),
             version: 1,
         };
         let check_absent = |expected: Option<u64>| match expected {
@@ -289,7 +315,7 @@ impl MemorySessionStore {
                 actual: None,
             }),
         };
-        let entry = match inner.map.entry(save.id) {
+        let entry = match inner.map.entry(save.id.into_boxed_str()) {
             Entry::Occupied(mut occupied) => {
                 let current = occupied.get_mut();
                 if current.is_live(now) {
@@ -301,13 +327,13 @@ impl MemorySessionStore {
                             actual: Some(current.version),
                         });
                     }
-                    current.data = save.data;
-                    current.expires_at = expires_at;
+                    current.data = data;
+                    current.expires_at = expires_at.into();
                     current.version += 1;
                 } else {
                     // An expired record is absent: the save creates a new session in its place.
                     check_absent(save.expected_version)?;
-                    *current = fresh(save.data);
+                    *current = fresh(data);
                     inner.expired_removed.fetch_add(1, Ordering::Relaxed);
                 }
                 current.clone_meta()
@@ -315,7 +341,7 @@ impl MemorySessionStore {
             Entry::Vacant(vacant) => {
                 check_absent(save.expected_version)?;
                 inner.reserve_slot()?;
-                vacant.insert(fresh(save.data)).clone_meta()
+                vacant.insert(fresh(data)).clone_meta()
             }
         };
         Ok(entry)
@@ -347,7 +373,7 @@ impl MemorySessionStore {
             .expires_at(ttl.map_or(Expiry::Default, Expiry::Ttl), now)?;
         match self.inner.map.get_mut(id) {
             Some(mut entry) if entry.is_live(now) => {
-                entry.expires_at = expires_at;
+                entry.expires_at = expires_at.into();
                 return Ok(Some(expires_at));
             }
             Some(_) => {}
@@ -366,12 +392,17 @@ impl MemorySessionStore {
             return Ok(false);
         }
         let entry = Entry_ {
-            data: record.data,
-            created_at: record.created_at,
-            expires_at: record.expires_at,
+            data: encode_data(&record.data),
+            created_at: record.created_at.into(),
+            expires_at: record.expires_at.into(),
             version: record.version,
         };
-        if self.inner.map.insert(record.id, entry).is_none() {
+        if self
+            .inner
+            .map
+            .insert(record.id.into_boxed_str(), entry)
+            .is_none()
+        {
             self.inner.stored.fetch_add(1, Ordering::Relaxed);
         }
         Ok(true)
@@ -382,8 +413,10 @@ impl MemorySessionStore {
     pub fn for_each_live(&self, mut f: impl FnMut(SessionRecord)) {
         let now = self.inner.clock.now();
         for item in self.inner.map.iter() {
-            if item.is_live(now) {
-                f(item.to_record(item.key()));
+            if item.is_live(now)
+                && let Ok(record) = item.to_record(item.key())
+            {
+                f(record);
             }
         }
     }
@@ -393,8 +426,8 @@ impl Entry_ {
     fn clone_meta(&self) -> Saved {
         Saved {
             version: self.version,
-            created_at: self.created_at,
-            expires_at: self.expires_at,
+            created_at: self.created_at.into(),
+            expires_at: self.expires_at.into(),
         }
     }
 }
@@ -484,6 +517,7 @@ impl SessionStore for MemorySessionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SessionData;
 
     const HOUR: Duration = Duration::from_secs(3600);
 

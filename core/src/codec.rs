@@ -1,0 +1,116 @@
+//! The compact byte form session data is kept in: every key and value length-prefixed, one
+//! allocation per session instead of a map, a string and a vector per key.
+//!
+//! Layout: for each entry, `varint(key length) key varint(value length) value`, keys in no
+//! particular order. Lengths are LEB128 varints, as in protobuf.
+
+use crate::{Result, SessionData, StoreError};
+
+/// Encodes `data` into one buffer.
+pub fn encode_data(data: &SessionData) -> Box<[u8]> {
+    let size: usize = data
+        .iter()
+        .map(|(k, v)| varint_len(k.len()) + k.len() + varint_len(v.len()) + v.len())
+        .sum();
+    let mut out = Vec::with_capacity(size);
+    for (key, value) in data {
+        put_varint(&mut out, key.len());
+        out.extend_from_slice(key.as_bytes());
+        put_varint(&mut out, value.len());
+        out.extend_from_slice(value);
+    }
+    out.into_boxed_slice()
+}
+
+/// Decodes what [`encode_data`] wrote. Malformed input is an error, never a panic.
+pub fn decode_data(mut bytes: &[u8]) -> Result<SessionData> {
+    let mut data = SessionData::new();
+    while !bytes.is_empty() {
+        let key = take(&mut bytes)?;
+        let key = std::str::from_utf8(key)
+            .map_err(|_| StoreError::Internal("session key is not UTF-8".into()))?;
+        let value = take(&mut bytes)?;
+        data.insert(key.to_owned(), value.to_vec());
+    }
+    Ok(data)
+}
+
+/// Appends `value` as a LEB128 varint.
+pub fn put_varint(out: &mut Vec<u8>, value: usize) {
+    let mut value = value as u64;
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads a LEB128 varint from the front of `bytes`.
+pub fn get_varint(bytes: &mut &[u8]) -> Result<u64> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            *bytes = &bytes[i + 1..];
+            return Ok(value);
+        }
+    }
+    Err(StoreError::Internal(
+        "malformed length in session data".into(),
+    ))
+}
+
+fn varint_len(value: usize) -> usize {
+    let bits = usize::BITS - value.leading_zeros();
+    (bits.max(1) as usize).div_ceil(7)
+}
+
+/// Takes a length-prefixed byte string from the front of `bytes`.
+fn take<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8]> {
+    let len = usize::try_from(get_varint(bytes)?)
+        .map_err(|_| StoreError::Internal("length out of range".into()))?;
+    if len > bytes.len() {
+        return Err(StoreError::Internal("session data is truncated".into()));
+    }
+    let (head, tail) = bytes.split_at(len);
+    *bytes = tail;
+    Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_any_data() {
+        let mut data = SessionData::new();
+        assert_eq!(decode_data(&encode_data(&data)).unwrap(), data);
+        data.insert("user_id".into(), b"42".to_vec());
+        data.insert(String::new(), Vec::new());
+        data.insert("big".into(), vec![7; 300]);
+        data.insert("ünïcode".into(), vec![0, 255, 128]);
+        let encoded = encode_data(&data);
+        assert_eq!(decode_data(&encoded).unwrap(), data);
+        let expected_len = 1 + 7 + 1 + 2 + 1 + 1 + 1 + 3 + 2 + 300 + 1 + 9 + 1 + 3;
+        assert_eq!(encoded.len(), expected_len);
+    }
+
+    #[test]
+    fn varints_round_trip_at_their_edges() {
+        for value in [0usize, 1, 127, 128, 16_383, 16_384, usize::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            assert_eq!(out.len(), varint_len(value), "{value}");
+            let mut slice = out.as_slice();
+            assert_eq!(get_varint(&mut slice).unwrap(), value as u64);
+            assert!(slice.is_empty());
+        }
+    }
+
+    #[test]
+    fn malformed_input_is_an_error() {
+        for bad in [&[5u8, b'a'][..], &[0x80], &[1, b'k', 9, 1], &[1, 0xff, 0]] {
+            assert!(decode_data(bad).is_err(), "{bad:?}");
+        }
+    }
+}
