@@ -6,6 +6,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "gonest-session-bench", version, about)]
 pub struct Cli {
+    /// Threads the load generator runs on.
+    #[arg(long, global = true, default_value_t = 1, value_parser = parse_threads)]
+    pub threads: usize,
     /// What to measure.
     #[command(subcommand)]
     pub command: Command,
@@ -45,7 +48,7 @@ pub struct ThroughputArgs {
     #[arg(long, default_value_t = 10_000)]
     pub keys: usize,
     /// `Pipeline` streams the daemon's client spreads calls over.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     pub streams: usize,
     /// Also print ops/s and p99 for every second of the run (to see a sweep or a snapshot).
     #[arg(long)]
@@ -77,6 +80,13 @@ pub struct MemoryArgs {
 pub struct Mix {
     /// Percent of operations that are gets; the rest are saves.
     pub get: u8,
+}
+
+fn parse_threads(text: &str) -> Result<usize, String> {
+    match text.parse() {
+        Ok(0) | Err(_) => Err(format!("`{text}` is not a positive number of threads")),
+        Ok(threads) => Ok(threads),
+    }
 }
 
 fn parse_mix(text: &str) -> Result<Mix, String> {

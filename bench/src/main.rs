@@ -1,9 +1,21 @@
 //! `gonest-session-bench`: load for gonest-sessiond, with Redis as the yardstick.
 
+use anyhow::Context;
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = gonest_session_bench::Cli::parse();
-    gonest_session_bench::run(cli).await
+    // Like redis-benchmark, one thread by default: the load generator should spend as little of
+    // the machine as it can, since the servers it measures run on the same cores.
+    let runtime = match cli.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        threads => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build(),
+    }
+    .context("cannot start the async runtime")?;
+    runtime.block_on(gonest_session_bench::run(cli))
 }

@@ -6,7 +6,7 @@ use crate::target::{Target, session_id};
 pub(crate) async fn run(args: MemoryArgs) -> anyhow::Result<()> {
     let mut targets = Vec::new();
     if let Some(url) = &args.sessiond {
-        targets.push(Target::sessiond(url, 4).await?);
+        targets.push(Target::sessiond(url, 2).await?);
     }
     if let Some(url) = &args.redis {
         targets.push(Target::redis(url).await?);

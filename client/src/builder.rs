@@ -20,7 +20,7 @@ impl RemoteSessionStoreBuilder {
             url: url.into(),
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
-            streams: 4,
+            streams: 2,
         }
     }
 
@@ -37,7 +37,7 @@ impl RemoteSessionStoreBuilder {
         self
     }
 
-    /// How many `Pipeline` streams concurrent operations are spread over (default 4, at least 1).
+    /// How many `Pipeline` streams concurrent operations are spread over (default 2, at least 1).
     pub fn streams(mut self, streams: usize) -> Self {
         self.streams = streams.max(1);
         self

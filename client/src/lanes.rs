@@ -75,17 +75,19 @@ impl Lanes {
             waiting.by_tag.insert(tag, reply);
         }
         // If this future is dropped (the caller timed out), stop waiting for the answer.
-        let _forget = Forget {
+        let mut forget = Forget {
             waiting: &lane.waiting,
             tag,
+            armed: true,
         };
         let request = pb::PipelineRequest { tag, op: Some(op) };
         if lane.requests.send(request).is_err() {
             return Err(Status::unavailable("session stream closed"));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Status::unavailable("session stream closed")))
+        let answer = answer.await;
+        // Whoever sent the answer (or dropped the sender) already took the entry out.
+        forget.armed = false;
+        answer.unwrap_or_else(|_| Err(Status::unavailable("session stream closed")))
     }
 
     /// The next lane round-robin, opened anew if it is missing or broken.
@@ -105,15 +107,18 @@ impl Lanes {
     }
 }
 
-/// Removes a caller's entry when its call ends, answered or not.
+/// Removes a caller's entry when its call ends without an answer.
 struct Forget<'a> {
     waiting: &'a Mutex<Waiting>,
     tag: u64,
+    armed: bool,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        lock(self.waiting).by_tag.remove(&self.tag);
+        if self.armed {
+            lock(self.waiting).by_tag.remove(&self.tag);
+        }
     }
 }
 

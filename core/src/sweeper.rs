@@ -22,9 +22,14 @@ pub(crate) async fn run(store: Weak<Inner>, stop: Arc<Notify>, every: Duration) 
             _ = stop.notified() => return,
         }
         let Some(inner) = store.upgrade() else { return };
+        let started = std::time::Instant::now();
         let swept = tokio::task::spawn_blocking(move || inner.sweep()).await;
         match swept {
-            Ok(removed) => tracing::debug!(removed, "swept expired sessions"),
+            Ok(removed) => tracing::debug!(
+                removed,
+                elapsed_ms = started.elapsed().as_millis(),
+                "swept expired sessions"
+            ),
             Err(err) => tracing::error!(%err, "session sweep failed"),
         }
     }

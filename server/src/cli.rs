@@ -43,6 +43,11 @@ pub struct Cli {
     #[arg(long, env = "GONEST_SESSIOND_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// Threads serving requests (default: one per CPU). On a machine shared with other busy
+    /// processes, fewer threads switch less.
+    #[arg(long, env = "GONEST_SESSIOND_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
+
     /// Log format; the filter comes from RUST_LOG (default: info).
     #[arg(long, env = "GONEST_SESSIOND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -1,0 +1,124 @@
+//! The bench against a daemon on port 0 for about a second, so the tool keeps working.
+
+use std::process::Output;
+
+use tokio::net::TcpListener;
+use tokio::process::Command;
+
+async fn daemon() -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(gonest_sessiond::run(
+        listener,
+        gonest_sessiond::Config::default(),
+        async {
+            stopped.await.ok();
+        },
+    ));
+    (url, stop)
+}
+
+async fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gonest-session-bench"))
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn figure(line: &str, label: &str) -> f64 {
+    let rest = &line[line.find(label).unwrap() + label.len()..];
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_runs_against_the_daemon() {
+    let (url, _stop) = daemon().await;
+    let output = bench(&[
+        "throughput",
+        "--sessiond",
+        &url,
+        "--clients",
+        "4",
+        "--keys",
+        "100",
+        "--duration",
+        "1s",
+        "--mix",
+        "get:50,save:50",
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("sessiond"))
+        .unwrap_or_else(|| panic!("no sessiond line in {stdout}"));
+    assert!(figure(line, "ops/s:") > 100.0, "{line}");
+    assert!(figure(line, "p50:") > 0.0, "{line}");
+    assert_eq!(figure(line, "errors:"), 0.0, "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_reports_bytes_per_session() {
+    let (url, _stop) = daemon().await;
+    let output = bench(&[
+        "memory",
+        "--sessiond",
+        &url,
+        "--sessions",
+        "2000",
+        "--size",
+        "256",
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("sessiond") && l.contains("bytes per session:")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn an_absent_redis_gets_instructions() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let output = bench(&[
+        "throughput",
+        "--redis",
+        &format!("redis://127.0.0.1:{port}"),
+        "--duration",
+        "1s",
+    ])
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("apt-get install redis-server"), "{stderr}");
+    assert!(
+        stderr.contains("redis-server --port 6379 --save ''"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn bad_flags_are_refused_clearly() {
+    let output = bench(&["throughput", "--mix", "get:90,save:20"]).await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("add up to 100"));
+    let output = bench(&["throughput"]).await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--sessiond"));
+}
