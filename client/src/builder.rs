@@ -1,17 +1,33 @@
 use std::time::Duration;
 
 use gonest_session_core::{Result, StoreError};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::RemoteSessionStore;
+use crate::auth::ClientAuth;
 
 /// Options of a [`RemoteSessionStore`]; from [`RemoteSessionStore::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RemoteSessionStoreBuilder {
     url: String,
     timeout: Duration,
     connect_timeout: Duration,
     streams: usize,
+    token: Option<String>,
+    ca_certificate: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RemoteSessionStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSessionStoreBuilder")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("streams", &self.streams)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl RemoteSessionStoreBuilder {
@@ -21,7 +37,23 @@ impl RemoteSessionStoreBuilder {
             timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             streams: 2,
+            token: None,
+            ca_certificate: None,
         }
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call, for a daemon started with
+    /// `--auth-token-file`.
+    pub fn auth_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts this CA certificate (PEM) for an `https://` daemon URL, such as the daemon's own
+    /// self-signed certificate. Without it, `https://` trusts the public web PKI roots.
+    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_certificate = Some(pem.into());
+        self
     }
 
     /// How long one operation may take, retries included, before it fails with
@@ -47,6 +79,17 @@ impl RemoteSessionStoreBuilder {
         let endpoint = Endpoint::from_shared(self.url.clone()).map_err(|err| {
             StoreError::invalid(format!("invalid daemon url `{}`: {err}", self.url))
         })?;
+        let endpoint = if self.url.starts_with("https://") {
+            let tls = match &self.ca_certificate {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_webpki_roots(),
+            };
+            endpoint
+                .tls_config(tls)
+                .map_err(|err| StoreError::invalid(format!("invalid TLS settings: {err}")))?
+        } else {
+            endpoint
+        };
         Ok(endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
@@ -58,19 +101,35 @@ impl RemoteSessionStoreBuilder {
 
     /// Connects now, failing with [`StoreError::Unavailable`] if the daemon cannot be reached.
     pub async fn connect(self) -> Result<RemoteSessionStore> {
+        self.auth()?;
         let channel = self.endpoint()?.connect().await.map_err(|err| {
             StoreError::Unavailable(format!("cannot connect to {}: {err}", self.url))
         })?;
-        Ok(self.with_channel(channel))
+        self.with_channel(channel)
     }
 
     /// Returns at once and connects on first use, so an app can start before its daemon.
     pub fn connect_lazy(self) -> Result<RemoteSessionStore> {
         let channel = self.endpoint()?.connect_lazy();
-        Ok(self.with_channel(channel))
+        self.with_channel(channel)
     }
 
-    fn with_channel(self, channel: Channel) -> RemoteSessionStore {
-        RemoteSessionStore::from_parts(channel, self.timeout, self.streams)
+    fn auth(&self) -> Result<ClientAuth> {
+        let Some(token) = &self.token else {
+            return Ok(ClientAuth::default());
+        };
+        let value: MetadataValue<Ascii> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| StoreError::invalid("auth token must be printable ASCII"))?;
+        Ok(ClientAuth::new(value))
+    }
+
+    fn with_channel(self, channel: Channel) -> Result<RemoteSessionStore> {
+        Ok(RemoteSessionStore::from_parts(
+            channel,
+            self.auth()?,
+            self.timeout,
+            self.streams,
+        ))
     }
 }

@@ -5,19 +5,17 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use gonest_session_proto::pb::{
-    self, pipeline_request::Op, pipeline_response::Result as Answer,
-    session_store_client::SessionStoreClient,
-};
+use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Result as Answer};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+use crate::auth::Client;
 
 /// A few lanes, used round-robin; a broken lane is replaced by a new one on its next use.
 #[derive(Debug)]
 pub(crate) struct Lanes {
-    channel: Channel,
+    client: Client,
     /// Each slot holds its current lane, or `None` before first use.
     slots: Vec<Mutex<Option<Lane>>>,
     /// Round-robin cursor over `slots`.
@@ -53,9 +51,9 @@ fn lock(waiting: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
 }
 
 impl Lanes {
-    pub(crate) fn new(channel: Channel, count: usize) -> Self {
+    pub(crate) fn new(client: Client, count: usize) -> Self {
         Self {
-            channel,
+            client,
             slots: (0..count.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         }
@@ -99,7 +97,7 @@ impl Lanes {
         match &*slot {
             Some(lane) if !lock(&lane.waiting).closed => lane.clone(),
             _ => {
-                let lane = Lane::open(self.channel.clone());
+                let lane = Lane::open(self.client.clone());
                 *slot = Some(lane.clone());
                 lane
             }
@@ -124,11 +122,11 @@ impl Drop for Forget<'_> {
 
 impl Lane {
     /// Opens a stream and spawns the task that routes its answers.
-    fn open(channel: Channel) -> Self {
+    fn open(client: Client) -> Self {
         let (requests, outgoing) = mpsc::unbounded_channel();
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         tokio::spawn(route_answers(
-            channel,
+            client,
             UnboundedReceiverStream::new(outgoing),
             waiting.clone(),
         ));
@@ -143,11 +141,10 @@ impl Lane {
 /// Runs one stream: hands each answer to the caller waiting on its tag; when the stream ends,
 /// fails every caller still waiting.
 async fn route_answers(
-    channel: Channel,
+    mut client: Client,
     outgoing: UnboundedReceiverStream<pb::PipelineRequest>,
     waiting: Arc<Mutex<Waiting>>,
 ) {
-    let mut client = SessionStoreClient::new(channel);
     let ended = match client.pipeline(outgoing).await {
         Ok(response) => {
             let mut answers = response.into_inner();

@@ -19,6 +19,7 @@
 //! fail with [`StoreError::Unavailable`] (Get, Touch and Destroy are first retried once on a new
 //! stream), and the store reconnects by itself when it comes back.
 
+mod auth;
 mod builder;
 mod lanes;
 mod remote;

@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::RemoteSessionStoreBuilder;
+use crate::auth::{Client, ClientAuth};
 use crate::lanes::Lanes;
 
 /// A [`SessionStore`] kept by a `gonest-sessiond` daemon. Cheap to clone; clones share the
@@ -26,7 +27,7 @@ pub struct RemoteSessionStore {
 #[derive(Debug)]
 struct Inner {
     /// The connection, for unary calls (`Stats`); tonic reconnects it by itself.
-    channel: Channel,
+    client: Client,
     /// The `Pipeline` streams operations travel on.
     lanes: Lanes,
     /// Budget of one operation, retries included.
@@ -57,11 +58,17 @@ impl RemoteSessionStore {
         RemoteSessionStoreBuilder::new(url)
     }
 
-    pub(crate) fn from_parts(channel: Channel, timeout: Duration, streams: usize) -> Self {
+    pub(crate) fn from_parts(
+        channel: Channel,
+        auth: ClientAuth,
+        timeout: Duration,
+        streams: usize,
+    ) -> Self {
+        let client = SessionStoreClient::with_interceptor(channel, auth);
         Self {
             inner: Arc::new(Inner {
-                lanes: Lanes::new(channel.clone(), streams),
-                channel,
+                lanes: Lanes::new(client.clone(), streams),
+                client,
                 timeout,
             }),
         }
@@ -69,7 +76,7 @@ impl RemoteSessionStore {
 
     /// The daemon's counters.
     pub async fn stats(&self) -> Result<RemoteStats> {
-        let mut client = SessionStoreClient::new(self.inner.channel.clone());
+        let mut client = self.inner.client.clone();
         let call = client.stats(pb::StatsRequest {});
         let stats = tokio::time::timeout(self.inner.timeout, call)
             .await

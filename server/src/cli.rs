@@ -2,11 +2,14 @@
 //! environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::Config;
+use anyhow::Context;
+
+use crate::{Config, TlsFiles, Tokens};
 
 /// The GoNest session store daemon: holds web sessions in memory and serves them over gRPC
 /// (gonest.session.v1.SessionStore) to any number of app instances.
@@ -42,6 +45,19 @@ pub struct Cli {
     /// How long in-flight calls may run on after SIGTERM or Ctrl-C before the daemon exits anyway.
     #[arg(long, env = "GONEST_SESSIOND_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// File holding the bearer token(s) every SessionStore call must carry, one per line
+    /// (health stays open). Without it, calls are not authenticated.
+    #[arg(long, env = "GONEST_SESSIOND_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "GONEST_SESSIOND_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "GONEST_SESSIOND_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// Threads serving requests (default: one per CPU). On a machine shared with other busy
     /// processes, fewer threads switch less.
@@ -79,6 +95,19 @@ impl Cli {
             max_session_bytes: self.max_session_bytes,
             max_sessions: self.max_sessions,
             shutdown_timeout: self.shutdown_timeout,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert_pem: std::fs::read(cert)
+                        .with_context(|| format!("cannot read --tls-cert {}", cert.display()))?,
+                    key_pem: std::fs::read(key)
+                        .with_context(|| format!("cannot read --tls-key {}", key.display()))?,
+                }),
+                _ => None,
+            },
+            tokens: match &self.auth_token_file {
+                Some(path) => Tokens::from_file(path)?,
+                None => Tokens::default(),
+            },
         })
     }
 }

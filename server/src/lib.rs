@@ -22,6 +22,7 @@
 //!
 //! [`MemorySessionStore`]: gonest_session_core::MemorySessionStore
 
+mod auth;
 mod cli;
 pub mod logging;
 mod memory_usage;
@@ -29,6 +30,7 @@ mod server;
 mod service;
 pub mod shutdown;
 
+pub use auth::Tokens;
 pub use cli::{Cli, LogFormat};
-pub use server::{Config, run};
+pub use server::{Config, TlsFiles, run};
 pub use service::SessionService;

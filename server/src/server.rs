@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::SessionService;
+use crate::{SessionService, Tokens};
 
 /// What the daemon runs with; [`Cli::config`](crate::Cli::config) builds it from flags.
 #[derive(Debug, Clone)]
@@ -27,7 +27,36 @@ pub struct Config {
     pub max_sessions: u64,
     /// How long in-flight calls may run on once shutdown starts.
     pub shutdown_timeout: Duration,
+    /// The tokens `SessionStore` calls must carry; none means no authentication.
+    pub tokens: Tokens,
+    /// Serve TLS with this certificate chain and key (PEM) instead of plaintext.
+    pub tls: Option<TlsFiles>,
 }
+
+/// A PEM certificate chain and its private key. `Debug` leaves the key out.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// The private key, PEM.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsFiles { .. }")
+    }
+}
+
+/// How long one unary call may take on the server.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Interval of the HTTP/2 pings that find dead peers, and how long a ping may go unanswered.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 impl Default for Config {
     fn default() -> Self {
@@ -38,6 +67,8 @@ impl Default for Config {
             max_session_bytes: MemorySessionStore::DEFAULT_MAX_SESSION_BYTES,
             max_sessions: 0,
             shutdown_timeout: Duration::from_secs(10),
+            tokens: Tokens::default(),
+            tls: None,
         }
     }
 }
@@ -76,19 +107,43 @@ pub async fn run(
         .context("cannot build the reflection service")?;
 
     let addr = listener.local_addr().context("listener has no address")?;
+    if !addr.ip().is_loopback() && !config.tokens.required() {
+        tracing::warn!(
+            %addr,
+            "listening beyond loopback without --auth-token-file: anyone who can reach this \
+             address can read and change every session"
+        );
+    }
     let mut stop_rx = stopping.clone();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
+        // Bounds a unary call; Pipeline streams live on, their operations answered one by one.
+        .timeout(CALL_TIMEOUT)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
+    if let Some(tls) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        builder = builder
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(identity)
+                    .timeout(TLS_HANDSHAKE_TIMEOUT),
+            )
+            .context("invalid TLS certificate or key")?;
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(SessionStoreServer::new(SessionService::new(
-            store, stopping,
-        )))
+        .add_service(SessionStoreServer::with_interceptor(
+            SessionService::new(store, stopping),
+            config.tokens.clone(),
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         });
     let mut server = tokio::spawn(server);
-    tracing::info!(%addr, "gonest-sessiond listening");
+    tracing::info!(%addr, tls = config.tls.is_some(), auth = config.tokens.required(), "gonest-sessiond listening");
 
     tokio::select! {
         served = &mut server => {
