@@ -42,6 +42,7 @@ mod error;
 mod id;
 mod memory;
 mod record;
+mod snapshot;
 mod store;
 mod sweeper;
 
@@ -50,6 +51,7 @@ pub use error::{Result, StoreError};
 pub use id::{MAX_ID_LEN, validate_id};
 pub use memory::{MemorySessionStore, MemorySessionStoreBuilder, StoreStats};
 pub use record::{Expiry, Save, Saved, SessionData, SessionRecord, data_size};
+pub use snapshot::SnapshotError;
 pub use store::SessionStore;
 
 /// The attribute that implements [`SessionStore`]'s async methods; re-exported so a custom store

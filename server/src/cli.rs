@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 
 use anyhow::Context;
 
-use crate::{Config, TlsFiles, Tokens};
+use crate::{Config, Persistence, TlsFiles, Tokens};
 
 /// The GoNest session store daemon: holds web sessions in memory and serves them over gRPC
 /// (gonest.session.v1.SessionStore) to any number of app instances.
@@ -59,6 +59,15 @@ pub struct Cli {
     #[arg(long, env = "GONEST_SESSIOND_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Keep sessions across restarts: load a snapshot from this directory at start, write one
+    /// every --snapshot-interval and at shutdown. Without it, sessions live in memory only.
+    #[arg(long, env = "GONEST_SESSIOND_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Time between two snapshots (with --data-dir); a crash loses at most this much.
+    #[arg(long, env = "GONEST_SESSIOND_SNAPSHOT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub snapshot_interval: Duration,
+
     /// Threads serving requests (default: one per CPU). On a machine shared with other busy
     /// processes, fewer threads switch less.
     #[arg(long, env = "GONEST_SESSIOND_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
@@ -95,6 +104,10 @@ impl Cli {
             max_session_bytes: self.max_session_bytes,
             max_sessions: self.max_sessions,
             shutdown_timeout: self.shutdown_timeout,
+            persistence: self.data_dir.as_ref().map(|dir| Persistence {
+                dir: dir.clone(),
+                interval: self.snapshot_interval,
+            }),
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
                     cert_pem: std::fs::read(cert)

@@ -26,11 +26,13 @@ mod auth;
 mod cli;
 pub mod logging;
 mod memory_usage;
+mod persistence;
 mod server;
 mod service;
 pub mod shutdown;
 
 pub use auth::Tokens;
 pub use cli::{Cli, LogFormat};
+pub use persistence::Persistence;
 pub use server::{Config, TlsFiles, run};
 pub use service::SessionService;

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::{SessionService, Tokens};
+use crate::{Persistence, SessionService, Tokens};
 
 /// What the daemon runs with; [`Cli::config`](crate::Cli::config) builds it from flags.
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub struct Config {
     pub tokens: Tokens,
     /// Serve TLS with this certificate chain and key (PEM) instead of plaintext.
     pub tls: Option<TlsFiles>,
+    /// Keep snapshots on disk; `None` keeps sessions in memory only.
+    pub persistence: Option<Persistence>,
 }
 
 /// A PEM certificate chain and its private key. `Debug` leaves the key out.
@@ -69,6 +71,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             tokens: Tokens::default(),
             tls: None,
+            persistence: None,
         }
     }
 }
@@ -91,6 +94,9 @@ pub async fn run(
         .sweep_interval(Some(config.sweep_interval))
         .build()
         .context("invalid store settings")?;
+    if let Some(persistence) = &config.persistence {
+        persistence.load(&store).await?;
+    }
 
     let (stopping_tx, stopping) = watch::channel(false);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -136,13 +142,20 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(SessionStoreServer::with_interceptor(
-            SessionService::new(store, stopping),
+            SessionService::new(store.clone(), stopping.clone()),
             config.tokens.clone(),
         ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         });
     let mut server = tokio::spawn(server);
+    let snapshots = config.persistence.clone().map(|persistence| {
+        tokio::spawn(snapshot_every_interval(
+            persistence,
+            store.clone(),
+            stopping.clone(),
+        ))
+    });
     tracing::info!(%addr, tls = config.tls.is_some(), auth = config.tokens.required(), "gonest-sessiond listening");
 
     tokio::select! {
@@ -171,6 +184,38 @@ pub async fn run(
             );
         }
     }
+    if let (Some(task), Some(persistence)) = (snapshots, &config.persistence) {
+        // The periodic task has seen `stopping` and ends after any snapshot in progress; then
+        // the last one, with every write that made it in.
+        let _ = task.await;
+        persistence
+            .write(&store)
+            .await
+            .context("final snapshot failed")?;
+    }
     tracing::info!("gonest-sessiond stopped");
     Ok(())
+}
+
+/// Writes a snapshot every interval until the daemon stops. A failed snapshot is logged and
+/// tried again at the next interval; the store keeps serving.
+async fn snapshot_every_interval(
+    persistence: Persistence,
+    store: MemorySessionStore,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval_at(
+        tokio::time::Instant::now() + persistence.interval,
+        persistence.interval,
+    );
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        if let Err(err) = persistence.write(&store).await {
+            tracing::error!(err = format!("{err:#}"), "snapshot failed; will retry");
+        }
+    }
 }

@@ -2,63 +2,16 @@
 
 #![cfg(unix)]
 
-use std::process::Stdio;
-use std::time::Duration;
+mod common;
 
+use common::Process;
 use gonest_session_proto::pb::{self, session_store_client::SessionStoreClient};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-/// Starts the binary on port 0 and reads its log until it says where it listens.
-async fn start(extra: &[&str]) -> (Child, String, tokio::task::JoinHandle<Vec<String>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gonest-sessiond"))
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(extra)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("no start-up line")
-            .unwrap()
-            .expect("daemon exited before listening");
-        if line.contains("gonest-sessiond listening") {
-            let start = line.find("\"addr\":\"").unwrap() + 8;
-            let end = start + line[start..].find('"').unwrap();
-            break line[start..end].to_owned();
-        }
-    };
-    // Keep draining the log so the daemon never blocks on a full pipe; hand it back at the end.
-    let rest = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            seen.push(line);
-        }
-        seen
-    });
-    (child, addr, rest)
-}
-
-fn sigterm(child: &Child) {
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
+use tokio::process::Command;
 
 #[tokio::test]
 async fn sigterm_exits_zero_and_no_session_id_is_logged() {
-    let (mut child, addr, log) = start(&[]).await;
-    let mut client = SessionStoreClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let daemon = Process::start(&[]).await;
+    let mut client = SessionStoreClient::connect(daemon.url()).await.unwrap();
     let secret = "SECRET-session-id-0123456789";
     client
         .save(pb::SaveRequest {
@@ -89,13 +42,8 @@ async fn sigterm_exits_zero_and_no_session_id_is_logged() {
         .await
         .unwrap();
 
-    sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("daemon did not exit after SIGTERM")
-        .unwrap();
+    let (status, log) = daemon.terminate().await;
     assert!(status.success(), "{status:?}");
-    let log = log.await.unwrap();
     assert!(
         log.iter().any(|l| l.contains("SIGTERM received")),
         "{log:?}"

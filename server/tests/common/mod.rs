@@ -49,3 +49,88 @@ impl Daemon {
         self.task.take().unwrap().await.unwrap()
     }
 }
+
+/// The `gonest-sessiond` binary, started on port 0, with its log lines as they come.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub addr: String,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+}
+
+impl Process {
+    /// Starts the daemon with `extra` flags (JSON logs at debug level) and waits until it says
+    /// where it listens.
+    pub async fn start(extra: &[&str]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gonest-sessiond"))
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut reader = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        // Drain the log continuously so the daemon never blocks on a full pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = Self {
+            child,
+            addr: String::new(),
+            lines,
+            seen: Vec::new(),
+        };
+        let line = process
+            .wait_for(|l| l.contains("gonest-sessiond listening"))
+            .await;
+        let start = line.find("\"addr\":\"").unwrap() + 8;
+        let end = start + line[start..].find('"').unwrap();
+        process.addr = line[start..end].to_owned();
+        process
+    }
+
+    /// Waits (30 s at most) for a log line matching `matches` and returns it.
+    pub async fn wait_for(&mut self, matches: impl Fn(&str) -> bool) -> String {
+        loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(30), self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no such log line; seen: {:#?}", self.seen))
+                .unwrap_or_else(|| panic!("daemon exited; log: {:#?}", self.seen));
+            self.seen.push(line.clone());
+            if matches(&line) {
+                return line;
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit status and the rest of the log.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(std::time::Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("daemon did not exit after SIGTERM")
+            .unwrap();
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        (status, self.seen)
+    }
+}

@@ -1,0 +1,108 @@
+//! Snapshots of the store on disk: loaded at start, written every interval and at shutdown.
+
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use gonest_session_core::MemorySessionStore;
+
+/// Where and how often the store is saved to disk.
+#[derive(Debug, Clone)]
+pub struct Persistence {
+    /// The directory holding `sessions.snapshot`.
+    pub dir: PathBuf,
+    /// Time between two snapshots; a crash loses at most the writes of one interval.
+    pub interval: Duration,
+}
+
+impl Persistence {
+    /// The snapshot file.
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.dir.join("sessions.snapshot")
+    }
+
+    /// Loads the snapshot into `store`, all or nothing. No snapshot yet is an empty start; a
+    /// damaged one is an error that names the file and says how to move it aside.
+    pub(crate) async fn load(&self, store: &MemorySessionStore) -> anyhow::Result<()> {
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create --data-dir {}", self.dir.display()))?;
+        probe_writable(&self.dir)?;
+        let path = self.snapshot_path();
+        let started = Instant::now();
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(path = %path.display(), "no snapshot yet; starting empty");
+                return Ok(());
+            }
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("cannot read snapshot {}", path.display()));
+            }
+        };
+        let store = store.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.load_snapshot(&bytes)).await?;
+        let (loaded, expired) = loaded.map_err(|err| {
+            anyhow::anyhow!(
+                "snapshot {path} cannot be loaded: {err}. The daemon will not start with a partial \
+                 or empty store. Move the file aside (mv {path} {path}.damaged) to start empty, \
+                 or put a backup in its place",
+                path = path.display()
+            )
+        })?;
+        tracing::info!(
+            loaded,
+            expired,
+            elapsed_ms = started.elapsed().as_millis(),
+            "snapshot loaded"
+        );
+        Ok(())
+    }
+
+    /// Writes a snapshot atomically: a temporary file, fsync, rename over the old one, fsync of
+    /// the directory. A crash at any point leaves the previous snapshot or the new one, whole.
+    pub(crate) async fn write(&self, store: &MemorySessionStore) -> anyhow::Result<()> {
+        let this = self.clone();
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || this.write_blocking(&store)).await?
+    }
+
+    fn write_blocking(&self, store: &MemorySessionStore) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let path = self.snapshot_path();
+        let temporary = self.dir.join("sessions.snapshot.tmp");
+        let file = File::create(&temporary)
+            .with_context(|| format!("cannot create {}", temporary.display()))?;
+        let (writer, sessions) = store
+            .write_snapshot(BufWriter::with_capacity(1 << 20, file))
+            .with_context(|| format!("cannot write {}", temporary.display()))?;
+        let file = writer
+            .into_inner()
+            .map_err(|err| err.into_error())
+            .with_context(|| format!("cannot write {}", temporary.display()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot sync {}", temporary.display()))?;
+        drop(file);
+        fs::rename(&temporary, &path)
+            .with_context(|| format!("cannot replace {}", path.display()))?;
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("cannot sync directory {}", self.dir.display()))?;
+        tracing::info!(
+            sessions,
+            elapsed_ms = started.elapsed().as_millis(),
+            "snapshot written"
+        );
+        Ok(())
+    }
+}
+
+/// Fails early, with the directory's name, when snapshots could not be written there.
+fn probe_writable(dir: &Path) -> anyhow::Result<()> {
+    let probe = dir.join(".write-probe");
+    File::create(&probe)
+        .and_then(|_| fs::remove_file(&probe))
+        .with_context(|| format!("--data-dir {} is not writable", dir.display()))
+}

@@ -1,0 +1,144 @@
+//! Sessions across restarts: SIGTERM, kill -9, damaged snapshots.
+
+#![cfg(unix)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::Process;
+use gonest_session_client::RemoteSessionStore;
+use gonest_session_core::{Save, SessionData, SessionRecord, SessionStore};
+
+fn data(i: usize) -> SessionData {
+    let mut data = SessionData::new();
+    data.insert("user_id".into(), i.to_string().into_bytes());
+    data.insert("blob".into(), vec![(i % 251) as u8; i % 300]);
+    data
+}
+
+async fn save_many(store: &RemoteSessionStore, count: usize) -> Vec<SessionRecord> {
+    for i in 0..count {
+        let id = format!("session-{i:05}");
+        store
+            .save(Save::new(&id, data(i)).ttl(Duration::from_secs(3600)))
+            .await
+            .unwrap();
+        if i % 3 == 0 {
+            // A second save, so versions differ from 1.
+            store.save(Save::new(&id, data(i + 1))).await.unwrap();
+        }
+    }
+    let mut records = Vec::new();
+    for i in 0..count {
+        records.push(
+            store
+                .get(&format!("session-{i:05}"))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    records
+}
+
+async fn assert_all_back(url: &str, records: &[SessionRecord]) {
+    let store = RemoteSessionStore::connect(url).await.unwrap();
+    for record in records {
+        let back = store.get(&record.id).await.unwrap();
+        assert_eq!(back.as_ref(), Some(record), "{}", record.id);
+    }
+    assert_eq!(
+        store.stats().await.unwrap().live_sessions,
+        records.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sessions_survive_sigterm_and_restart_field_for_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let daemon = Process::start(&["--data-dir", data_dir]).await;
+    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
+    let records = save_many(&store, 1000).await;
+    drop(store);
+    let (status, log) = daemon.terminate().await;
+    assert!(status.success(), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("snapshot written") && l.contains("\"sessions\":1000")),
+        "{log:#?}"
+    );
+
+    let mut daemon = Process::start(&["--data-dir", data_dir]).await;
+    assert!(
+        daemon
+            .seen
+            .iter()
+            .any(|l| l.contains("snapshot loaded") && l.contains("\"loaded\":1000"))
+    );
+    assert_all_back(&daemon.url(), &records).await;
+    let _ = daemon.child.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_saved_before_the_last_snapshot_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let mut daemon = Process::start(&["--data-dir", data_dir, "--snapshot-interval", "1s"]).await;
+    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
+    let records = save_many(&store, 100).await;
+    // Wait for a snapshot that holds them all: one interval after the saves at most.
+    daemon
+        .wait_for(|l| l.contains("snapshot written") && l.contains("\"sessions\":100"))
+        .await;
+    daemon.child.kill().await.unwrap(); // SIGKILL: no shutdown snapshot
+    daemon.child.wait().await.unwrap();
+
+    let mut daemon = Process::start(&["--data-dir", data_dir]).await;
+    assert_all_back(&daemon.url(), &records).await;
+    let _ = daemon.child.kill().await;
+}
+
+async fn refuses_to_start(data_dir: &str) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_gonest-sessiond"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir", data_dir])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "started on a damaged snapshot");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_or_truncated_snapshot_stops_start_up_with_directions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let daemon = Process::start(&["--data-dir", data_dir]).await;
+    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
+    save_many(&store, 50).await;
+    let (status, _) = daemon.terminate().await;
+    assert!(status.success());
+    let path = dir.path().join("sessions.snapshot");
+    let good = std::fs::read(&path).unwrap();
+
+    let mut corrupted = good.clone();
+    let middle = corrupted.len() / 2;
+    corrupted[middle] ^= 0xff;
+    std::fs::write(&path, &corrupted).unwrap();
+    let stderr = refuses_to_start(data_dir).await;
+    assert!(stderr.contains(path.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("checksum"), "{stderr}");
+    assert!(stderr.contains("mv "), "{stderr}");
+
+    std::fs::write(&path, &good[..good.len() - 7]).unwrap();
+    let stderr = refuses_to_start(data_dir).await;
+    assert!(stderr.contains("truncated"), "{stderr}");
+
+    // Moved aside as the message says, the daemon starts empty.
+    std::fs::rename(&path, dir.path().join("sessions.snapshot.damaged")).unwrap();
+    let mut daemon = Process::start(&["--data-dir", data_dir]).await;
+    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
+    assert_eq!(store.stats().await.unwrap().live_sessions, 0);
+    let _ = daemon.child.kill().await;
+}
