@@ -16,6 +16,10 @@ use crate::{Config, Persistence, TlsFiles, Tokens};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gonest-sessiond", version, about)]
 pub struct Cli {
+    /// Run a helper instead of the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on for gRPC.
     #[arg(long, env = "GONEST_SESSIOND_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
@@ -76,6 +80,25 @@ pub struct Cli {
     /// Log format; the filter comes from RUST_LOG (default: info).
     #[arg(long, env = "GONEST_SESSIOND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Helpers run instead of the daemon.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Ask a running daemon's grpc.health.v1 service whether it is serving: exit 0 when it is,
+    /// 1 otherwise (for container health checks; needs no shell tools).
+    Health {
+        /// The daemon to ask.
+        #[arg(
+            long,
+            env = "GONEST_SESSIOND_HEALTH_ADDR",
+            default_value = "http://127.0.0.1:7070"
+        )]
+        addr: String,
+        /// How long to wait for an answer.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 /// How log lines are written.

@@ -24,6 +24,7 @@
 
 mod auth;
 mod cli;
+mod health;
 pub mod logging;
 mod memory_usage;
 mod persistence;
@@ -32,7 +33,8 @@ mod service;
 pub mod shutdown;
 
 pub use auth::Tokens;
-pub use cli::{Cli, LogFormat};
+pub use cli::{Cli, Command, LogFormat};
+pub use health::check as check_health;
 pub use persistence::Persistence;
 pub use server::{Config, TlsFiles, run};
 pub use service::SessionService;

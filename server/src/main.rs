@@ -1,14 +1,29 @@
 //! `gonest-sessiond`: parses flags, starts the runtime, binds the listener and hands both to
-//! [`gonest_sessiond::run`].
+//! [`gonest_sessiond::run`]; or runs the `health` helper.
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use gonest_sessiond::{Cli, logging, shutdown};
+use gonest_sessiond::{Cli, Command, logging, shutdown};
 use tokio::net::TcpListener;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Health { addr, timeout }) = &cli.command {
+        return health(addr, *timeout);
+    }
     logging::init(cli.log_format);
+    match serve(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config()?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = cli.workers {
@@ -24,4 +39,23 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", cli.listen))?;
         gonest_sessiond::run(listener, config, shutdown::signal()).await
     })
+}
+
+/// Exit 0 when the daemon at `addr` is serving, 1 otherwise.
+fn health(addr: &str, timeout: std::time::Duration) -> ExitCode {
+    let checked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(gonest_sessiond::check_health(addr, timeout)));
+    match checked {
+        Ok(()) => {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("unhealthy: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

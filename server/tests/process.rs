@@ -95,3 +95,34 @@ async fn flags_are_read_from_the_environment() {
     assert!(!output.status.success(), "env values were not read");
     assert!(String::from_utf8_lossy(&output.stderr).contains("--max-ttl"));
 }
+
+#[tokio::test]
+async fn the_health_subcommand_exits_zero_when_serving_and_one_otherwise() {
+    let daemon = Process::start(&[]).await;
+    let output = Command::new(env!("CARGO_BIN_EXE_gonest-sessiond"))
+        .args(["health", "--addr", &daemon.url()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "SERVING");
+    let (status, _) = daemon.terminate().await;
+    assert!(status.success());
+
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let output = Command::new(env!("CARGO_BIN_EXE_gonest-sessiond"))
+        .args([
+            "health",
+            "--addr",
+            &format!("http://{addr}"),
+            "--timeout",
+            "2s",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach"));
+}
