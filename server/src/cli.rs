@@ -72,6 +72,11 @@ pub struct Cli {
     #[arg(long, env = "GONEST_SESSIOND_SNAPSHOT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
 
+    /// Serve Prometheus metrics on http://ADDR/metrics (operations, latency, sessions, sweeps,
+    /// snapshots). Off unless set.
+    #[arg(long, env = "GONEST_SESSIOND_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Threads serving requests (default: one per CPU). On a machine shared with other busy
     /// processes, fewer threads switch less.
     #[arg(long, env = "GONEST_SESSIOND_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
@@ -127,6 +132,7 @@ impl Cli {
             max_session_bytes: self.max_session_bytes,
             max_sessions: self.max_sessions,
             shutdown_timeout: self.shutdown_timeout,
+            metrics_listen: self.metrics_listen,
             persistence: self.data_dir.as_ref().map(|dir| Persistence {
                 dir: dir.clone(),
                 interval: self.snapshot_interval,

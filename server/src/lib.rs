@@ -27,6 +27,7 @@ mod cli;
 mod health;
 pub mod logging;
 mod memory_usage;
+mod metrics;
 mod persistence;
 mod server;
 mod service;

@@ -63,13 +63,13 @@ impl Persistence {
 
     /// Writes a snapshot atomically: a temporary file, fsync, rename over the old one, fsync of
     /// the directory. A crash at any point leaves the previous snapshot or the new one, whole.
-    pub(crate) async fn write(&self, store: &MemorySessionStore) -> anyhow::Result<()> {
+    pub(crate) async fn write(&self, store: &MemorySessionStore) -> anyhow::Result<Duration> {
         let this = self.clone();
         let store = store.clone();
         tokio::task::spawn_blocking(move || this.write_blocking(&store)).await?
     }
 
-    fn write_blocking(&self, store: &MemorySessionStore) -> anyhow::Result<()> {
+    fn write_blocking(&self, store: &MemorySessionStore) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let path = self.snapshot_path();
         let temporary = self.dir.join("sessions.snapshot.tmp");
@@ -90,12 +90,9 @@ impl Persistence {
         File::open(&self.dir)
             .and_then(|dir| dir.sync_all())
             .with_context(|| format!("cannot sync directory {}", self.dir.display()))?;
-        tracing::info!(
-            sessions,
-            elapsed_ms = started.elapsed().as_millis(),
-            "snapshot written"
-        );
-        Ok(())
+        let took = started.elapsed();
+        tracing::info!(sessions, elapsed_ms = took.as_millis(), "snapshot written");
+        Ok(took)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Running the daemon: the gRPC server with health and reflection, and graceful shutdown.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::metrics::Metrics;
 use crate::{Persistence, SessionService, Tokens};
 
 /// What the daemon runs with; [`Cli::config`](crate::Cli::config) builds it from flags.
@@ -33,6 +35,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Keep snapshots on disk; `None` keeps sessions in memory only.
     pub persistence: Option<Persistence>,
+    /// Serve Prometheus metrics on `/metrics` at this address.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A PEM certificate chain and its private key. `Debug` leaves the key out.
@@ -72,6 +76,7 @@ impl Default for Config {
             tokens: Tokens::default(),
             tls: None,
             persistence: None,
+            metrics_listen: None,
         }
     }
 }
@@ -120,6 +125,16 @@ pub async fn run(
              address can read and change every session"
         );
     }
+    let mut service = SessionService::new(store.clone(), stopping.clone());
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let metrics = Arc::new(Metrics::new(store.clone()));
+            crate::metrics::serve(addr, metrics.clone(), stopping.clone()).await?;
+            service = service.with_metrics(metrics.clone());
+            Some(metrics)
+        }
+        None => None,
+    };
     let mut stop_rx = stopping.clone();
     let mut builder = tonic::transport::Server::builder()
         // Bounds a unary call; Pipeline streams live on, their operations answered one by one.
@@ -142,7 +157,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(SessionStoreServer::with_interceptor(
-            SessionService::new(store.clone(), stopping.clone()),
+            service,
             config.tokens.clone(),
         ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
@@ -153,6 +168,7 @@ pub async fn run(
         tokio::spawn(snapshot_every_interval(
             persistence,
             store.clone(),
+            metrics.clone(),
             stopping.clone(),
         ))
     });
@@ -188,10 +204,13 @@ pub async fn run(
         // The periodic task has seen `stopping` and ends after any snapshot in progress; then
         // the last one, with every write that made it in.
         let _ = task.await;
-        persistence
+        let took = persistence
             .write(&store)
             .await
             .context("final snapshot failed")?;
+        if let Some(metrics) = &metrics {
+            metrics.snapshot_written(took);
+        }
     }
     tracing::info!("gonest-sessiond stopped");
     Ok(())
@@ -202,6 +221,7 @@ pub async fn run(
 async fn snapshot_every_interval(
     persistence: Persistence,
     store: MemorySessionStore,
+    metrics: Option<Arc<Metrics>>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut ticks = tokio::time::interval_at(
@@ -214,8 +234,13 @@ async fn snapshot_every_interval(
             _ = ticks.tick() => {}
             _ = stopping.wait_for(|stop| *stop) => return,
         }
-        if let Err(err) = persistence.write(&store).await {
-            tracing::error!(err = format!("{err:#}"), "snapshot failed; will retry");
+        match persistence.write(&store).await {
+            Ok(took) => {
+                if let Some(metrics) = &metrics {
+                    metrics.snapshot_written(took);
+                }
+            }
+            Err(err) => tracing::error!(err = format!("{err:#}"), "snapshot failed; will retry"),
         }
     }
 }

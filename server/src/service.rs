@@ -10,7 +10,11 @@ use gonest_session_proto::{
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use crate::memory_usage;
+use crate::metrics::Metrics;
 
 /// Serves a [`MemorySessionStore`] as `gonest.session.v1.SessionStore`.
 ///
@@ -21,12 +25,45 @@ pub struct SessionService {
     store: MemorySessionStore,
     /// Becomes `true` when the daemon starts shutting down, which ends open `Pipeline` streams.
     stopping: watch::Receiver<bool>,
+    /// Where operations are counted, when metrics are on.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl SessionService {
     /// Serves `store`. Open `Pipeline` streams end when `stopping` turns `true`.
     pub fn new(store: MemorySessionStore, stopping: watch::Receiver<bool>) -> Self {
-        Self { store, stopping }
+        Self {
+            store,
+            stopping,
+            metrics: None,
+        }
+    }
+
+    /// Counts every operation in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Runs one operation, logging a failure and counting it in the metrics.
+    fn run<T>(
+        &self,
+        method: &'static str,
+        op: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, Status> {
+        let started = self.metrics.as_ref().map(|_| Instant::now());
+        let result = op().map_err(|err| {
+            let status = status_from_error(&err);
+            log_failure(&status);
+            status
+        });
+        if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+            let code = result
+                .as_ref()
+                .map_or_else(Status::code, |_| tonic::Code::Ok);
+            metrics.observe(method, code, started.elapsed());
+        }
+        result
     }
 
     fn get(&self, request: pb::GetRequest) -> Result<pb::GetResponse, StoreError> {
@@ -62,15 +99,15 @@ impl SessionService {
         use pb::pipeline_request::Op;
         use pb::pipeline_response::Result as Answer;
         let result = match request.op {
-            Some(Op::Get(op)) => self.get(op).map(Answer::Get),
-            Some(Op::Save(op)) => self.save(op).map(Answer::Save),
-            Some(Op::Destroy(op)) => self.destroy(op).map(Answer::Destroy),
-            Some(Op::Touch(op)) => self.touch(op).map(Answer::Touch),
-            None => Err(StoreError::invalid("pipeline request has no operation")),
+            Some(Op::Get(op)) => self.run("get", || self.get(op).map(Answer::Get)),
+            Some(Op::Save(op)) => self.run("save", || self.save(op).map(Answer::Save)),
+            Some(Op::Destroy(op)) => self.run("destroy", || self.destroy(op).map(Answer::Destroy)),
+            Some(Op::Touch(op)) => self.run("touch", || self.touch(op).map(Answer::Touch)),
+            None => self.run("pipeline", || {
+                Err(StoreError::invalid("pipeline request has no operation"))
+            }),
         };
-        let result = result.unwrap_or_else(|err| {
-            let status = status_from_error(&err);
-            log_failure(&status);
+        let result = result.unwrap_or_else(|status| {
             Answer::Error(pb::Error {
                 code: status.code() as i32,
                 message: status.message().to_owned(),
@@ -81,15 +118,6 @@ impl SessionService {
             result: Some(result),
         }
     }
-}
-
-/// Answers a unary call, logging failures.
-fn answer<T>(result: Result<T, StoreError>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(|err| {
-        let status = status_from_error(&err);
-        log_failure(&status);
-        status
-    })
 }
 
 /// Logs a failed operation. Rejections of bad requests are the caller's business and logged at
@@ -112,28 +140,36 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        answer(SessionService::get(self, request.into_inner()))
+        let request = request.into_inner();
+        self.run("get", || SessionService::get(self, request))
+            .map(Response::new)
     }
 
     async fn save(
         &self,
         request: Request<pb::SaveRequest>,
     ) -> Result<Response<pb::SaveResponse>, Status> {
-        answer(SessionService::save(self, request.into_inner()))
+        let request = request.into_inner();
+        self.run("save", || SessionService::save(self, request))
+            .map(Response::new)
     }
 
     async fn destroy(
         &self,
         request: Request<pb::DestroyRequest>,
     ) -> Result<Response<pb::DestroyResponse>, Status> {
-        answer(SessionService::destroy(self, request.into_inner()))
+        let request = request.into_inner();
+        self.run("destroy", || SessionService::destroy(self, request))
+            .map(Response::new)
     }
 
     async fn touch(
         &self,
         request: Request<pb::TouchRequest>,
     ) -> Result<Response<pb::TouchResponse>, Status> {
-        answer(SessionService::touch(self, request.into_inner()))
+        let request = request.into_inner();
+        self.run("touch", || SessionService::touch(self, request))
+            .map(Response::new)
     }
 
     async fn stats(
