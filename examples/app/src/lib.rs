@@ -1,6 +1,8 @@
 //! The GoNest sessions controller as an axum app: `POST /login`, `GET /profile`,
 //! `POST /logout`. Run several instances against one `gonest-sessiond` and they share sessions.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +13,25 @@ use axum::{Json, Router};
 use gonest_session::{MemorySessionStore, Session, SessionLayer, SessionOptions, SessionStore};
 use gonest_session_client::RemoteSessionStore;
 use serde_json::{Value, json};
+
+/// The example app's command line.
+#[derive(Debug, clap::Parser)]
+#[command(name = "example-app", version, about)]
+pub struct Cli {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "EXAMPLE_APP_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// Where sessions live: `memory`, or a gonest-sessiond URL such as http://127.0.0.1:7070.
+    #[arg(long, env = "EXAMPLE_APP_STORE", default_value = "memory")]
+    pub store: String,
+    /// File holding the daemon's bearer token (the first line), for a daemon started with
+    /// --auth-token-file.
+    #[arg(long, env = "EXAMPLE_APP_STORE_TOKEN_FILE")]
+    pub store_token_file: Option<PathBuf>,
+    /// Mark the session cookie Secure (serve over HTTPS when set).
+    #[arg(long, env = "EXAMPLE_APP_SECURE")]
+    pub secure: bool,
+}
 
 /// The controller's routes, without the session layer (tests add routes of their own).
 pub fn routes() -> Router {
@@ -26,13 +47,21 @@ pub fn app(store: impl SessionStore, options: SessionOptions) -> Router {
 }
 
 /// The store named on the command line: `memory`, or a daemon URL such as
-/// `http://127.0.0.1:7070`. The daemon is connected to lazily, so the app can start first.
-pub fn store(spec: &str, max_age: Duration) -> anyhow::Result<Arc<dyn SessionStore>> {
+/// `http://127.0.0.1:7070`, with the daemon's token if it wants one. The daemon is connected to
+/// lazily, so the app can start first.
+pub fn store(
+    spec: &str,
+    max_age: Duration,
+    token: Option<String>,
+) -> anyhow::Result<Arc<dyn SessionStore>> {
     if spec == "memory" {
         return Ok(Arc::new(MemorySessionStore::new(max_age)));
     }
-    let store = RemoteSessionStore::builder(spec).connect_lazy()?;
-    Ok(Arc::new(store))
+    let mut builder = RemoteSessionStore::builder(spec);
+    if let Some(token) = token.as_deref().and_then(|t| t.lines().next()) {
+        builder = builder.auth_token(token.trim());
+    }
+    Ok(Arc::new(builder.connect_lazy()?))
 }
 
 /// Completes on Ctrl-C or SIGTERM (what Docker sends).

@@ -1,25 +1,9 @@
 //! `example-app`: the sessions controller on `--listen`, with sessions in `--store`.
 
-use std::net::SocketAddr;
-
 use anyhow::Context;
 use clap::Parser;
+use example_app::Cli;
 use gonest_session::SessionOptions;
-
-/// The GoNest sessions example: POST /login, GET /profile, POST /logout.
-#[derive(Debug, Parser)]
-#[command(name = "example-app", version, about)]
-struct Cli {
-    /// Address to serve HTTP on.
-    #[arg(long, env = "EXAMPLE_APP_LISTEN", default_value = "127.0.0.1:3000")]
-    listen: SocketAddr,
-    /// Where sessions live: `memory`, or a gonest-sessiond URL such as http://127.0.0.1:7070.
-    #[arg(long, env = "EXAMPLE_APP_STORE", default_value = "memory")]
-    store: String,
-    /// Mark the session cookie Secure (serve over HTTPS when set).
-    #[arg(long, env = "EXAMPLE_APP_SECURE")]
-    secure: bool,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -34,7 +18,16 @@ async fn main() -> anyhow::Result<()> {
         secure: cli.secure,
         ..Default::default()
     };
-    let store = example_app::store(&cli.store, options.max_age)
+    let token = cli
+        .store_token_file
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map(|text| text.trim().to_owned())
+                .with_context(|| format!("cannot read --store-token-file {}", path.display()))
+        })
+        .transpose()?;
+    let store = example_app::store(&cli.store, options.max_age, token)
         .with_context(|| format!("invalid --store `{}`", cli.store))?;
     let app = example_app::app(store, options);
     let listener = tokio::net::TcpListener::bind(cli.listen)

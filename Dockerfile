@@ -1,0 +1,25 @@
+# Build both binaries once; protox compiles the .proto, so no protoc is needed.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p gonest-sessiond -p example-app \
+    && mkdir /data
+
+# The example app: docker build --target example-app .
+FROM gcr.io/distroless/cc-debian12:nonroot AS example-app
+COPY --from=build /src/target/release/example-app /usr/local/bin/example-app
+ENV EXAMPLE_APP_LISTEN=0.0.0.0:3000
+EXPOSE 3000
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/example-app"]
+
+# The daemon (the default target): listens on all interfaces, keeps snapshots in /data.
+FROM gcr.io/distroless/cc-debian12:nonroot AS sessiond
+COPY --from=build /src/target/release/gonest-sessiond /usr/local/bin/gonest-sessiond
+COPY --from=build --chown=65532:65532 /data /data
+ENV GONEST_SESSIOND_LISTEN=0.0.0.0:7070
+EXPOSE 7070
+USER 65532:65532
+HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/gonest-sessiond", "health"]
+ENTRYPOINT ["/usr/local/bin/gonest-sessiond"]
