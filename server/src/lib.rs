@@ -25,6 +25,7 @@
 mod auth;
 mod cli;
 mod health;
+mod incoming;
 pub mod logging;
 mod memory_usage;
 mod metrics;

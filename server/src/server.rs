@@ -9,7 +9,6 @@ use gonest_session_core::MemorySessionStore;
 use gonest_session_proto::{FILE_DESCRIPTOR_SET, pb::session_store_server::SessionStoreServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::metrics::Metrics;
 use crate::{Persistence, SessionService, Tokens};
@@ -160,9 +159,12 @@ pub async fn run(
             service,
             config.tokens.clone(),
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        });
+        .serve_with_incoming_shutdown(
+            crate::incoming::accept(listener, crate::incoming::FIRST_BYTES_TIMEOUT),
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            },
+        );
     let mut server = tokio::spawn(server);
     let snapshots = config.persistence.clone().map(|persistence| {
         tokio::spawn(snapshot_every_interval(

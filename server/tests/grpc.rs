@@ -531,3 +531,19 @@ async fn stats_count_sessions() {
     assert_eq!(stats.expired_removed_total, 0);
     assert_eq!(stats.sweeps_total, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_sends_nothing_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let daemon = Daemon::start(Config::default()).await;
+    let mut silent = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    let mut buffer = [0u8; 64];
+    // Paused time: the daemon's timeout passes as soon as everything is idle, no real waiting.
+    let read = tokio::time::timeout(Duration::from_secs(60), silent.read(&mut buffer))
+        .await
+        .expect("the daemon kept a silent connection open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Clients that speak are served as before.
+    let mut client = daemon.client();
+    client.get(get("still-serving")).await.unwrap();
+}
