@@ -122,3 +122,50 @@ fn redis_key(id: &str) -> String {
 pub(crate) fn session_id(n: usize) -> String {
     format!("bench-{n:09}")
 }
+
+/// Connects to the targets named on the command line, the daemon first.
+pub(crate) async fn connect(
+    sessiond: Option<&str>,
+    redis: Option<&str>,
+    streams: usize,
+) -> anyhow::Result<Vec<Target>> {
+    let mut targets = Vec::new();
+    if let Some(url) = sessiond {
+        targets.push(Target::sessiond(url, streams).await?);
+    }
+    if let Some(url) = redis {
+        targets.push(Target::redis(url).await?);
+    }
+    anyhow::ensure!(
+        !targets.is_empty(),
+        "name a target: --sessiond URL and/or --redis URL"
+    );
+    Ok(targets)
+}
+
+/// Stores sessions `0..count`, each with `value` and `ttl`, from `workers` concurrent callers.
+pub(crate) async fn fill(
+    target: &Target,
+    count: usize,
+    value: &[u8],
+    ttl: Duration,
+    workers: usize,
+) -> anyhow::Result<()> {
+    let workers = workers.max(1);
+    let tasks: Vec<_> = (0..workers)
+        .map(|worker| {
+            let mut target = target.clone();
+            let value = value.to_vec();
+            tokio::spawn(async move {
+                for n in (worker..count).step_by(workers) {
+                    target.save(&session_id(n), &value, ttl).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}

@@ -6,23 +6,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::ThroughputArgs;
 use crate::report::{self, Outcome, histogram};
-use crate::target::{Target, session_id};
+use crate::target::{self, Target, session_id};
 
 /// Lifetime of the sessions the bench writes.
 const TTL: Duration = Duration::from_secs(3600);
 
 pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
-    let mut targets = Vec::new();
-    if let Some(url) = &args.sessiond {
-        targets.push(Target::sessiond(url, args.streams).await?);
-    }
-    if let Some(url) = &args.redis {
-        targets.push(Target::redis(url).await?);
-    }
-    anyhow::ensure!(
-        !targets.is_empty(),
-        "name a target: --sessiond URL and/or --redis URL"
-    );
+    let targets = target::connect(
+        args.sessiond.as_deref(),
+        args.redis.as_deref(),
+        args.streams,
+    )
+    .await?;
     anyhow::ensure!(
         args.clients > 0 && args.keys > 0,
         "--clients and --keys must be positive"
@@ -67,7 +62,8 @@ struct Tally {
 
 async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcome> {
     let value = vec![b'x'; args.size];
-    preload(&target, args, &value).await?;
+    // Every key once, so that gets find something.
+    target::fill(&target, args.keys, &value, TTL, args.clients.clamp(1, 64)).await?;
 
     let progress = ProgressBar::new(args.duration.as_secs().max(1));
     progress.set_style(
@@ -180,26 +176,4 @@ async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcom
 /// Each caller walks the keys with its own odd stride, so callers do not move in lockstep.
 fn args_stride(client: usize) -> usize {
     client.wrapping_mul(2).wrapping_add(1)
-}
-
-/// Stores every key once, so that gets find something.
-async fn preload(target: &Target, args: &ThroughputArgs, value: &[u8]) -> anyhow::Result<()> {
-    let workers = args.clients.clamp(1, 64);
-    let tasks: Vec<_> = (0..workers)
-        .map(|worker| {
-            let mut target = target.clone();
-            let value = value.to_vec();
-            let keys = args.keys;
-            tokio::spawn(async move {
-                for n in (worker..keys).step_by(workers) {
-                    target.save(&session_id(n), &value, TTL).await?;
-                }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await??;
-    }
-    Ok(())
 }
