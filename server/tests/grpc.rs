@@ -547,3 +547,31 @@ async fn a_connection_that_sends_nothing_is_closed() {
     let mut client = daemon.client();
     client.get(get("still-serving")).await.unwrap();
 }
+
+#[tokio::test]
+async fn health_turns_not_serving_when_shutdown_starts() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let daemon = Daemon::start(Config::default()).await;
+    let mut health = HealthClient::new(daemon.channel.clone());
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "gonest.session.v1.SessionStore".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, 1, "SERVING while up");
+
+    let stopping = tokio::spawn(daemon.stop());
+    // The watch sees NOT_SERVING before the daemon is gone: probes stop sending traffic first.
+    let next = watch.message().await.unwrap().unwrap();
+    assert_eq!(next.status, 2, "NOT_SERVING once shutdown starts");
+    // A watcher that lets go lets the drain finish well before the hard deadline.
+    drop(watch);
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("shutdown waited for the deadline")
+        .unwrap()
+        .unwrap();
+}
