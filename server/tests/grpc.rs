@@ -5,10 +5,12 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::Daemon;
+use gonest_session_proto::pb::session_store_client::SessionStoreClient;
 use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Result as Answer};
 use gonest_session_proto::{duration_to_pb, timestamp_from_pb, timestamp_to_pb};
 use gonest_sessiond::Config;
 use tonic::Code;
+use tonic::transport::Channel;
 
 fn session(id: &str, pairs: &[(&str, &str)]) -> pb::Session {
     pb::Session {
@@ -33,6 +35,11 @@ fn get(id: &str) -> pb::GetRequest {
     pb::GetRequest { id: id.to_owned() }
 }
 
+/// What a Get for `id` finds, failing the test if the call itself fails.
+async fn stored(client: &mut SessionStoreClient<Channel>, id: &str) -> Option<pb::Session> {
+    client.get(get(id)).await.unwrap().into_inner().session
+}
+
 #[tokio::test]
 async fn save_get_touch_destroy_round_trip() {
     let daemon = Daemon::start(Config::default()).await;
@@ -53,13 +60,7 @@ async fn save_get_touch_destroy_round_trip() {
     assert!(expires_at >= before + default_ttl - Duration::from_secs(5));
     assert!(expires_at <= SystemTime::now() + default_ttl);
 
-    let got = client
-        .get(get("abc"))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let got = stored(&mut client, "abc").await.unwrap();
     assert_eq!(got.id, "abc");
     assert_eq!(got.data["user_id"], b"42");
     assert_eq!(got.version, 1);
@@ -90,13 +91,7 @@ async fn save_get_touch_destroy_round_trip() {
     assert!(touched.found);
     let touched_at = timestamp_from_pb(&touched.expires_at.unwrap()).unwrap();
     assert!(touched_at > short);
-    let got = client
-        .get(get("abc"))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let got = stored(&mut client, "abc").await.unwrap();
     assert_eq!(got.version, 2, "touch does not change the version");
     assert_eq!(got.expires_at, touched.expires_at);
 
@@ -123,10 +118,7 @@ async fn save_get_touch_destroy_round_trip() {
         .unwrap()
         .into_inner();
     assert!(!again.existed, "destroy is idempotent");
-    assert_eq!(
-        client.get(get("abc")).await.unwrap().into_inner().session,
-        None
-    );
+    assert_eq!(stored(&mut client, "abc").await, None);
     daemon.stop().await.unwrap();
 }
 
@@ -165,18 +157,9 @@ async fn version_conflicts_are_aborted_and_change_nothing() {
     let status = client.save(save("new", &[], Some(3))).await.unwrap_err();
     assert_eq!(status.code(), Code::Aborted);
 
-    let got = client
-        .get(get("s"))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let got = stored(&mut client, "s").await.unwrap();
     assert_eq!((got.version, &got.data["k"][..]), (1, &b"v1"[..]));
-    assert_eq!(
-        client.get(get("new")).await.unwrap().into_inner().session,
-        None
-    );
+    assert_eq!(stored(&mut client, "new").await, None);
 }
 
 #[tokio::test]
@@ -260,10 +243,7 @@ async fn bad_input_is_invalid_argument_with_a_clear_message() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 
-    assert_eq!(
-        client.get(get("ok")).await.unwrap().into_inner().session,
-        None
-    );
+    assert_eq!(stored(&mut client, "ok").await, None);
 }
 
 #[tokio::test]
@@ -307,13 +287,7 @@ async fn limits_are_resource_exhausted_and_existing_sessions_stay_writable() {
 
     let updated = client.save(save("a", &[("k", "2")], None)).await.unwrap();
     assert_eq!(updated.into_inner().version, 2);
-    let got = client
-        .get(get("a"))
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap();
+    let got = stored(&mut client, "a").await.unwrap();
     assert_eq!(got.data["k"], b"2");
 
     let stats = client
