@@ -8,18 +8,26 @@ use crate::{Result, SessionData, StoreError};
 
 /// Encodes `data` into one buffer.
 pub fn encode_data(data: &SessionData) -> Box<[u8]> {
-    let size: usize = data
-        .iter()
+    let mut out = Vec::with_capacity(encoded_len(data));
+    encode_into(&mut out, data);
+    out.into_boxed_slice()
+}
+
+/// The length of `data` encoded.
+pub fn encoded_len(data: &SessionData) -> usize {
+    data.iter()
         .map(|(k, v)| varint_len(k.len()) + k.len() + varint_len(v.len()) + v.len())
-        .sum();
-    let mut out = Vec::with_capacity(size);
+        .sum()
+}
+
+/// Appends `data`, encoded, to `out`: [`encoded_len`] bytes.
+pub fn encode_into(out: &mut Vec<u8>, data: &SessionData) {
     for (key, value) in data {
-        put_varint(&mut out, key.len());
+        put_varint(out, key.len());
         out.extend_from_slice(key.as_bytes());
-        put_varint(&mut out, value.len());
+        put_varint(out, value.len());
         out.extend_from_slice(value);
     }
-    out.into_boxed_slice()
 }
 
 /// Decodes what [`encode_data`] wrote. Malformed input is an error, never a panic.

@@ -45,6 +45,7 @@ mod record;
 mod snapshot;
 mod store;
 mod sweeper;
+mod table;
 
 pub use clock::Clock;
 pub use error::{Result, StoreError};

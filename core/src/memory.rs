@@ -3,21 +3,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
+use hashbrown::hash_table::Entry;
 use tokio::sync::Notify;
 
-use crate::codec::{decode_data, encode_data};
+use crate::codec::{decode_data, encode_into, encoded_len};
 use crate::snapshot::{SnapshotError, SnapshotWriter};
+use crate::table::{Nanos, Record, Table};
 use crate::{
     Clock, Expiry, Result, Save, Saved, SessionRecord, SessionStore, StoreError, data_size,
     validate_id,
 };
-
-/// Shards in the map. Each operation locks one shard, and the sweeper locks one shard at a time,
-/// so many shards keep both contention and the sweeper's pauses small: with a million sessions a
-/// shard holds about a thousand.
-const SHARDS: usize = 1024;
 
 /// An expiring, versioned, in-memory session store.
 ///
@@ -36,7 +31,7 @@ pub struct MemorySessionStore {
 #[derive(Debug)]
 pub(crate) struct Inner {
     /// Session id to record. Expired records stay until the sweeper or an access removes them.
-    map: DashMap<Box<str>, Entry_, foldhash::quality::RandomState>,
+    pub(crate) map: Table,
     /// The clock every expiry is computed and checked against.
     clock: Clock,
     /// Limits and defaults.
@@ -58,49 +53,25 @@ impl Drop for Inner {
     }
 }
 
-/// A stored record, without its id (the map's key). It is kept small, because a store holds
-/// millions: the data is one encoded buffer (see [`crate::codec`]), times are nanoseconds.
-#[derive(Debug, Clone)]
-struct Entry_ {
-    data: Box<[u8]>,
-    created_at: Nanos,
-    expires_at: Nanos,
-    version: u64,
-}
-
-/// A point in time as nanoseconds since the Unix epoch: 8 bytes instead of `SystemTime`'s 16,
-/// good until the year 2554.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Nanos(u64);
-
-impl From<SystemTime> for Nanos {
-    fn from(time: SystemTime) -> Self {
-        let since = time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        Self(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
-    }
-}
-
-impl From<Nanos> for SystemTime {
-    fn from(nanos: Nanos) -> Self {
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos.0)
-    }
-}
-
-impl Entry_ {
-    fn is_live(&self, now: SystemTime) -> bool {
-        self.expires_at > Nanos::from(now)
-    }
-
-    fn to_record(&self, id: &str) -> Result<SessionRecord> {
+impl Record {
+    fn to_record(&self) -> Result<SessionRecord> {
+        let id = std::str::from_utf8(self.id())
+            .map_err(|_| StoreError::Internal("stored session id is not UTF-8".into()))?;
         Ok(SessionRecord {
             id: id.to_owned(),
-            data: decode_data(&self.data)?,
-            created_at: self.created_at.into(),
-            expires_at: self.expires_at.into(),
-            version: self.version,
+            data: decode_data(self.data())?,
+            created_at: self.created_at().into(),
+            expires_at: self.expires_at().into(),
+            version: self.version(),
         })
+    }
+
+    fn saved(&self) -> Saved {
+        Saved {
+            version: self.version(),
+            created_at: self.created_at().into(),
+            expires_at: self.expires_at().into(),
+        }
     }
 }
 
@@ -197,10 +168,7 @@ impl MemorySessionStoreBuilder {
         let sweep_interval = config.sweep_interval;
         let store = MemorySessionStore {
             inner: Arc::new(Inner {
-                map: DashMap::with_hasher_and_shard_amount(
-                    foldhash::quality::RandomState::default(),
-                    SHARDS,
-                ),
+                map: Table::new(),
                 clock: Clock::new(),
                 config,
                 stored: AtomicU64::new(0),
@@ -212,9 +180,13 @@ impl MemorySessionStoreBuilder {
         if let (Some(interval), Ok(runtime)) =
             (sweep_interval, tokio::runtime::Handle::try_current())
         {
+            // The first sweep is due one interval after the store was built, not after the task
+            // first runs.
+            let first = tokio::time::Instant::now() + interval;
             runtime.spawn(crate::sweeper::run(
                 Arc::downgrade(&store.inner),
                 store.inner.stop_sweeper.clone(),
+                first,
                 interval,
             ));
         }
@@ -268,25 +240,32 @@ impl MemorySessionStore {
     /// Removes every expired record now and returns how many it removed.
     ///
     /// It locks one shard at a time, so operations on other shards go on meanwhile. It does not
-    /// yield to the async runtime: from async code call it on a blocking thread (the sweeper
-    /// task does).
+    /// yield to the async runtime; the sweeper task does, between shards.
     pub fn sweep(&self) -> u64 {
-        self.inner.sweep()
+        let now = self.inner.clock.now();
+        let removed = (0..crate::table::SHARDS)
+            .map(|shard| self.inner.sweep_shard(shard, now))
+            .sum();
+        self.inner.count_sweep();
+        removed
     }
 
     /// Reads a session now. The same as [`SessionStore::get`], without the future.
     pub fn get_now(&self, id: &str) -> Result<Option<SessionRecord>> {
         validate_id(id)?;
-        let now = self.inner.clock.now();
-        if let Some(entry) = self.inner.map.get(id) {
-            if entry.is_live(now) {
-                return entry.to_record(id).map(Some);
+        let now = Nanos::from(self.inner.clock.now());
+        let found = self.inner.map.read(id, |record| match record {
+            Some(record) if record.is_live(now) => record.to_record().map(|r| Some(Some(r))),
+            Some(_) => Ok(None),
+            None => Ok(Some(None)),
+        })?;
+        match found {
+            Some(found) => Ok(found),
+            None => {
+                self.inner.remove_expired(id, now);
+                Ok(None)
             }
-        } else {
-            return Ok(None);
         }
-        self.inner.remove_expired(id, now);
-        Ok(None)
     }
 
     /// Saves a session now. The same as [`SessionStore::save`], without the future.
@@ -300,14 +279,14 @@ impl MemorySessionStore {
                 limit: inner.config.max_session_bytes,
             });
         }
-        let now = inner.clock.now();
-        let expires_at = inner.expires_at(save.expiry, now)?;
-        let data = encode_data(&save.data);
-        let fresh = |data| Entry_ {
-            data,
-            created_at: now.into(),
-            expires_at: expires_at.into(),
-            version: 1,
+        let clock_now = inner.clock.now();
+        let now = Nanos::from(clock_now);
+        let expires_at = Nanos::from(inner.expires_at(save.expiry, clock_now)?);
+        let data_len = encoded_len(&save.data);
+        let record = |created_at, version| {
+            Record::new(&save.id, created_at, expires_at, version, data_len, |buf| {
+                encode_into(buf, &save.data)
+            })
         };
         let check_absent = |expected: Option<u64>| match expected {
             None | Some(0) => Ok(()),
@@ -316,46 +295,48 @@ impl MemorySessionStore {
                 actual: None,
             }),
         };
-        let entry = match inner.map.entry(save.id.into_boxed_str()) {
+        inner.map.write(&save.id, |entry| match entry {
             Entry::Occupied(mut occupied) => {
                 let current = occupied.get_mut();
                 if current.is_live(now) {
                     if let Some(expected) = save.expected_version
-                        && expected != current.version
+                        && expected != current.version()
                     {
                         return Err(StoreError::Conflict {
                             expected,
-                            actual: Some(current.version),
+                            actual: Some(current.version()),
                         });
                     }
-                    current.data = data;
-                    current.expires_at = expires_at.into();
-                    current.version += 1;
+                    *current = record(current.created_at(), current.version() + 1);
                 } else {
                     // An expired record is absent: the save creates a new session in its place.
                     check_absent(save.expected_version)?;
-                    *current = fresh(data);
+                    *current = record(now, 1);
                     inner.expired_removed.fetch_add(1, Ordering::Relaxed);
                 }
-                current.clone_meta()
+                Ok(current.saved())
             }
             Entry::Vacant(vacant) => {
                 check_absent(save.expected_version)?;
                 inner.reserve_slot()?;
-                vacant.insert(fresh(data)).clone_meta()
+                Ok(vacant.insert(record(now, 1)).get().saved())
             }
-        };
-        Ok(entry)
+        })
     }
 
     /// Destroys a session now. The same as [`SessionStore::destroy`], without the future.
     pub fn destroy_now(&self, id: &str) -> Result<bool> {
         validate_id(id)?;
-        let now = self.inner.clock.now();
-        match self.inner.map.remove(id) {
-            Some((_, entry)) => {
+        let now = Nanos::from(self.inner.clock.now());
+        let removed = self.inner.map.write(id, |entry| match entry {
+            Entry::Occupied(occupied) => Some(occupied.remove().0),
+            Entry::Vacant(_) => None,
+        });
+        // The record is dropped here, after the shard's lock is released.
+        match removed {
+            Some(record) => {
                 self.inner.stored.fetch_sub(1, Ordering::Relaxed);
-                let live = entry.is_live(now);
+                let live = record.is_live(now);
                 if !live {
                     self.inner.expired_removed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -368,20 +349,30 @@ impl MemorySessionStore {
     /// Touches a session now. The same as [`SessionStore::touch`], without the future.
     pub fn touch_now(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
         validate_id(id)?;
-        let now = self.inner.clock.now();
+        let clock_now = self.inner.clock.now();
+        let now = Nanos::from(clock_now);
         let expires_at = self
             .inner
-            .expires_at(ttl.map_or(Expiry::Default, Expiry::Ttl), now)?;
-        match self.inner.map.get_mut(id) {
-            Some(mut entry) if entry.is_live(now) => {
-                entry.expires_at = expires_at.into();
-                return Ok(Some(expires_at));
+            .expires_at(ttl.map_or(Expiry::Default, Expiry::Ttl), clock_now)?;
+        let touched = self.inner.map.write(id, |entry| match entry {
+            Entry::Occupied(mut occupied) => {
+                let record = occupied.get_mut();
+                if record.is_live(now) {
+                    record.set_expires_at(expires_at.into());
+                    Some(Some(expires_at))
+                } else {
+                    None
+                }
             }
-            Some(_) => {}
-            None => return Ok(None),
+            Entry::Vacant(_) => Some(None),
+        });
+        match touched {
+            Some(touched) => Ok(touched),
+            None => {
+                self.inner.remove_expired(id, now);
+                Ok(None)
+            }
         }
-        self.inner.remove_expired(id, now);
-        Ok(None)
     }
 
     /// Puts a record back exactly as it was, keeping its version, `created_at` and `expires_at`
@@ -392,20 +383,15 @@ impl MemorySessionStore {
         if record.expires_at <= self.inner.clock.now() {
             return Ok(false);
         }
-        let entry = Entry_ {
-            data: encode_data(&record.data),
-            created_at: record.created_at.into(),
-            expires_at: record.expires_at.into(),
-            version: record.version,
-        };
-        if self
-            .inner
-            .map
-            .insert(record.id.into_boxed_str(), entry)
-            .is_none()
-        {
-            self.inner.stored.fetch_add(1, Ordering::Relaxed);
-        }
+        let stored = Record::new(
+            &record.id,
+            record.created_at.into(),
+            record.expires_at.into(),
+            record.version,
+            encoded_len(&record.data),
+            |buf| encode_into(buf, &record.data),
+        );
+        self.inner.put(&record.id, stored);
         Ok(true)
     }
 
@@ -415,17 +401,18 @@ impl MemorySessionStore {
     pub fn write_snapshot<W: std::io::Write>(&self, out: W) -> std::io::Result<(W, u64)> {
         let cutoff = Nanos::from(self.inner.clock.now());
         let mut writer = SnapshotWriter::new(out)?;
-        for item in self.inner.map.iter() {
-            if item.expires_at > cutoff {
+        self.inner.map.for_each(|record| {
+            if record.is_live(cutoff) {
                 writer.record(
-                    item.key(),
-                    item.version,
-                    item.created_at.0,
-                    item.expires_at.0,
-                    &item.data,
+                    record.id(),
+                    record.version(),
+                    record.created_at().0,
+                    record.expires_at().0,
+                    record.data(),
                 )?;
             }
-        }
+            Ok::<_, std::io::Error>(())
+        })?;
         writer.finish()
     }
 
@@ -441,15 +428,15 @@ impl MemorySessionStore {
                 skipped += 1;
                 continue;
             }
-            let entry = Entry_ {
-                data: record.data,
-                created_at: Nanos(record.created_at),
-                expires_at: Nanos(record.expires_at),
-                version: record.version,
-            };
-            if self.inner.map.insert(record.id, entry).is_none() {
-                self.inner.stored.fetch_add(1, Ordering::Relaxed);
-            }
+            let stored = Record::new(
+                &record.id,
+                Nanos(record.created_at),
+                Nanos(record.expires_at),
+                record.version,
+                record.data.len(),
+                |buf| buf.extend_from_slice(&record.data),
+            );
+            self.inner.put(&record.id, stored);
             loaded += 1;
         }
         Ok((loaded, skipped))
@@ -458,24 +445,15 @@ impl MemorySessionStore {
     /// Calls `f` with every live record, one shard at a time (as when writing a snapshot).
     /// Records saved meanwhile may or may not be seen.
     pub fn for_each_live(&self, mut f: impl FnMut(SessionRecord)) {
-        let now = self.inner.clock.now();
-        for item in self.inner.map.iter() {
-            if item.is_live(now)
-                && let Ok(record) = item.to_record(item.key())
+        let now = Nanos::from(self.inner.clock.now());
+        let _ = self.inner.map.for_each(|record| {
+            if record.is_live(now)
+                && let Ok(record) = record.to_record()
             {
                 f(record);
             }
-        }
-    }
-}
-
-impl Entry_ {
-    fn clone_meta(&self) -> Saved {
-        Saved {
-            version: self.version,
-            created_at: self.created_at.into(),
-            expires_at: self.expires_at.into(),
-        }
+            Ok::<_, ()>(())
+        });
     }
 }
 
@@ -515,30 +493,51 @@ impl Inner {
     }
 
     /// Removes `id` if it is still expired at `now` (it may have been saved again meanwhile).
-    fn remove_expired(&self, id: &str, now: SystemTime) {
-        if self
-            .map
-            .remove_if(id, |_, entry| !entry.is_live(now))
-            .is_some()
-        {
+    fn remove_expired(&self, id: &str, now: Nanos) {
+        let removed = self.map.write(id, |entry| match entry {
+            Entry::Occupied(occupied) if !occupied.get().is_live(now) => Some(occupied.remove().0),
+            _ => None,
+        });
+        if removed.is_some() {
             self.stored.fetch_sub(1, Ordering::Relaxed);
             self.expired_removed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    pub(crate) fn sweep(&self) -> u64 {
-        let now = self.clock.now();
-        let mut removed = 0;
-        // `retain` write-locks one shard at a time, so a sweep never holds more than one shard.
-        self.map.retain(|_, entry| {
-            let live = entry.is_live(now);
-            removed += u64::from(!live);
-            live
+    /// Stores `record` under `id`, replacing what was there.
+    fn put(&self, id: &str, record: Record) {
+        let added = self.map.write(id, |entry| match entry {
+            Entry::Occupied(mut occupied) => {
+                *occupied.get_mut() = record;
+                false
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(record);
+                true
+            }
         });
+        if added {
+            self.stored.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes the records of one shard that expired by `now`; returns how many.
+    pub(crate) fn sweep_shard(&self, shard: usize, now: SystemTime) -> u64 {
+        let now = Nanos::from(now);
+        let removed = self.map.retain_shard(shard, |record| record.is_live(now));
         self.stored.fetch_sub(removed, Ordering::Relaxed);
         self.expired_removed.fetch_add(removed, Ordering::Relaxed);
-        self.sweeps.fetch_add(1, Ordering::Relaxed);
         removed
+    }
+
+    /// Counts a finished sweep.
+    pub(crate) fn count_sweep(&self) {
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The store's clock.
+    pub(crate) fn now(&self) -> SystemTime {
+        self.clock.now()
     }
 }
 
@@ -870,8 +869,8 @@ mod tests {
         }
         assert_eq!(store.stats().sweeps_total, 0);
         tokio::time::advance(Duration::from_secs(301)).await;
-        // The sweep runs on a blocking thread; wait for it in paused time, which lets the
-        // runtime move on as soon as it is otherwise idle.
+        // The sweep yields between shards; wait for it in paused time, which lets the runtime
+        // move on as soon as it is otherwise idle.
         while store.stats().sweeps_total == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -880,6 +879,36 @@ mod tests {
         assert_eq!(stats.expired_removed_total, 50);
         assert_eq!(stats.live_sessions, 50);
         assert!(store.get("s1").await.unwrap().is_some());
+    }
+
+    /// On a one-thread runtime, a task that only yields must still run while a large sweep is
+    /// in progress: the sweeper hands the thread back after every shard.
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_served_between_shards_of_a_sweep() {
+        const SESSIONS: u64 = 20_000;
+        let store = MemorySessionStore::builder()
+            .sweep_interval(Some(Duration::from_secs(300)))
+            .build()
+            .unwrap();
+        for i in 0..SESSIONS {
+            store
+                .save_now(Save::new(format!("s{i}"), data(&[])).ttl(Duration::from_secs(60)))
+                .unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(301)).await;
+        let mut seen_mid_sweep = 0;
+        while store.stats().sweeps_total == 0 {
+            let live = store.stats().live_sessions;
+            if live > 0 && live < SESSIONS {
+                seen_mid_sweep += 1;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.stats().live_sessions, 0);
+        assert!(
+            seen_mid_sweep > 100,
+            "another task ran only {seen_mid_sweep} times during the sweep"
+        );
     }
 
     #[tokio::test(start_paused = true)]

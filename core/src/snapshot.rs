@@ -74,7 +74,7 @@ impl<W: Write> SnapshotWriter<W> {
 
     pub(crate) fn record(
         &mut self,
-        id: &str,
+        id: &[u8],
         version: u64,
         created_at: u64,
         expires_at: u64,
@@ -83,7 +83,7 @@ impl<W: Write> SnapshotWriter<W> {
         let mut head = std::mem::take(&mut self.scratch);
         head.clear();
         put_varint(&mut head, id.len());
-        head.extend_from_slice(id.as_bytes());
+        head.extend_from_slice(id);
         head.extend_from_slice(&version.to_le_bytes());
         head.extend_from_slice(&created_at.to_le_bytes());
         head.extend_from_slice(&expires_at.to_le_bytes());
@@ -183,7 +183,13 @@ mod tests {
         let mut writer = SnapshotWriter::new(Vec::new()).unwrap();
         for r in records {
             writer
-                .record(&r.id, r.version, r.created_at, r.expires_at, &r.data)
+                .record(
+                    r.id.as_bytes(),
+                    r.version,
+                    r.created_at,
+                    r.expires_at,
+                    &r.data,
+                )
                 .unwrap();
         }
         writer.finish().unwrap().0

@@ -1,0 +1,276 @@
+//! The sharded hash table behind [`MemorySessionStore`](crate::MemorySessionStore), and the
+//! one-allocation form each session is kept in.
+//!
+//! A store holds millions of sessions, so both are built for size and for a sweeper that must
+//! not stall requests:
+//! - a session is one heap buffer holding its times, version, id and encoded data
+//!   ([`Record`]); the table's slot is the buffer's pointer and length, nothing else;
+//! - the table is [`SHARDS`] `hashbrown` tables, each behind its own lock, so an operation locks
+//!   one small shard and the sweeper can clean one shard at a time and let requests run in
+//!   between (see [`crate::sweeper`]).
+
+use std::hash::BuildHasher;
+use std::ops::Range;
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+use parking_lot::RwLock;
+
+/// Shards as a power of two. With a million sessions a shard holds about 250, so sweeping one
+/// takes tens of microseconds.
+const SHARD_BITS: u32 = 12;
+/// Shards in a table.
+pub(crate) const SHARDS: usize = 1 << SHARD_BITS;
+
+/// A point in time as nanoseconds since the Unix epoch: 8 bytes instead of `SystemTime`'s 16,
+/// good until the year 2554.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Nanos(pub(crate) u64);
+
+impl From<std::time::SystemTime> for Nanos {
+    fn from(time: std::time::SystemTime) -> Self {
+        let since = time
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+impl From<Nanos> for std::time::SystemTime {
+    fn from(nanos: Nanos) -> Self {
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos.0)
+    }
+}
+
+/// One session in one buffer. Layout, integers little-endian:
+///
+/// | bytes     | field                                  |
+/// |-----------|----------------------------------------|
+/// | 0..8      | `expires_at`, [`Nanos`]                |
+/// | 8..16     | `created_at`, [`Nanos`]                |
+/// | 16..24    | `version`                              |
+/// | 24..26    | id length `n` (ids are ≤ 256 bytes)    |
+/// | 26..26+n  | id                                     |
+/// | 26+n..    | data, in the [`crate::codec`] form     |
+#[derive(Debug, Clone)]
+pub(crate) struct Record(Box<[u8]>);
+
+const EXPIRES: Range<usize> = 0..8;
+const CREATED: Range<usize> = 8..16;
+const VERSION: Range<usize> = 16..24;
+const ID_LEN: Range<usize> = 24..26;
+const HEADER: usize = 26;
+
+impl Record {
+    /// A record whose data is written by `write_data` into exactly `data_len` bytes.
+    pub(crate) fn new(
+        id: &str,
+        created_at: Nanos,
+        expires_at: Nanos,
+        version: u64,
+        data_len: usize,
+        write_data: impl FnOnce(&mut Vec<u8>),
+    ) -> Self {
+        let id_len = u16::try_from(id.len()).expect("session ids are validated to ≤ 256 bytes");
+        let mut buf = Vec::with_capacity(HEADER + id.len() + data_len);
+        buf.extend_from_slice(&expires_at.0.to_le_bytes());
+        buf.extend_from_slice(&created_at.0.to_le_bytes());
+        buf.extend_from_slice(&version.to_le_bytes());
+        buf.extend_from_slice(&id_len.to_le_bytes());
+        buf.extend_from_slice(id.as_bytes());
+        write_data(&mut buf);
+        debug_assert_eq!(buf.len(), HEADER + id.len() + data_len);
+        // `into_boxed_slice` does not reallocate when the capacity was exact.
+        Self(buf.into_boxed_slice())
+    }
+
+    fn u64_at(&self, range: Range<usize>) -> u64 {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&self.0[range]);
+        u64::from_le_bytes(bytes)
+    }
+
+    fn id_end(&self) -> usize {
+        let mut bytes = [0; 2];
+        bytes.copy_from_slice(&self.0[ID_LEN]);
+        HEADER + usize::from(u16::from_le_bytes(bytes))
+    }
+
+    /// The session id's bytes.
+    pub(crate) fn id(&self) -> &[u8] {
+        &self.0[HEADER..self.id_end()]
+    }
+
+    /// The encoded data.
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.0[self.id_end()..]
+    }
+
+    pub(crate) fn expires_at(&self) -> Nanos {
+        Nanos(self.u64_at(EXPIRES))
+    }
+
+    pub(crate) fn set_expires_at(&mut self, at: Nanos) {
+        self.0[EXPIRES].copy_from_slice(&at.0.to_le_bytes());
+    }
+
+    pub(crate) fn created_at(&self) -> Nanos {
+        Nanos(self.u64_at(CREATED))
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.u64_at(VERSION)
+    }
+
+    /// Whether the record has not expired at `now`.
+    pub(crate) fn is_live(&self, now: Nanos) -> bool {
+        self.expires_at() > now
+    }
+}
+
+/// Session id to [`Record`], in [`SHARDS`] independently locked shards.
+pub(crate) struct Table {
+    shards: Box<[RwLock<HashTable<Record>>]>,
+    /// Seeded at random per table, so ids chosen to collide in one daemon do not collide in
+    /// another.
+    hasher: foldhash::quality::RandomState,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Table {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: foldhash::quality::RandomState::default(),
+        }
+    }
+
+    fn hash(&self, id: &[u8]) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    /// The shard of `hash`. hashbrown takes a slot's index from the low bits and its tag from the
+    /// top 7, so the shard comes from the bits just below the tag.
+    fn shard(&self, hash: u64) -> &RwLock<HashTable<Record>> {
+        &self.shards[((hash << 7) >> (64 - SHARD_BITS)) as usize]
+    }
+
+    /// Calls `f` with the record of `id`, if any, under its shard's read lock.
+    pub(crate) fn read<R>(&self, id: &str, f: impl FnOnce(Option<&Record>) -> R) -> R {
+        let id = id.as_bytes();
+        let hash = self.hash(id);
+        let shard = self.shard(hash).read();
+        f(shard.find(hash, |record| record.id() == id))
+    }
+
+    /// Calls `f` with the table entry of `id` under its shard's write lock.
+    pub(crate) fn write<R>(&self, id: &str, f: impl FnOnce(Entry<'_, Record>) -> R) -> R {
+        let id = id.as_bytes();
+        let hash = self.hash(id);
+        let mut shard = self.shard(hash).write();
+        f(shard.entry(
+            hash,
+            |record| record.id() == id,
+            |record| self.hash(record.id()),
+        ))
+    }
+
+    /// Keeps only the records of shard `index` for which `keep` is true; returns how many it
+    /// removed. Locks that one shard.
+    pub(crate) fn retain_shard(&self, index: usize, mut keep: impl FnMut(&Record) -> bool) -> u64 {
+        let mut shard = self.shards[index].write();
+        let before = shard.len();
+        shard.retain(|record| keep(record));
+        // Give memory back once a sweep has emptied most of a shard.
+        if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
+            let len = shard.len();
+            shard.shrink_to(len * 2, |record| self.hash(record.id()));
+        }
+        (before - shard.len()) as u64
+    }
+
+    /// Calls `f` with every record, one shard at a time under its read lock.
+    pub(crate) fn for_each<E>(&self, mut f: impl FnMut(&Record) -> Result<(), E>) -> Result<(), E> {
+        for shard in self.shards.iter() {
+            for record in shard.read().iter() {
+                f(record)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, data: &[u8]) -> Record {
+        Record::new(id, Nanos(1), Nanos(2), 3, data.len(), |buf| {
+            buf.extend_from_slice(data)
+        })
+    }
+
+    #[test]
+    fn a_record_keeps_every_field() {
+        let id = "x".repeat(crate::MAX_ID_LEN);
+        let mut r = record(&id, b"payload");
+        assert_eq!(r.id(), id.as_bytes());
+        assert_eq!(r.data(), b"payload");
+        assert_eq!(
+            (r.created_at(), r.expires_at(), r.version()),
+            (Nanos(1), Nanos(2), 3)
+        );
+        r.set_expires_at(Nanos(u64::MAX));
+        assert_eq!(r.expires_at(), Nanos(u64::MAX));
+        assert_eq!(r.data(), b"payload", "the data is untouched");
+        assert!(r.is_live(Nanos(u64::MAX - 1)));
+        assert!(!r.is_live(Nanos(u64::MAX)));
+        let empty = record("a", b"");
+        assert_eq!((empty.id(), empty.data()), (&b"a"[..], &b""[..]));
+    }
+
+    #[test]
+    fn inserts_finds_and_retains_across_shards() {
+        let table = Table::new();
+        let ids: Vec<String> = (0..20_000).map(|i| format!("id-{i}")).collect();
+        for id in &ids {
+            table.write(id, |entry| match entry {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(record(id, id.as_bytes()));
+                }
+                Entry::Occupied(_) => panic!("{id} inserted twice"),
+            });
+        }
+        for id in &ids {
+            let data = table.read(id, |r| r.map(|r| r.data().to_vec()));
+            assert_eq!(data.as_deref(), Some(id.as_bytes()));
+        }
+        assert!(table.read("id-missing", |r| r.is_none()));
+        let mut removed = 0;
+        for shard in 0..SHARDS {
+            removed += table.retain_shard(shard, |r| r.data().ends_with(b"7"));
+        }
+        assert_eq!(removed, 18_000);
+        let mut left = Vec::new();
+        table
+            .for_each(|r| {
+                left.push(String::from_utf8(r.id().to_vec()).unwrap());
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        left.sort();
+        let mut expected: Vec<String> = ids.into_iter().filter(|id| id.ends_with('7')).collect();
+        expected.sort();
+        assert_eq!(left, expected);
+        for id in &expected {
+            assert!(table.read(id, |r| r.is_some()), "{id} survives the shrink");
+        }
+    }
+}
