@@ -8,6 +8,9 @@ use clap::Parser;
 use gonest_sessiond::{Cli, Command, logging, shutdown};
 use tokio::net::TcpListener;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Health { addr, timeout }) = &cli.command {
