@@ -21,6 +21,8 @@ pub enum Command {
     Throughput(ThroughputArgs),
     /// Resident memory per stored session.
     Memory(MemoryArgs),
+    /// Latency while the daemon sweeps many expired sessions, against latency without a sweep.
+    Sweep(SweepArgs),
 }
 
 /// Flags of `throughput`.
@@ -73,6 +75,46 @@ pub struct MemoryArgs {
     /// Lifetime of the stored sessions (short, to watch the daemon sweep them).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
+}
+
+/// Flags of `sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    /// The daemon, such as http://127.0.0.1:7070. Start it with a short --sweep-interval (such as
+    /// 60s) so the sweep comes soon.
+    #[arg(long)]
+    pub sessiond: String,
+    /// Sessions stored to expire and be swept.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub sessions: usize,
+    /// Bytes in each session's value.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Lifetime of the sessions to be swept, counted from when the bench starts storing them
+    /// (they all expire at the same moment): long enough to store them all.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// Sweeps to measure, one per sweep interval of the daemon; the result is their median.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Concurrent callers of the load that runs across the sweep.
+    #[arg(long, default_value_t = 50)]
+    pub clients: usize,
+    /// Share of each operation of that load, in percent.
+    #[arg(long, default_value = "get:90,save:10", value_parser = parse_mix)]
+    pub mix: Mix,
+    /// Distinct live sessions that load is spread over.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: usize,
+    /// `Pipeline` streams the daemon's client spreads calls over.
+    #[arg(long, default_value_t = 2)]
+    pub streams: usize,
+    /// How long to wait for the daemon's sweep before giving up.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
+    /// How long the load goes on after the sweep.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub after: Duration,
 }
 
 /// The share of gets and saves, in percent.

@@ -5,15 +5,17 @@
 mod cli;
 mod memory;
 mod report;
+mod sweep;
 mod target;
 mod throughput;
 
-pub use cli::{Cli, Command, MemoryArgs, ThroughputArgs};
+pub use cli::{Cli, Command, MemoryArgs, SweepArgs, ThroughputArgs};
 
 /// Runs the command the flags name.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Throughput(args) => throughput::run(args).await,
         Command::Memory(args) => memory::run(args).await,
+        Command::Sweep(args) => sweep::run(args).await,
     }
 }

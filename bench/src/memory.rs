@@ -1,7 +1,7 @@
 //! `memory`: resident bytes per stored session.
 
 use crate::MemoryArgs;
-use crate::target;
+use crate::target::{self, Lifetime};
 
 pub(crate) async fn run(args: MemoryArgs) -> anyhow::Result<()> {
     let targets = target::connect(args.sessiond.as_deref(), args.redis.as_deref(), 2).await?;
@@ -17,7 +17,15 @@ pub(crate) async fn run(args: MemoryArgs) -> anyhow::Result<()> {
     for mut target in targets {
         let before = target.resident_bytes().await?;
         let value = vec![b'x'; args.size];
-        target::fill(&target, args.sessions, &value, args.ttl, 64).await?;
+        target::fill(
+            &target,
+            args.sessions,
+            target::session_id,
+            &value,
+            Lifetime::Ttl(args.ttl),
+            64,
+        )
+        .await?;
         let after = target.resident_bytes().await?;
         let bytes = after.saturating_sub(before) as f64 / args.sessions as f64;
         println!(

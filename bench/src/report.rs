@@ -13,12 +13,27 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// An outcome with no operations yet.
+    pub(crate) fn new(name: &'static str, errors: u64, seconds: f64) -> Self {
+        Self {
+            name,
+            ops: 0,
+            errors,
+            seconds,
+            latency: histogram(),
+        }
+    }
+
     pub(crate) fn ops_per_second(&self) -> f64 {
         self.ops as f64 / self.seconds
     }
 
     pub(crate) fn p50_ms(&self) -> f64 {
         millis(self.latency.value_at_quantile(0.5))
+    }
+
+    pub(crate) fn p99_ms(&self) -> f64 {
+        millis(self.latency.value_at_quantile(0.99))
     }
 
     /// One line: ops/s, p50, p99, p99.9 and errors.

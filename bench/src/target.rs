@@ -1,11 +1,22 @@
 //! The two stores under test, behind one interface.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use gonest_session_client::RemoteSessionStore;
-use gonest_session_core::{Save, SessionData, SessionStore};
+use gonest_session_core::{Expiry, Save, SessionData, SessionStore};
 use redis::aio::MultiplexedConnection;
+
+use crate::cli::Mix;
+
+/// How long a saved session lives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Lifetime {
+    /// From the save.
+    Ttl(Duration),
+    /// Until this moment, whenever it was saved.
+    Until(SystemTime),
+}
 
 /// A store the load runs against.
 #[derive(Clone)]
@@ -67,6 +78,21 @@ impl Target {
         }
     }
 
+    /// Reads session `id`, or writes `value` to it to live `ttl`.
+    pub(crate) async fn get_or_save(
+        &mut self,
+        id: &str,
+        is_get: bool,
+        value: &[u8],
+        ttl: Duration,
+    ) -> anyhow::Result<()> {
+        if is_get {
+            self.get(id).await.map(drop)
+        } else {
+            self.save(id, value, ttl).await
+        }
+    }
+
     /// Writes one session whose one value is `value`, living `ttl`.
     pub(crate) async fn save(
         &mut self,
@@ -74,19 +100,42 @@ impl Target {
         value: &[u8],
         ttl: Duration,
     ) -> anyhow::Result<()> {
+        self.save_for(id, value, Lifetime::Ttl(ttl)).await
+    }
+
+    /// Writes one session whose one value is `value`, living as `lifetime` says.
+    pub(crate) async fn save_for(
+        &mut self,
+        id: &str,
+        value: &[u8],
+        lifetime: Lifetime,
+    ) -> anyhow::Result<()> {
         match self {
             Self::Sessiond(store) => {
                 let mut data = SessionData::with_capacity(1);
                 data.insert("data".to_owned(), value.to_vec());
-                store.save(Save::new(id, data).ttl(ttl)).await?;
+                let mut save = Save::new(id, data);
+                save.expiry = match lifetime {
+                    Lifetime::Ttl(ttl) => Expiry::Ttl(ttl),
+                    Lifetime::Until(at) => Expiry::At(at),
+                };
+                store.save(save).await?;
             }
             Self::Redis(connection) => {
-                let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                let (option, millis) = match lifetime {
+                    Lifetime::Ttl(ttl) => ("PX", ttl.as_millis()),
+                    Lifetime::Until(at) => (
+                        "PXAT",
+                        at.duration_since(SystemTime::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_millis(),
+                    ),
+                };
                 let () = redis::cmd("SET")
                     .arg(redis_key(id))
                     .arg(value)
-                    .arg("PX")
-                    .arg(millis)
+                    .arg(option)
+                    .arg(u64::try_from(millis).unwrap_or(u64::MAX))
                     .query_async(connection)
                     .await?;
             }
@@ -110,6 +159,35 @@ impl Target {
                     .context("Redis INFO has no used_memory_rss")
             }
         }
+    }
+}
+
+/// The operations one caller makes: keys and gets or saves spread evenly without a random number
+/// generator, by multiplicative hashing of a per-caller counter that moves by a per-caller odd
+/// stride (so callers do not move in lockstep).
+pub(crate) struct Walk {
+    n: usize,
+    stride: usize,
+    keys: usize,
+    get_share: usize,
+}
+
+impl Walk {
+    pub(crate) fn new(client: usize, keys: usize, mix: Mix) -> Self {
+        Self {
+            n: client,
+            stride: client.wrapping_mul(2).wrapping_add(1),
+            keys,
+            get_share: usize::from(mix.get),
+        }
+    }
+
+    /// The next operation: its session id, and whether it is a get (otherwise a save).
+    pub(crate) fn next_op(&mut self) -> (String, bool) {
+        self.n = self.n.wrapping_add(self.stride);
+        let key = session_id(self.n.wrapping_mul(2_654_435_761) % self.keys);
+        let is_get = (self.n.wrapping_mul(40_503) % 100) < self.get_share;
+        (key, is_get)
     }
 }
 
@@ -143,12 +221,20 @@ pub(crate) async fn connect(
     Ok(targets)
 }
 
-/// Stores sessions `0..count`, each with `value` and `ttl`, from `workers` concurrent callers.
+/// The id of the bench's session number `n` that is stored to expire, to be swept (each
+/// round of `sweep` stores them again once the sweep has removed them).
+pub(crate) fn expiring_id(n: usize) -> String {
+    format!("expiring-{n:09}")
+}
+
+/// Stores sessions `id(0)..id(count)`, each with `value` and `lifetime`, from `workers` concurrent
+/// callers.
 pub(crate) async fn fill(
     target: &Target,
     count: usize,
+    id: fn(usize) -> String,
     value: &[u8],
-    ttl: Duration,
+    lifetime: Lifetime,
     workers: usize,
 ) -> anyhow::Result<()> {
     let workers = workers.max(1);
@@ -158,7 +244,7 @@ pub(crate) async fn fill(
             let value = value.to_vec();
             tokio::spawn(async move {
                 for n in (worker..count).step_by(workers) {
-                    target.save(&session_id(n), &value, ttl).await?;
+                    target.save_for(&id(n), &value, lifetime).await?;
                 }
                 anyhow::Ok(())
             })

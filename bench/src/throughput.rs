@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::ThroughputArgs;
 use crate::report::{self, Outcome, histogram};
-use crate::target::{self, Target, session_id};
+use crate::target::{self, Lifetime, Target, Walk, session_id};
 
 /// Lifetime of the sessions the bench writes.
 const TTL: Duration = Duration::from_secs(3600);
@@ -63,7 +63,15 @@ struct Tally {
 async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcome> {
     let value = vec![b'x'; args.size];
     // Every key once, so that gets find something.
-    target::fill(&target, args.keys, &value, TTL, args.clients.clamp(1, 64)).await?;
+    target::fill(
+        &target,
+        args.keys,
+        session_id,
+        &value,
+        Lifetime::Ttl(TTL),
+        args.clients.clamp(1, 64),
+    )
+    .await?;
 
     let progress = ProgressBar::new(args.duration.as_secs().max(1));
     progress.set_style(
@@ -79,7 +87,7 @@ async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcom
         .map(|client| {
             let mut target = target.clone();
             let value = value.clone();
-            let (keys, get_share, per_second) = (args.keys, args.mix.get, args.per_second);
+            let (keys, mix, per_second) = (args.keys, args.mix, args.per_second);
             tokio::spawn(async move {
                 let mut tally = Tally {
                     ops: 0,
@@ -87,19 +95,11 @@ async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcom
                     latency: histogram(),
                     seconds: Vec::new(),
                 };
-                let mut n: usize = client;
+                let mut walk = Walk::new(client, keys, mix);
                 while Instant::now() < deadline {
-                    // Spread keys and operations evenly without a random number generator:
-                    // multiplicative hashing of a per-caller counter.
-                    n = n.wrapping_add(args_stride(client));
-                    let key = session_id(n.wrapping_mul(2_654_435_761) % keys);
-                    let is_get = (n.wrapping_mul(40_503) % 100) < usize::from(get_share);
+                    let (key, is_get) = walk.next_op();
                     let begun = Instant::now();
-                    let result = if is_get {
-                        target.get(&key).await.map(drop)
-                    } else {
-                        target.save(&key, &value, TTL).await
-                    };
+                    let result = target.get_or_save(&key, is_get, &value, TTL).await;
                     let micros = u64::try_from(begun.elapsed().as_micros()).unwrap_or(u64::MAX);
                     match result {
                         Ok(()) => {
@@ -171,9 +171,4 @@ async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcom
         seconds,
         latency: total.latency,
     })
-}
-
-/// Each caller walks the keys with its own odd stride, so callers do not move in lockstep.
-fn args_stride(client: usize) -> usize {
-    client.wrapping_mul(2).wrapping_add(1)
 }

@@ -6,16 +6,18 @@ use tokio::net::TcpListener;
 use tokio::process::Command;
 
 async fn daemon() -> (String, tokio::sync::oneshot::Sender<()>) {
+    daemon_with(gonest_sessiond::Config::default()).await
+}
+
+async fn daemon_with(
+    config: gonest_sessiond::Config,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(gonest_sessiond::run(
-        listener,
-        gonest_sessiond::Config::default(),
-        async {
-            stopped.await.ok();
-        },
-    ));
+    tokio::spawn(gonest_sessiond::run(listener, config, async {
+        stopped.await.ok();
+    }));
     (url, stop)
 }
 
@@ -25,6 +27,17 @@ async fn bench(args: &[&str]) -> Output {
         .output()
         .await
         .unwrap()
+}
+
+/// The standard output of a run that must have succeeded.
+fn succeeded(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 fn figure(line: &str, label: &str) -> f64 {
@@ -49,12 +62,7 @@ async fn throughput_runs_against_the_daemon() {
         "get:50,save:50",
     ])
     .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = succeeded(&output);
     let line = stdout
         .lines()
         .find(|l| l.starts_with("sessiond"))
@@ -77,18 +85,88 @@ async fn memory_reports_bytes_per_session() {
         "256",
     ])
     .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = succeeded(&output);
     assert!(
         stdout
             .lines()
             .any(|l| l.starts_with("sessiond") && l.contains("bytes per session:")),
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_compares_latency_during_and_without_a_sweep() {
+    let (url, _stop) = daemon_with(gonest_sessiond::Config {
+        sweep_interval: std::time::Duration::from_secs(1),
+        ..gonest_sessiond::Config::default()
+    })
+    .await;
+    let output = bench(&[
+        "sweep",
+        "--sessiond",
+        &url,
+        "--sessions",
+        "5000",
+        "--size",
+        "256",
+        "--ttl",
+        "2s",
+        "--rounds",
+        "1",
+        "--clients",
+        "8",
+        "--keys",
+        "100",
+        "--after",
+        "1s",
+        "--wait",
+        "30s",
+    ])
+    .await;
+    let stdout = succeeded(&output);
+    assert!(
+        stdout.contains("round 1: stored them in") && stdout.contains("the daemon removed them"),
+        "{stdout}"
+    );
+    for label in ["during", "without"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} line in {stdout}"));
+        assert!(figure(line, "p99:") > 0.0, "{line}");
+    }
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ratio p99 during/without sweep: ") && figure(last, "sweep:") > 0.0,
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn a_sweep_that_never_comes_is_reported() {
+    // The default daemon sweeps every 5 minutes; the bench gives up after 2 seconds.
+    let (url, _stop) = daemon().await;
+    let output = bench(&[
+        "sweep",
+        "--sessiond",
+        &url,
+        "--sessions",
+        "10",
+        "--ttl",
+        "1s",
+        "--rounds",
+        "1",
+        "--clients",
+        "2",
+        "--keys",
+        "10",
+        "--wait",
+        "2s",
+    ])
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--sweep-interval"), "{stderr}");
 }
 
 #[tokio::test]
