@@ -31,7 +31,7 @@ pub struct MemorySessionStore {
 #[derive(Debug)]
 pub(crate) struct Inner {
     /// Session id to record. Expired records stay until the sweeper or an access removes them.
-    pub(crate) map: Table,
+    map: Table,
     /// The clock every expiry is computed and checked against.
     clock: Clock,
     /// Limits and defaults.
