@@ -34,15 +34,26 @@ pub struct ThroughputArgs {
     /// Redis, such as redis://127.0.0.1:6379, to run the same workload against.
     #[arg(long)]
     pub redis: Option<String>,
-    /// Concurrent callers.
-    #[arg(long, default_value_t = 50)]
-    pub clients: usize,
+    /// The load: callers, mix, keys and streams.
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Bytes in each session's value.
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
     /// How long to run against each target.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Also print ops/s and p99 for every second of the run (to see a sweep or a snapshot).
+    #[arg(long)]
+    pub per_second: bool,
+}
+
+/// Flags of the get/save load `throughput` and `sweep` run.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 50)]
+    pub clients: usize,
     /// Share of each operation, in percent: get:N,save:M (they must add up to 100).
     #[arg(long, default_value = "get:90,save:10", value_parser = parse_mix)]
     pub mix: Mix,
@@ -52,9 +63,6 @@ pub struct ThroughputArgs {
     /// `Pipeline` streams the daemon's client spreads calls over.
     #[arg(long, default_value_t = 2)]
     pub streams: usize,
-    /// Also print ops/s and p99 for every second of the run (to see a sweep or a snapshot).
-    #[arg(long)]
-    pub per_second: bool,
 }
 
 /// Flags of `memory`.
@@ -97,18 +105,9 @@ pub struct SweepArgs {
     /// Sweeps to measure, one per sweep interval of the daemon; the result is their median.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Concurrent callers of the load that runs across the sweep.
-    #[arg(long, default_value_t = 50)]
-    pub clients: usize,
-    /// Share of each operation of that load, in percent.
-    #[arg(long, default_value = "get:90,save:10", value_parser = parse_mix)]
-    pub mix: Mix,
-    /// Distinct live sessions that load is spread over.
-    #[arg(long, default_value_t = 10_000)]
-    pub keys: usize,
-    /// `Pipeline` streams the daemon's client spreads calls over.
-    #[arg(long, default_value_t = 2)]
-    pub streams: usize,
+    /// The get/save load that runs across the sweeps, on sessions that do not expire.
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// How long to wait for the daemon's sweep before giving up.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub wait: Duration,

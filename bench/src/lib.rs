@@ -9,7 +9,7 @@ mod sweep;
 mod target;
 mod throughput;
 
-pub use cli::{Cli, Command, MemoryArgs, SweepArgs, ThroughputArgs};
+pub use cli::{Cli, Command, LoadArgs, MemoryArgs, SweepArgs, ThroughputArgs};
 
 /// Runs the command the flags name.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -41,14 +41,14 @@ type Span = (u32, u32);
 
 pub(crate) async fn run(args: SweepArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.clients > 0 && args.keys > 0 && args.sessions > 0 && args.rounds > 0,
+        args.load.clients > 0 && args.load.keys > 0 && args.sessions > 0 && args.rounds > 0,
         "--clients, --keys, --sessions and --rounds must be positive"
     );
     anyhow::ensure!(
-        args.mix.get > 0,
+        args.load.mix.get > 0,
         "--mix must have gets: their latency is measured"
     );
-    let target = Target::sessiond(&args.sessiond, args.streams).await?;
+    let target = Target::sessiond(&args.sessiond, args.load.streams).await?;
     let monitor = RemoteSessionStore::connect(args.sessiond.as_str())
         .await
         .with_context(|| format!("cannot reach gonest-sessiond at {}", args.sessiond))?;
@@ -59,15 +59,15 @@ pub(crate) async fn run(args: SweepArgs) -> anyhow::Result<()> {
         args.sessions,
         args.size,
         humantime::format_duration(args.ttl),
-        args.clients,
-        args.keys,
-        args.mix.get,
-        100 - args.mix.get
+        args.load.clients,
+        args.load.keys,
+        args.load.mix.get,
+        100 - args.load.mix.get
     );
     let value = vec![b'x'; args.size];
     target::fill(
         &target,
-        args.keys,
+        args.load.keys,
         session_id,
         &value,
         Lifetime::Ttl(LIVE_TTL),
@@ -77,12 +77,12 @@ pub(crate) async fn run(args: SweepArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let callers: Vec<_> = (0..args.clients)
+    let callers: Vec<_> = (0..args.load.clients)
         .map(|client| {
             let mut target = target.clone();
             let value = value.clone();
             let stop = stop.clone();
-            let (keys, mix) = (args.keys, args.mix);
+            let (keys, mix) = (args.load.keys, args.load.mix);
             tokio::spawn(async move {
                 let (mut samples, mut errors) = (Vec::new(), 0u64);
                 let mut walk = Walk::new(client, keys, mix);

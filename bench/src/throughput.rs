@@ -15,21 +15,21 @@ pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
     let targets = target::connect(
         args.sessiond.as_deref(),
         args.redis.as_deref(),
-        args.streams,
+        args.load.streams,
     )
     .await?;
     anyhow::ensure!(
-        args.clients > 0 && args.keys > 0,
+        args.load.clients > 0 && args.load.keys > 0,
         "--clients and --keys must be positive"
     );
 
     println!(
         "throughput: {} clients, {} byte values, {} keys, get:{} save:{}, {} per target",
-        args.clients,
+        args.load.clients,
         args.size,
-        args.keys,
-        args.mix.get,
-        100 - args.mix.get,
+        args.load.keys,
+        args.load.mix.get,
+        100 - args.load.mix.get,
         humantime::format_duration(args.duration)
     );
     let mut outcomes = Vec::new();
@@ -65,11 +65,11 @@ async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcom
     // Every key once, so that gets find something.
     target::fill(
         &target,
-        args.keys,
+        args.load.keys,
         session_id,
         &value,
         Lifetime::Ttl(TTL),
-        args.clients.clamp(1, 64),
+        args.load.clients.clamp(1, 64),
     )
     .await?;
 
@@ -83,11 +83,11 @@ async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcom
 
     let started = Instant::now();
     let deadline = started + args.duration;
-    let tasks: Vec<_> = (0..args.clients)
+    let tasks: Vec<_> = (0..args.load.clients)
         .map(|client| {
             let mut target = target.clone();
             let value = value.clone();
-            let (keys, mix, per_second) = (args.keys, args.mix, args.per_second);
+            let (keys, mix, per_second) = (args.load.keys, args.load.mix, args.per_second);
             tokio::spawn(async move {
                 let mut tally = Tally {
                     ops: 0,
