@@ -239,7 +239,8 @@ mod tests {
     #[test]
     fn inserts_finds_and_retains_across_shards() {
         let table = Table::new();
-        let ids: Vec<String> = (0..20_000).map(|i| format!("id-{i}")).collect();
+        // About 100 per shard, so that keeping a tenth shrinks the shards' tables.
+        let ids: Vec<String> = (0..400_000).map(|i| format!("id-{i}")).collect();
         for id in &ids {
             table.write(id, |entry| match entry {
                 Entry::Vacant(vacant) => {
@@ -257,7 +258,13 @@ mod tests {
         for shard in 0..SHARDS {
             removed += table.retain_shard(shard, |r| r.data().ends_with(b"7"));
         }
-        assert_eq!(removed, 18_000);
+        assert_eq!(removed, 360_000);
+        let shrunk = table
+            .shards
+            .iter()
+            .filter(|shard| shard.read().capacity() < 64)
+            .count();
+        assert!(shrunk > SHARDS / 2, "only {shrunk} shards shrank");
         let mut left = Vec::new();
         table
             .for_each(|r| {
