@@ -254,18 +254,20 @@ impl MemorySessionStore {
     pub fn get_now(&self, id: &str) -> Result<Option<SessionRecord>> {
         validate_id(id)?;
         let now = Nanos::from(self.inner.clock.now());
+        let mut expired = false;
         let found = self.inner.map.read(id, |record| match record {
-            Some(record) if record.is_live(now) => record.to_record().map(|r| Some(Some(r))),
-            Some(_) => Ok(None),
-            None => Ok(Some(None)),
-        })?;
-        match found {
-            Some(found) => Ok(found),
-            None => {
-                self.inner.remove_expired(id, now);
+            Some(record) if record.is_live(now) => record.to_record().map(Some),
+            Some(_) => {
+                expired = true;
                 Ok(None)
             }
+            None => Ok(None),
+        })?;
+        if expired {
+            // Only a read lock was held: take the write lock and check again.
+            self.inner.remove_expired(id, now);
         }
+        Ok(found)
     }
 
     /// Saves a session now. The same as [`SessionStore::save`], without the future.
@@ -354,25 +356,20 @@ impl MemorySessionStore {
         let expires_at = self
             .inner
             .expires_at(ttl.map_or(Expiry::Default, Expiry::Ttl), clock_now)?;
-        let touched = self.inner.map.write(id, |entry| match entry {
-            Entry::Occupied(mut occupied) => {
-                let record = occupied.get_mut();
-                if record.is_live(now) {
-                    record.set_expires_at(expires_at.into());
-                    Some(Some(expires_at))
-                } else {
-                    None
-                }
+        let (touched, expired) = self.inner.map.write(id, |entry| match entry {
+            Entry::Occupied(mut occupied) if occupied.get().is_live(now) => {
+                occupied.get_mut().set_expires_at(expires_at.into());
+                (Some(expires_at), None)
             }
-            Entry::Vacant(_) => Some(None),
+            // An expired record is absent; remove it while its shard is locked anyway.
+            Entry::Occupied(occupied) => (None, Some(occupied.remove().0)),
+            Entry::Vacant(_) => (None, None),
         });
-        match touched {
-            Some(touched) => Ok(touched),
-            None => {
-                self.inner.remove_expired(id, now);
-                Ok(None)
-            }
+        // A removed record is dropped here, after the shard's lock is released.
+        if expired.is_some() {
+            self.inner.count_expired_removal();
         }
+        Ok(touched)
     }
 
     /// Puts a record back exactly as it was, keeping its version, `created_at` and `expires_at`
@@ -499,9 +496,14 @@ impl Inner {
             _ => None,
         });
         if removed.is_some() {
-            self.stored.fetch_sub(1, Ordering::Relaxed);
-            self.expired_removed.fetch_add(1, Ordering::Relaxed);
+            self.count_expired_removal();
         }
+    }
+
+    /// Counts one expired record removed on access.
+    fn count_expired_removal(&self) {
+        self.stored.fetch_sub(1, Ordering::Relaxed);
+        self.expired_removed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Stores `record` under `id`, replacing what was there.
@@ -628,6 +630,12 @@ mod tests {
             .unwrap();
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(store.touch("s2", None).await.unwrap(), None);
+        let stats = store.stats();
+        assert_eq!(
+            (stats.expired_removed_total, stats.live_sessions),
+            (2, 0),
+            "touch removes the expired record"
+        );
 
         store
             .save(Save::new("s3", data(&[])).ttl(Duration::from_secs(5)))
