@@ -162,6 +162,13 @@ impl MemorySessionStoreBuilder {
                 config.default_ttl, config.max_ttl
             )));
         }
+        if config.max_ttl > MemorySessionStore::MAX_TTL_CAP {
+            return Err(StoreError::invalid(format!(
+                "maximum ttl ({}) is over the cap of {}",
+                humantime::format_duration(config.max_ttl),
+                humantime::format_duration(MemorySessionStore::MAX_TTL_CAP)
+            )));
+        }
         if config.sweep_interval.is_some_and(|i| i.is_zero()) {
             return Err(StoreError::invalid("sweep interval must be positive"));
         }
@@ -199,6 +206,9 @@ impl MemorySessionStore {
     pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
     /// The default longest lifetime a save may ask for: 30 days.
     pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+    /// The longest maximum TTL a store accepts: 400 days, the longest lifetime browsers give a
+    /// cookie (RFC 6265bis). It keeps every expiry far inside what the clock can represent.
+    pub const MAX_TTL_CAP: Duration = Duration::from_secs(400 * 24 * 60 * 60);
     /// The default largest session: 1 MiB.
     pub const DEFAULT_MAX_SESSION_BYTES: usize = 1024 * 1024;
     /// The default sweep interval: 5 minutes.
@@ -213,7 +223,7 @@ impl MemorySessionStore {
     pub fn new(max_age: Duration) -> Self {
         Self::builder()
             .default_ttl(max_age)
-            .max_ttl(max_age.max(Self::DEFAULT_MAX_TTL))
+            .max_ttl(max_age.max(Self::DEFAULT_MAX_TTL).min(Self::MAX_TTL_CAP))
             .build()
             .expect("MemorySessionStore::new: max_age must be positive")
     }
@@ -470,12 +480,15 @@ impl Inner {
         }
         if ttl > self.config.max_ttl {
             return Err(StoreError::invalid(format!(
-                "ttl of {}s is over the maximum of {}s",
-                ttl.as_secs(),
-                self.config.max_ttl.as_secs()
+                "ttl of {} is over the maximum of {}",
+                humantime::format_duration(ttl),
+                humantime::format_duration(self.config.max_ttl)
             )));
         }
-        Ok(now + ttl)
+        // The maximum TTL is capped (`MAX_TTL_CAP`), so this cannot overflow; checked anyway,
+        // because no input may panic the store.
+        now.checked_add(ttl)
+            .ok_or_else(|| StoreError::invalid("ttl is out of range"))
     }
 
     /// Counts a new record against `max_sessions`, or fails when the store is full.
@@ -752,6 +765,52 @@ mod tests {
             store.touch("s", Some(Duration::ZERO)).await,
             Err(StoreError::InvalidArgument(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_ttls_are_refused_without_panicking() {
+        let store = MemorySessionStore::builder()
+            .max_ttl(MemorySessionStore::MAX_TTL_CAP)
+            .sweep_interval(None)
+            .build()
+            .unwrap();
+        let now = store.clock().now();
+        let saved = store
+            .save(Save::new("s", data(&[])).ttl(MemorySessionStore::MAX_TTL_CAP))
+            .await
+            .unwrap();
+        assert_eq!(saved.expires_at, now + MemorySessionStore::MAX_TTL_CAP);
+        for ttl in [
+            MemorySessionStore::MAX_TTL_CAP + Duration::from_nanos(1),
+            Duration::from_secs(i64::MAX as u64),
+            Duration::MAX,
+        ] {
+            let err = store
+                .save(Save::new("s", data(&[])).ttl(ttl))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
+            let err = store.touch("s", Some(ttl)).await.unwrap_err();
+            assert!(matches!(err, StoreError::InvalidArgument(_)), "{err}");
+        }
+        let err = MemorySessionStore::builder()
+            .max_ttl(Duration::MAX)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("cap"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_ttl_just_over_the_maximum_says_by_how_much() {
+        let store = store();
+        let err = store
+            .save(Save::new("s", data(&[])).ttl(24 * HOUR + Duration::from_nanos(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ttl of 1day 1ns is over the maximum of 1day"
+        );
     }
 
     #[tokio::test]

@@ -38,20 +38,19 @@ pub fn duration_to_pb(duration: Duration) -> prost_types::Duration {
     })
 }
 
-/// A protobuf duration used as a TTL; `INVALID_ARGUMENT` when it is zero or negative.
+/// A protobuf duration used as a TTL; `INVALID_ARGUMENT` when it is zero, negative or malformed.
 pub fn duration_from_pb(duration: &prost_types::Duration) -> Result<Duration> {
+    if !(0..1_000_000_000).contains(&duration.nanos.unsigned_abs()) {
+        return Err(StoreError::invalid(format!(
+            "ttl nanos of {} is out of range (must be within ±999999999)",
+            duration.nanos
+        )));
+    }
     match (
         u64::try_from(duration.seconds),
         u32::try_from(duration.nanos),
     ) {
-        (Ok(seconds), Ok(nanos)) if nanos < 1_000_000_000 => {
-            let duration = Duration::new(seconds, nanos);
-            if duration.is_zero() {
-                Err(StoreError::invalid("ttl must be positive"))
-            } else {
-                Ok(duration)
-            }
-        }
+        (Ok(seconds), Ok(nanos)) if seconds > 0 || nanos > 0 => Ok(Duration::new(seconds, nanos)),
         _ => Err(StoreError::invalid("ttl must be positive")),
     }
 }
@@ -215,6 +214,18 @@ mod tests {
             nanos: 1,
         };
         assert_eq!(duration_from_pb(&ttl).unwrap(), Duration::from_nanos(1));
+        let max = prost_types::Duration {
+            seconds: i64::MAX,
+            nanos: 999_999_999,
+        };
+        assert_eq!(
+            duration_from_pb(&max).unwrap(),
+            Duration::new(i64::MAX as u64, 999_999_999)
+        );
+        for nanos in [1_000_000_000, i32::MAX, i32::MIN] {
+            let err = duration_from_pb(&prost_types::Duration { seconds: 1, nanos }).unwrap_err();
+            assert!(err.to_string().contains("nanos"), "{err}");
+        }
     }
 
     #[test]

@@ -118,6 +118,14 @@ pub enum LogFormat {
 impl Cli {
     /// The server configuration these flags describe; fails when they contradict each other.
     pub fn config(&self) -> anyhow::Result<Config> {
+        let cap = gonest_session_core::MemorySessionStore::MAX_TTL_CAP;
+        if self.max_ttl > cap {
+            anyhow::bail!(
+                "--max-ttl ({}) is over the cap of {} (the longest lifetime browsers give a cookie)",
+                humantime::format_duration(self.max_ttl),
+                humantime::format_duration(cap)
+            );
+        }
         if self.default_ttl > self.max_ttl {
             anyhow::bail!(
                 "--default-ttl ({}) is longer than --max-ttl ({})",
@@ -219,6 +227,18 @@ mod tests {
         assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
         assert!(parse_size("1MB").unwrap_err().contains("unknown size unit"));
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn a_max_ttl_over_the_cap_is_refused() {
+        let cli = Cli::try_parse_from(["gonest-sessiond", "--max-ttl", "401days"]).unwrap();
+        let err = cli.config().unwrap_err().to_string();
+        assert!(err.contains("over the cap of 400days"), "{err}");
+        let cli = Cli::try_parse_from(["gonest-sessiond", "--max-ttl", "400days"]).unwrap();
+        assert_eq!(
+            cli.config().unwrap().max_ttl,
+            Duration::from_secs(400 * 86400)
+        );
     }
 
     #[test]
