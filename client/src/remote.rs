@@ -37,7 +37,7 @@ struct Inner {
 /// The daemon's counters, from [`RemoteSessionStore::stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoteStats {
-    /// Sessions stored now (expired ones not swept yet may be counted).
+    /// Live sessions: exactly those a Get would find.
     pub live_sessions: u64,
     /// Sessions removed because they expired.
     pub expired_removed_total: u64,

@@ -87,7 +87,8 @@ struct Config {
 /// Counters of a [`MemorySessionStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Records stored now, including expired ones the sweeper has not removed yet.
+    /// Records stored now. From [`MemorySessionStore::live_stats`], exactly the live sessions;
+    /// from [`MemorySessionStore::stats`], possibly also expired ones not swept yet.
     pub live_sessions: u64,
     /// Records removed because they expired, by the sweeper or on access.
     pub expired_removed_total: u64,
@@ -164,9 +165,9 @@ impl MemorySessionStoreBuilder {
         }
         if config.max_ttl > MemorySessionStore::MAX_TTL_CAP {
             return Err(StoreError::invalid(format!(
-                "maximum ttl ({}) is over the cap of {}",
+                "maximum ttl ({}) is over the cap of {} days",
                 humantime::format_duration(config.max_ttl),
-                humantime::format_duration(MemorySessionStore::MAX_TTL_CAP)
+                MemorySessionStore::MAX_TTL_CAP.as_secs() / 86400
             )));
         }
         if config.sweep_interval.is_some_and(|i| i.is_zero()) {
@@ -238,7 +239,19 @@ impl MemorySessionStore {
         self.inner.clock
     }
 
-    /// The store's counters.
+    /// The store's counters, after removing the sessions that have expired, so that
+    /// `live_sessions` counts exactly the sessions a Get would find.
+    ///
+    /// The removal is the sweeper's paced work, limited to the shards that hold an expired
+    /// session: nothing to do in the steady state, a few seconds' wait right after a great many
+    /// sessions expired at once.
+    pub async fn live_stats(&self) -> StoreStats {
+        crate::sweeper::sweep_due(&self.inner, self.inner.clock.now()).await;
+        self.stats()
+    }
+
+    /// The store's counters as they stand: `live_sessions` may still count sessions that have
+    /// expired and not been swept yet (see [`live_stats`](Self::live_stats)).
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             live_sessions: self.inner.stored.load(Ordering::Relaxed),
@@ -252,10 +265,7 @@ impl MemorySessionStore {
     /// It locks one shard at a time, so operations on other shards go on meanwhile. It does not
     /// yield to the async runtime; the sweeper task does, between shards.
     pub fn sweep(&self) -> u64 {
-        let now = self.inner.clock.now();
-        let removed = (0..crate::table::SHARDS)
-            .map(|shard| self.inner.sweep_shard(shard, now))
-            .sum();
+        let removed = self.inner.reclaim_due(self.inner.clock.now());
         self.inner.count_sweep();
         removed
     }
@@ -281,7 +291,21 @@ impl MemorySessionStore {
     }
 
     /// Saves a session now. The same as [`SessionStore::save`], without the future.
+    ///
+    /// A new session that finds the store at `max_sessions` first has the expired sessions
+    /// removed (from the shards that hold any), so only live sessions count against the limit.
     pub fn save_now(&self, save: Save) -> Result<Saved> {
+        match self.try_save(&save) {
+            Err(StoreError::TooManySessions { .. })
+                if self.inner.reclaim_due(self.inner.clock.now()) > 0 =>
+            {
+                self.try_save(&save)
+            }
+            result => result,
+        }
+    }
+
+    fn try_save(&self, save: &Save) -> Result<Saved> {
         let inner = &*self.inner;
         validate_id(&save.id)?;
         let size = data_size(&save.data);
@@ -307,33 +331,35 @@ impl MemorySessionStore {
                 actual: None,
             }),
         };
-        inner.map.write(&save.id, |entry| match entry {
-            Entry::Occupied(mut occupied) => {
-                let current = occupied.get_mut();
-                if current.is_live(now) {
-                    if let Some(expected) = save.expected_version
-                        && expected != current.version()
-                    {
-                        return Err(StoreError::Conflict {
-                            expected,
-                            actual: Some(current.version()),
-                        });
+        inner
+            .map
+            .write_expiring(&save.id, Some(expires_at), |entry| match entry {
+                Entry::Occupied(mut occupied) => {
+                    let current = occupied.get_mut();
+                    if current.is_live(now) {
+                        if let Some(expected) = save.expected_version
+                            && expected != current.version()
+                        {
+                            return Err(StoreError::Conflict {
+                                expected,
+                                actual: Some(current.version()),
+                            });
+                        }
+                        *current = record(current.created_at(), current.version() + 1);
+                    } else {
+                        // An expired record is absent: the save creates a new session in its place.
+                        check_absent(save.expected_version)?;
+                        *current = record(now, 1);
+                        inner.expired_removed.fetch_add(1, Ordering::Relaxed);
                     }
-                    *current = record(current.created_at(), current.version() + 1);
-                } else {
-                    // An expired record is absent: the save creates a new session in its place.
-                    check_absent(save.expected_version)?;
-                    *current = record(now, 1);
-                    inner.expired_removed.fetch_add(1, Ordering::Relaxed);
+                    Ok(current.saved())
                 }
-                Ok(current.saved())
-            }
-            Entry::Vacant(vacant) => {
-                check_absent(save.expected_version)?;
-                inner.reserve_slot()?;
-                Ok(vacant.insert(record(now, 1)).get().saved())
-            }
-        })
+                Entry::Vacant(vacant) => {
+                    check_absent(save.expected_version)?;
+                    inner.reserve_slot()?;
+                    Ok(vacant.insert(record(now, 1)).get().saved())
+                }
+            })
     }
 
     /// Destroys a session now. The same as [`SessionStore::destroy`], without the future.
@@ -366,7 +392,8 @@ impl MemorySessionStore {
         let expires_at = self
             .inner
             .expires_at(ttl.map_or(Expiry::Default, Expiry::Ttl), clock_now)?;
-        let (touched, expired) = self.inner.map.write(id, |entry| match entry {
+        let at = Some(Nanos::from(expires_at));
+        let (touched, expired) = self.inner.map.write_expiring(id, at, |entry| match entry {
             Entry::Occupied(mut occupied) if occupied.get().is_live(now) => {
                 occupied.get_mut().set_expires_at(expires_at.into());
                 (Some(expires_at), None)
@@ -521,19 +548,37 @@ impl Inner {
 
     /// Stores `record` under `id`, replacing what was there.
     fn put(&self, id: &str, record: Record) {
-        let added = self.map.write(id, |entry| match entry {
-            Entry::Occupied(mut occupied) => {
-                *occupied.get_mut() = record;
-                false
-            }
-            Entry::Vacant(vacant) => {
-                vacant.insert(record);
-                true
-            }
-        });
+        let expires_at = Some(record.expires_at());
+        let added = self
+            .map
+            .write_expiring(id, expires_at, |entry| match entry {
+                Entry::Occupied(mut occupied) => {
+                    *occupied.get_mut() = record;
+                    false
+                }
+                Entry::Vacant(vacant) => {
+                    vacant.insert(record);
+                    true
+                }
+            });
         if added {
             self.stored.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Removes every expired record now, at full speed, from the shards that may hold one;
+    /// returns how many it removed. For when the store is full: the sweeper and
+    /// [`MemorySessionStore::live_stats`] do the same work paced.
+    fn reclaim_due(&self, now: SystemTime) -> u64 {
+        (0..crate::table::SHARDS)
+            .filter(|&shard| self.is_due(shard, now))
+            .map(|shard| self.sweep_shard(shard, now))
+            .sum()
+    }
+
+    /// Whether shard `shard` may hold a record expired at `now`.
+    pub(crate) fn is_due(&self, shard: usize, now: SystemTime) -> bool {
+        self.map.is_due(shard, Nanos::from(now))
     }
 
     /// Removes the records of one shard that expired by `now`; returns how many.
@@ -919,6 +964,81 @@ mod tests {
         store.destroy("b").await.unwrap();
         store.save(Save::new("c", data(&[]))).await.unwrap();
         assert_eq!(store.stats().live_sessions, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_live_sessions_count_against_the_limit_and_in_live_stats() {
+        let store = MemorySessionStore::builder()
+            .max_sessions(10)
+            .sweep_interval(None)
+            .build()
+            .unwrap();
+        for i in 0..10 {
+            store
+                .save(Save::new(format!("short{i}"), data(&[])).ttl(Duration::from_secs(1)))
+                .await
+                .unwrap();
+        }
+        let err = store.save(Save::new("early", data(&[]))).await.unwrap_err();
+        assert_eq!(err, StoreError::TooManySessions { limit: 10 });
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(store.live_stats().await.live_sessions, 0, "none is live");
+
+        for i in 0..5 {
+            store
+                .save(Save::new(format!("gone{i}"), data(&[])).ttl(Duration::from_secs(1)))
+                .await
+                .unwrap();
+        }
+        for i in 0..5 {
+            store
+                .save(Save::new(format!("live{i}"), data(&[])))
+                .await
+                .unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Full with five expired sessions: a new session takes the place of an expired one.
+        for i in 0..5 {
+            store
+                .save(Save::new(format!("new{i}"), data(&[])))
+                .await
+                .unwrap();
+        }
+        let err = store
+            .save(Save::new("one-more", data(&[])))
+            .await
+            .unwrap_err();
+        assert_eq!(err, StoreError::TooManySessions { limit: 10 });
+        assert_eq!(store.live_stats().await.live_sessions, 10);
+        for i in 0..5 {
+            assert!(store.get(&format!("live{i}")).await.unwrap().is_some());
+            assert!(store.get(&format!("new{i}")).await.unwrap().is_some());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn live_stats_agree_with_get_after_touches_and_expiry() {
+        let store = store();
+        for i in 0..300 {
+            store
+                .save(Save::new(format!("s{i}"), data(&[])).ttl(Duration::from_secs(10)))
+                .await
+                .unwrap();
+        }
+        for i in 0..100 {
+            store
+                .touch(&format!("s{i}"), Some(Duration::from_secs(60)))
+                .await
+                .unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(store.live_stats().await.live_sessions, 100);
+        let found = (0..300)
+            .filter(|i| store.get_now(&format!("s{i}")).unwrap().is_some())
+            .count();
+        assert_eq!(found, 100);
+        tokio::time::advance(Duration::from_secs(50)).await;
+        assert_eq!(store.live_stats().await.live_sessions, 0);
     }
 
     #[tokio::test(start_paused = true)]

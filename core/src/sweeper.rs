@@ -38,18 +38,7 @@ pub(crate) async fn run(store: Weak<Inner>, stop: Arc<Notify>, first: Instant, e
         }
         let Some(inner) = store.upgrade() else { return };
         let started = std::time::Instant::now();
-        let now = inner.now();
-        let (mut removed, mut busy) = (0, Duration::ZERO);
-        for shard in 0..SHARDS {
-            let step = std::time::Instant::now();
-            removed += inner.sweep_shard(shard, now);
-            busy += step.elapsed();
-            if busy > started.elapsed().mul_f64(SHARE) {
-                tokio::time::sleep(PAUSE).await;
-            } else {
-                tokio::task::yield_now().await;
-            }
-        }
+        let (removed, busy) = sweep_due(&inner, inner.now()).await;
         inner.count_sweep();
         tracing::debug!(
             removed,
@@ -58,4 +47,26 @@ pub(crate) async fn run(store: Weak<Inner>, stop: Arc<Notify>, first: Instant, e
             "swept expired sessions"
         );
     }
+}
+
+/// Removes the records expired at `now` from every shard that may hold one, yielding after each
+/// shard swept and pausing to stay within [`SHARE`]; returns how many it removed and the time it
+/// spent working. Shards with nothing expired are skipped unread.
+pub(crate) async fn sweep_due(inner: &Inner, now: std::time::SystemTime) -> (u64, Duration) {
+    let started = std::time::Instant::now();
+    let (mut removed, mut busy) = (0, Duration::ZERO);
+    for shard in 0..SHARDS {
+        if !inner.is_due(shard, now) {
+            continue;
+        }
+        let step = std::time::Instant::now();
+        removed += inner.sweep_shard(shard, now);
+        busy += step.elapsed();
+        if busy > started.elapsed().mul_f64(SHARE) {
+            tokio::time::sleep(PAUSE).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+    (removed, busy)
 }

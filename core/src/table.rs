@@ -11,6 +11,7 @@
 
 use std::hash::BuildHasher;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
@@ -130,10 +131,29 @@ impl Record {
 
 /// Session id to [`Record`], in [`SHARDS`] independently locked shards.
 pub(crate) struct Table {
-    shards: Box<[RwLock<HashTable<Record>>]>,
+    shards: Box<[Shard]>,
     /// Seeded at random per table, so ids chosen to collide in one daemon do not collide in
     /// another.
     hasher: foldhash::quality::RandomState,
+}
+
+/// One shard: its records, and the earliest time any of them may expire.
+struct Shard {
+    records: RwLock<HashTable<Record>>,
+    /// No record of the shard expires before this ([`Nanos`]; `u64::MAX` when there is none).
+    /// Lowered under the write lock whenever a record is given an expiry, and set exactly by
+    /// every sweep of the shard; so a shard whose `earliest` is still ahead holds no expired
+    /// record, and finding the expired records of a whole table skips most shards unread.
+    earliest: AtomicU64,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Self {
+            records: RwLock::default(),
+            earliest: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 impl std::fmt::Debug for Table {
@@ -147,7 +167,7 @@ impl std::fmt::Debug for Table {
 impl Table {
     pub(crate) fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            shards: (0..SHARDS).map(|_| Shard::new()).collect(),
             hasher: foldhash::quality::RandomState::default(),
         }
     }
@@ -158,7 +178,7 @@ impl Table {
 
     /// The shard of `hash`. hashbrown takes a slot's index from the low bits and its tag from the
     /// top 7, so the shard comes from the bits just below the tag.
-    fn shard(&self, hash: u64) -> &RwLock<HashTable<Record>> {
+    fn shard(&self, hash: u64) -> &Shard {
         &self.shards[((hash << 7) >> (64 - SHARD_BITS)) as usize]
     }
 
@@ -166,28 +186,58 @@ impl Table {
     pub(crate) fn read<R>(&self, id: &str, f: impl FnOnce(Option<&Record>) -> R) -> R {
         let id = id.as_bytes();
         let hash = self.hash(id);
-        let shard = self.shard(hash).read();
+        let shard = self.shard(hash).records.read();
         f(shard.find(hash, |record| record.id() == id))
     }
 
-    /// Calls `f` with the table entry of `id` under its shard's write lock.
+    /// Calls `f` with the table entry of `id` under its shard's write lock. `f` must not give a
+    /// record a new expiry: that is [`write_expiring`](Self::write_expiring)'s job.
     pub(crate) fn write<R>(&self, id: &str, f: impl FnOnce(Entry<'_, Record>) -> R) -> R {
+        self.write_expiring(id, None, f)
+    }
+
+    /// Like [`write`](Self::write), for an `f` that may store a record expiring at `expires_at`.
+    pub(crate) fn write_expiring<R>(
+        &self,
+        id: &str,
+        expires_at: Option<Nanos>,
+        f: impl FnOnce(Entry<'_, Record>) -> R,
+    ) -> R {
         let id = id.as_bytes();
         let hash = self.hash(id);
-        let mut shard = self.shard(hash).write();
-        f(shard.entry(
+        let shard = self.shard(hash);
+        let mut records = shard.records.write();
+        if let Some(at) = expires_at {
+            // Under the write lock, so a sweep setting `earliest` cannot overwrite it.
+            shard.earliest.fetch_min(at.0, Ordering::Relaxed);
+        }
+        f(records.entry(
             hash,
             |record| record.id() == id,
             |record| self.hash(record.id()),
         ))
     }
 
+    /// Whether shard `index` may hold a record expired at `now`.
+    pub(crate) fn is_due(&self, index: usize, now: Nanos) -> bool {
+        self.shards[index].earliest.load(Ordering::Relaxed) <= now.0
+    }
+
     /// Keeps only the records of shard `index` for which `keep` is true; returns how many it
     /// removed. Locks that one shard.
     pub(crate) fn retain_shard(&self, index: usize, mut keep: impl FnMut(&Record) -> bool) -> u64 {
-        let mut shard = self.shards[index].write();
+        let Shard { records, earliest } = &self.shards[index];
+        let mut shard = records.write();
         let before = shard.len();
-        shard.retain(|record| keep(record));
+        let mut kept_earliest = u64::MAX;
+        shard.retain(|record| {
+            let kept = keep(record);
+            if kept {
+                kept_earliest = kept_earliest.min(record.expires_at().0);
+            }
+            kept
+        });
+        earliest.store(kept_earliest, Ordering::Relaxed);
         // Give memory back once a sweep has emptied most of a shard.
         if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
             let len = shard.len();
@@ -199,7 +249,7 @@ impl Table {
     /// Calls `f` with every record, one shard at a time under its read lock.
     pub(crate) fn for_each<E>(&self, mut f: impl FnMut(&Record) -> Result<(), E>) -> Result<(), E> {
         for shard in self.shards.iter() {
-            for record in shard.read().iter() {
+            for record in shard.records.read().iter() {
                 f(record)?;
             }
         }
@@ -262,7 +312,7 @@ mod tests {
         let shrunk = table
             .shards
             .iter()
-            .filter(|shard| shard.read().capacity() < 64)
+            .filter(|shard| shard.records.read().capacity() < 64)
             .count();
         assert!(shrunk > SHARDS / 2, "only {shrunk} shards shrank");
         let mut left = Vec::new();

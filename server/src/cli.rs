@@ -121,9 +121,10 @@ impl Cli {
         let cap = gonest_session_core::MemorySessionStore::MAX_TTL_CAP;
         if self.max_ttl > cap {
             anyhow::bail!(
-                "--max-ttl ({}) is over the cap of {} (the longest lifetime browsers give a cookie)",
+                "--max-ttl ({}) is over the cap of {} days (the longest lifetime browsers give \
+                 a cookie)",
                 humantime::format_duration(self.max_ttl),
-                humantime::format_duration(cap)
+                cap.as_secs() / 86400
             );
         }
         if self.default_ttl > self.max_ttl {
@@ -233,7 +234,7 @@ mod tests {
     fn a_max_ttl_over_the_cap_is_refused() {
         let cli = Cli::try_parse_from(["gonest-sessiond", "--max-ttl", "401days"]).unwrap();
         let err = cli.config().unwrap_err().to_string();
-        assert!(err.contains("over the cap of 400days"), "{err}");
+        assert!(err.contains("over the cap of 400 days"), "{err}");
         let cli = Cli::try_parse_from(["gonest-sessiond", "--max-ttl", "400days"]).unwrap();
         assert_eq!(
             cli.config().unwrap().max_ttl,

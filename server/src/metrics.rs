@@ -87,7 +87,7 @@ impl Metrics {
         );
         r.register(
             "live_sessions",
-            "Sessions stored now",
+            "Sessions held in memory, including expired ones not swept yet",
             metrics.live_sessions.clone(),
         );
         r.register(

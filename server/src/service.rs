@@ -176,7 +176,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        let stats = self.store.stats();
+        let stats = self.store.live_stats().await;
         Ok(Response::new(pb::StatsResponse {
             live_sessions: stats.live_sessions,
             expired_removed_total: stats.expired_removed_total,
