@@ -3,8 +3,10 @@
 //!
 //! A get/save load runs over `--keys` live sessions the whole time. In each round the bench
 //! stores `--sessions` more that all expire at one moment, `--ttl` after it starts storing them,
-//! then polls `Stats` every 10 ms to see when the daemon's next sweep starts removing them and
-//! when it has removed them all. Every operation's start and latency are kept, so afterwards each
+//! then polls `Stats` every 10 ms to see when the daemon starts removing them and when it has
+//! removed them all. The daemon removes expired sessions in its sweeps and before answering
+//! `Stats` (so that `live_sessions` is exact), both with the same paced sweep; after the moment
+//! of expiry, the first poll sets that sweep off. Every operation's start and latency are kept, so afterwards each
 //! Get is counted as during a sweep (it started inside that round's window), during a fill (left
 //! out: storing a million sessions is load of its own) or without either.
 
@@ -152,7 +154,7 @@ async fn rounds(
             micros(filling.duration_since(started)),
             micros(started.elapsed()),
         ));
-        progress.set_message(format!("round {round}: waiting for the daemon's sweep"));
+        progress.set_message(format!("round {round}: waiting for the sweep"));
         let sweep = watch(
             monitor,
             args,
@@ -191,8 +193,8 @@ async fn watch(
     loop {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "no sweep removed the expired sessions within {}; start gonest-sessiond with a \
-             --sweep-interval shorter than that (such as 60s)",
+            "the daemon did not remove the expired sessions within {}; is it a \
+             gonest-sessiond that removes them when Stats is asked?",
             humantime::format_duration(args.wait)
         );
         tokio::time::sleep(POLL).await;

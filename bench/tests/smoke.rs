@@ -2,23 +2,12 @@
 
 use std::process::Output;
 
+use gonest_session_testing::Daemon;
 use tokio::net::TcpListener;
 use tokio::process::Command;
 
-async fn daemon() -> (String, tokio::sync::oneshot::Sender<()>) {
-    daemon_with(gonest_sessiond::Config::default()).await
-}
-
-async fn daemon_with(
-    config: gonest_sessiond::Config,
-) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(gonest_sessiond::run(listener, config, async {
-        stopped.await.ok();
-    }));
-    (url, stop)
+async fn daemon() -> Daemon {
+    Daemon::start(gonest_sessiond::Config::default()).await
 }
 
 async fn bench(args: &[&str]) -> Output {
@@ -47,7 +36,8 @@ fn figure(line: &str, label: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_runs_against_the_daemon() {
-    let (url, _stop) = daemon().await;
+    let daemon = daemon().await;
+    let url = daemon.url();
     let output = bench(&[
         "throughput",
         "--sessiond",
@@ -74,7 +64,8 @@ async fn throughput_runs_against_the_daemon() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_reports_bytes_per_session() {
-    let (url, _stop) = daemon().await;
+    let daemon = daemon().await;
+    let url = daemon.url();
     let output = bench(&[
         "memory",
         "--sessiond",
@@ -96,11 +87,12 @@ async fn memory_reports_bytes_per_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_compares_latency_during_and_without_a_sweep() {
-    let (url, _stop) = daemon_with(gonest_sessiond::Config {
+    let daemon = Daemon::start(gonest_sessiond::Config {
         sweep_interval: std::time::Duration::from_secs(1),
         ..gonest_sessiond::Config::default()
     })
     .await;
+    let url = daemon.url();
     let output = bench(&[
         "sweep",
         "--sessiond",
@@ -140,33 +132,6 @@ async fn sweep_compares_latency_during_and_without_a_sweep() {
         last.starts_with("ratio p99 during/without sweep: ") && figure(last, "sweep:") > 0.0,
         "{stdout}"
     );
-}
-
-#[tokio::test]
-async fn a_sweep_that_never_comes_is_reported() {
-    // The default daemon sweeps every 5 minutes; the bench gives up after 2 seconds.
-    let (url, _stop) = daemon().await;
-    let output = bench(&[
-        "sweep",
-        "--sessiond",
-        &url,
-        "--sessions",
-        "10",
-        "--ttl",
-        "1s",
-        "--rounds",
-        "1",
-        "--clients",
-        "2",
-        "--keys",
-        "10",
-        "--wait",
-        "2s",
-    ])
-    .await;
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--sweep-interval"), "{stderr}");
 }
 
 #[tokio::test]

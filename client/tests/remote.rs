@@ -1,44 +1,12 @@
 //! RemoteSessionStore against a real daemon on `127.0.0.1:0`.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::{Save, SessionData, SessionStore, StoreError};
+use gonest_session_testing::Daemon;
 use gonest_sessiond::Config;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-struct Daemon {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-async fn daemon_on(listener: TcpListener, config: Config) -> Daemon {
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(gonest_sessiond::run(listener, config, async {
-        stopped.await.ok();
-    }));
-    Daemon { addr, stop, task }
-}
-
-async fn daemon(config: Config) -> Daemon {
-    daemon_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), config).await
-}
-
-impl Daemon {
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn stop(self) {
-        self.stop.send(()).ok();
-        self.task.await.unwrap().unwrap();
-    }
-}
 
 fn data(pairs: &[(&str, &str)]) -> SessionData {
     pairs
@@ -49,7 +17,7 @@ fn data(pairs: &[(&str, &str)]) -> SessionData {
 
 #[tokio::test]
 async fn follows_the_store_contract() {
-    let daemon = daemon(Config {
+    let daemon = Daemon::start(Config {
         max_session_bytes: 64,
         ..Config::default()
     })
@@ -111,12 +79,12 @@ async fn follows_the_store_contract() {
 
     let stats = store.stats().await.unwrap();
     assert_eq!(stats.live_sessions, 0);
-    daemon.stop().await;
+    daemon.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_callers_each_get_their_own_answer() {
-    let daemon = daemon(Config::default()).await;
+    let daemon = Daemon::start(Config::default()).await;
     let store = RemoteSessionStore::builder(daemon.url())
         .streams(3)
         .connect()
@@ -144,12 +112,12 @@ async fn concurrent_callers_each_get_their_own_answer() {
     for task in tasks {
         task.await.unwrap();
     }
-    daemon.stop().await;
+    daemon.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_stopped_daemon_is_unavailable_and_a_restarted_one_is_used_again() {
-    let first = daemon(Config::default()).await;
+    let first = Daemon::start(Config::default()).await;
     let addr = first.addr;
     let store = RemoteSessionStore::builder(first.url())
         .timeout(Duration::from_secs(2))
@@ -157,7 +125,7 @@ async fn a_stopped_daemon_is_unavailable_and_a_restarted_one_is_used_again() {
         .await
         .unwrap();
     store.save(Save::new("s", data(&[]))).await.unwrap();
-    first.stop().await;
+    first.stop().await.unwrap();
 
     let started = Instant::now();
     let err = store.get("s").await.unwrap_err();
@@ -167,7 +135,7 @@ async fn a_stopped_daemon_is_unavailable_and_a_restarted_one_is_used_again() {
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // Same port, new daemon (empty: it keeps nothing across restarts without persistence).
-    let second = daemon_on(TcpListener::bind(addr).await.unwrap(), Config::default()).await;
+    let second = Daemon::start_on(TcpListener::bind(addr).await.unwrap(), Config::default()).await;
     let mut recovered = None;
     for _ in 0..3 {
         match store.save(Save::new("s", data(&[("back", "1")]))).await {
@@ -180,7 +148,7 @@ async fn a_stopped_daemon_is_unavailable_and_a_restarted_one_is_used_again() {
     }
     assert_eq!(recovered.expect("store did not reconnect").version, 1);
     assert!(store.get("s").await.unwrap().is_some());
-    second.stop().await;
+    second.stop().await.unwrap();
 }
 
 #[tokio::test]

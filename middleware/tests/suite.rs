@@ -15,6 +15,7 @@ use gonest_session::{
 };
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::{Saved, async_trait};
+use gonest_session_testing::Daemon;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -51,10 +52,7 @@ impl SessionStore for Counting {
 /// A store and whatever must live as long as it (the daemon, for the remote store).
 struct Backend {
     store: Arc<dyn SessionStore>,
-    _daemon: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<anyhow::Result<()>>,
-    )>,
+    _daemon: Option<Daemon>,
 }
 
 async fn memory() -> Backend {
@@ -65,22 +63,11 @@ async fn memory() -> Backend {
 }
 
 async fn remote() -> Backend {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(gonest_sessiond::run(
-        listener,
-        gonest_sessiond::Config::default(),
-        async {
-            stopped.await.ok();
-        },
-    ));
-    let store = RemoteSessionStore::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let daemon = Daemon::start(gonest_sessiond::Config::default()).await;
+    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
     Backend {
         store: Arc::new(store),
-        _daemon: Some((stop, task)),
+        _daemon: Some(daemon),
     }
 }
 

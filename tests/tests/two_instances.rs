@@ -7,6 +7,7 @@ use axum::extract::Path;
 use axum::routing::post;
 use gonest_session::Session;
 use gonest_session_e2e::{AppInstance, Daemon, STORE_TIMEOUT};
+use gonest_sessiond::Config;
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, SET_COOKIE};
 use serde_json::{Value, json};
@@ -49,7 +50,7 @@ fn id_of(set_cookie: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_on_one_instance_is_seen_by_the_other_and_logout_everywhere() {
-    let daemon = Daemon::start().await;
+    let daemon = Daemon::start(Config::default()).await;
     let (a, b) = two_apps(&daemon).await;
     let http = client();
 
@@ -89,12 +90,12 @@ async fn login_on_one_instance_is_seen_by_the_other_and_logout_everywhere() {
     );
     let response = http.get(format!("{}/profile", a.url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    daemon.stop().await;
+    daemon.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_changes_the_id_and_the_old_id_stops_working() {
-    let daemon = Daemon::start().await;
+    let daemon = Daemon::start(Config::default()).await;
     let (a, b) = two_apps(&daemon).await;
     // No cookie jar: cookies are handed over by hand, as an attacker would.
     let http = reqwest::Client::new();
@@ -124,12 +125,12 @@ async fn login_changes_the_id_and_the_old_id_stops_working() {
             assert_eq!(response.status(), expected);
         }
     }
-    daemon.stop().await;
+    daemon.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_cookies_get_401_never_5xx() {
-    let daemon = Daemon::start().await;
+    let daemon = Daemon::start(Config::default()).await;
     let (a, b) = two_apps(&daemon).await;
     let http = reqwest::Client::new();
     let huge = format!("gonest.sid={}", "x".repeat(6000));
@@ -165,12 +166,12 @@ async fn garbage_cookies_get_401_never_5xx() {
         );
         assert_eq!(session_cookie(&response), None);
     }
-    daemon.stop().await;
+    daemon.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_writers_on_two_instances_lose_nothing() {
-    let daemon = Daemon::start().await;
+    let daemon = Daemon::start(Config::default()).await;
     let (a, b) = two_apps(&daemon).await;
     let http = client();
     let response = http.post(format!("{}/login", a.url)).send().await.unwrap();
@@ -197,18 +198,18 @@ async fn a_hundred_concurrent_writers_on_two_instances_lose_nothing() {
     for i in 0..100 {
         assert!(record.data.contains_key(&format!("k{i}")), "k{i} was lost");
     }
-    daemon.stop().await;
+    daemon.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_daemon_is_a_503_and_a_restarted_one_serves_without_an_app_restart() {
-    let daemon = Daemon::start().await;
+    let daemon = Daemon::start(Config::default()).await;
     let addr = daemon.addr;
     let (a, b) = two_apps(&daemon).await;
     let http = client();
     let response = http.post(format!("{}/login", a.url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    daemon.stop().await;
+    daemon.stop().await.unwrap();
 
     for app in [&a, &b] {
         let started = Instant::now();
@@ -231,7 +232,7 @@ async fn a_stopped_daemon_is_a_503_and_a_restarted_one_serves_without_an_app_res
 
     // Back on the same port. The daemon keeps sessions in memory only, so users log in again.
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let daemon = Daemon::start_on(listener).await;
+    let daemon = Daemon::start_on(listener, Config::default()).await;
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
     // The first call may still meet the broken stream; the store replaces it by itself.
     for _ in 0..3 {
@@ -248,5 +249,5 @@ async fn a_stopped_daemon_is_a_503_and_a_restarted_one_serves_without_an_app_res
     assert_eq!(status, StatusCode::OK);
     let response = http.get(format!("{}/profile", a.url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    daemon.stop().await;
+    daemon.stop().await.unwrap();
 }
