@@ -49,6 +49,19 @@ impl RemoteSessionStoreBuilder {
         self
     }
 
+    /// Sends the first token of the token file at `path`, read as the daemon reads its
+    /// `--auth-token-file` (one token per line, blank lines and `#` comments skipped), so one
+    /// file can serve both sides, during a rotation too.
+    pub fn auth_token_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            StoreError::invalid(format!("cannot read token file {}: {err}", path.display()))
+        })?;
+        let tokens = gonest_session_proto::parse_token_file(&text)
+            .map_err(|err| StoreError::invalid(format!("token file {}: {err}", path.display())))?;
+        Ok(self.auth_token(tokens.into_iter().next().unwrap_or_default()))
+    }
+
     /// Trusts this CA certificate (PEM) for an `https://` daemon URL, such as the daemon's own
     /// self-signed certificate. Without it, `https://` trusts the public web PKI roots.
     pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {

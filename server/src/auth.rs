@@ -21,30 +21,15 @@ impl std::fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    /// Reads the tokens from `path`: one per line, surrounding white space ignored, blank lines
-    /// and lines starting with `#` skipped. A file with no token is an error.
+    /// Reads the tokens from `path`, in the format of
+    /// [`parse_token_file`](gonest_session_proto::parse_token_file): one per line, blank lines
+    /// and `#` comments skipped. A file with no token is an error.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read auth token file {}", path.display()))?;
-        let tokens: Vec<Vec<u8>> = text
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty() && !line.starts_with('#'))
-            .map(|line| line.as_bytes().to_vec())
-            .collect();
-        anyhow::ensure!(
-            !tokens.is_empty(),
-            "auth token file {} holds no token",
-            path.display()
-        );
-        for token in &tokens {
-            anyhow::ensure!(
-                token.len() >= 16 && token.iter().all(|b| (0x21..=0x7e).contains(b)),
-                "auth token file {}: tokens must be at least 16 printable ASCII characters",
-                path.display()
-            );
-        }
-        Ok(Self(Arc::new(tokens)))
+        let tokens = gonest_session_proto::parse_token_file(&text)
+            .map_err(|err| anyhow::anyhow!("auth token file {}: {err}", path.display()))?;
+        Ok(Self::new(tokens))
     }
 
     /// Tokens given directly (tests, embedding).

@@ -2,7 +2,7 @@
 //! `POST /logout`. Run several instances against one `gonest-sessiond` and they share sessions.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +24,8 @@ pub struct Cli {
     /// Where sessions live: `memory`, or a gonest-sessiond URL such as http://127.0.0.1:7070.
     #[arg(long, env = "EXAMPLE_APP_STORE", default_value = "memory")]
     pub store: String,
-    /// File holding the daemon's bearer token (the first line), for a daemon started with
-    /// --auth-token-file.
+    /// The daemon's token file, in the daemon's own format (one token per line, `#` comments);
+    /// the first token is sent. The daemon's --auth-token-file itself will do.
     #[arg(long, env = "EXAMPLE_APP_STORE_TOKEN_FILE")]
     pub store_token_file: Option<PathBuf>,
     /// Mark the session cookie Secure (serve over HTTPS when set).
@@ -52,14 +52,14 @@ pub fn app(store: impl SessionStore, options: SessionOptions) -> Router {
 pub fn store(
     spec: &str,
     max_age: Duration,
-    token: Option<String>,
+    token_file: Option<&Path>,
 ) -> anyhow::Result<Arc<dyn SessionStore>> {
     if spec == "memory" {
         return Ok(Arc::new(MemorySessionStore::new(max_age)));
     }
     let mut builder = RemoteSessionStore::builder(spec);
-    if let Some(token) = token.as_deref().and_then(|t| t.lines().next()) {
-        builder = builder.auth_token(token.trim());
+    if let Some(path) = token_file {
+        builder = builder.auth_token_file(path)?;
     }
     Ok(Arc::new(builder.connect_lazy()?))
 }

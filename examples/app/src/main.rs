@@ -18,16 +18,7 @@ async fn main() -> anyhow::Result<()> {
         secure: cli.secure,
         ..Default::default()
     };
-    let token = cli
-        .store_token_file
-        .as_ref()
-        .map(|path| {
-            std::fs::read_to_string(path)
-                .map(|text| text.trim().to_owned())
-                .with_context(|| format!("cannot read --store-token-file {}", path.display()))
-        })
-        .transpose()?;
-    let store = example_app::store(&cli.store, options.max_age, token)
+    let store = example_app::store(&cli.store, options.max_age, cli.store_token_file.as_deref())
         .with_context(|| format!("invalid --store `{}`", cli.store))?;
     let app = example_app::app(store, options);
     let listener = tokio::net::TcpListener::bind(cli.listen)
