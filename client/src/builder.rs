@@ -118,7 +118,11 @@ impl RemoteSessionStoreBuilder {
         let channel = self.endpoint()?.connect().await.map_err(|err| {
             StoreError::Unavailable(format!("cannot connect to {}: {err}", self.url))
         })?;
-        self.with_channel(channel)
+        let store = self.with_channel(channel)?;
+        // Best effort: a store that could not learn the daemon's limits now asks again before
+        // its first save, and the daemon checks sizes itself anyway.
+        let _ = store.learn_limits().await;
+        Ok(store)
     }
 
     /// Returns at once and connects on first use, so an app can start before its daemon.

@@ -2,13 +2,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use gonest_session_core::{Result, Save, Saved, SessionRecord, SessionStore, StoreError};
+use gonest_session_core::{
+    Result, Save, Saved, SessionRecord, SessionStore, StoreError, data_size,
+};
 use gonest_session_proto::pb::{
     self, pipeline_request::Op, pipeline_response::Result as Answer,
     session_store_client::SessionStoreClient,
 };
 use gonest_session_proto::{
-    duration_to_pb, error_from_status, record_from_pb, save_to_pb, timestamp_from_pb,
+    duration_from_pb, duration_to_pb, error_from_status, message_limit, record_from_pb, save_to_pb,
+    timestamp_from_pb,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -32,6 +35,9 @@ struct Inner {
     lanes: Lanes,
     /// Budget of one operation, retries included.
     timeout: Duration,
+    /// The daemon's largest session, once known (from `Stats`; 0 from a daemon that does not
+    /// say).
+    max_session_bytes: tokio::sync::OnceCell<usize>,
 }
 
 /// The daemon's counters, from [`RemoteSessionStore::stats`].
@@ -39,6 +45,10 @@ struct Inner {
 pub struct RemoteStats {
     /// Live sessions: exactly those a Get would find.
     pub live_sessions: u64,
+    /// The largest session the daemon stores, keys plus values (0 from an older daemon).
+    pub max_session_bytes: u64,
+    /// The longest TTL the daemon accepts (`None` from an older daemon).
+    pub max_ttl: Option<Duration>,
     /// Sessions removed because they expired.
     pub expired_removed_total: u64,
     /// Sweeps run.
@@ -64,14 +74,62 @@ impl RemoteSessionStore {
         timeout: Duration,
         streams: usize,
     ) -> Self {
-        let client = SessionStoreClient::with_interceptor(channel, auth);
+        // The client checks sizes itself before sending (see `check_size`), and takes any answer
+        // its daemon sends: whatever the daemon stored, the app can read back.
+        let client = SessionStoreClient::with_interceptor(channel, auth)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
         Self {
             inner: Arc::new(Inner {
                 lanes: Lanes::new(client.clone(), streams),
                 client,
                 timeout,
+                max_session_bytes: tokio::sync::OnceCell::new(),
             }),
         }
+    }
+
+    /// Asks the daemon for its limits now, as [`connect`](RemoteSessionStoreBuilder::connect)
+    /// does; a lazily connected store asks before its first save.
+    pub(crate) async fn learn_limits(&self) -> Result<usize> {
+        self.inner
+            .max_session_bytes
+            .get_or_try_init(|| async {
+                let stats = self.stats().await?;
+                Ok(usize::try_from(stats.max_session_bytes).unwrap_or(usize::MAX))
+            })
+            .await
+            .copied()
+    }
+
+    /// Refuses, before it is sent, a save the daemon would refuse for its size: more keys and
+    /// values than its `--max-session-bytes`, or a request larger than it reads at all. Sending
+    /// it would cost the bandwidth for nothing, and one over the daemon's message limit would
+    /// end the stream other callers share.
+    async fn check_size(&self, request: &pb::SaveRequest) -> Result<()> {
+        let Ok(limit) = self.learn_limits().await else {
+            // The daemon cannot say now; it checks the size itself.
+            return Ok(());
+        };
+        if limit == 0 {
+            return Ok(());
+        }
+        let size = request
+            .session
+            .as_ref()
+            .map_or(0, |session| data_size(&session.data));
+        if size > limit {
+            return Err(StoreError::TooLarge { size, limit });
+        }
+        let encoded = prost::Message::encoded_len(request);
+        let wire_limit = message_limit(limit);
+        if encoded > wire_limit {
+            return Err(StoreError::TooLarge {
+                size: encoded,
+                limit: wire_limit,
+            });
+        }
+        Ok(())
     }
 
     /// The daemon's counters.
@@ -88,6 +146,11 @@ impl RemoteSessionStore {
             expired_removed_total: stats.expired_removed_total,
             sweeps_total: stats.sweeps_total,
             resident_memory_bytes: stats.resident_memory_bytes,
+            max_session_bytes: stats.max_session_bytes,
+            max_ttl: stats
+                .max_ttl
+                .as_ref()
+                .and_then(|ttl| duration_from_pb(ttl).ok()),
         })
     }
 
@@ -139,10 +202,9 @@ impl SessionStore for RemoteSessionStore {
 
     async fn save(&self, save: Save) -> Result<Saved> {
         let expected = save.expected_version;
-        match self
-            .call(Op::Save(save_to_pb(save)), false, expected)
-            .await?
-        {
+        let request = save_to_pb(save);
+        self.check_size(&request).await?;
+        match self.call(Op::Save(request), false, expected).await? {
             Answer::Save(saved) => Ok(Saved {
                 version: saved.version,
                 created_at: time(saved.created_at, "created_at")?,

@@ -166,3 +166,60 @@ async fn connect_fails_clearly() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_save_is_refused_before_sending_and_other_callers_go_on() {
+    let daemon = Daemon::start(Config {
+        max_session_bytes: 64 * 1024,
+        ..Config::default()
+    })
+    .await;
+    // One stream, shared by every caller: an oversized message on it must not end it.
+    let store = RemoteSessionStore::builder(daemon.url())
+        .streams(1)
+        .connect_lazy()
+        .unwrap();
+    let big = |bytes: usize| -> SessionData { [("blob".to_owned(), vec![b'x'; bytes])].into() };
+    let callers: Vec<_> = (0..50)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .save(Save::new(format!("s{i}"), data(&[("n", "1")])))
+                    .await
+            })
+        })
+        .collect();
+    for bytes in [64 * 1024 + 1, 5 << 20] {
+        let err = store.save(Save::new("big", big(bytes))).await.unwrap_err();
+        assert_eq!(
+            err,
+            StoreError::TooLarge {
+                size: bytes + 4,
+                limit: 64 * 1024
+            }
+        );
+    }
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap().version, 1);
+    }
+    assert_eq!(store.stats().await.unwrap().live_sessions, 50);
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.max_session_bytes, 64 * 1024);
+    assert_eq!(stats.max_ttl, Some(Duration::from_secs(30 * 86400)));
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_over_4_mib_reads_back() {
+    let daemon = Daemon::start(Config {
+        max_session_bytes: 16 << 20,
+        ..Config::default()
+    })
+    .await;
+    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
+    let data: SessionData = [("blob".to_owned(), vec![b'y'; 12 << 20])].into();
+    store.save(Save::new("big", data.clone())).await.unwrap();
+    assert_eq!(store.get("big").await.unwrap().unwrap().data, data);
+    daemon.stop().await.unwrap();
+}

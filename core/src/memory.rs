@@ -234,6 +234,16 @@ impl MemorySessionStore {
         MemorySessionStoreBuilder::default()
     }
 
+    /// The largest session it stores, keys plus values, in bytes.
+    pub fn max_session_bytes(&self) -> usize {
+        self.inner.config.max_session_bytes
+    }
+
+    /// The longest TTL a save or touch may ask for.
+    pub fn max_ttl(&self) -> Duration {
+        self.inner.config.max_ttl
+    }
+
     /// The store's clock; every expiry is computed from it.
     pub fn clock(&self) -> Clock {
         self.inner.clock

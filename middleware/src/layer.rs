@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use gonest_session_core::SessionStore;
+use gonest_session_core::{SessionStore, StoreError};
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
@@ -133,10 +133,9 @@ where
                 Ok(Outcome::SetCookie(id)) => options.set_cookie(&id),
                 Ok(Outcome::RemoveCookie) => options.removal_cookie(),
                 Err(err) => {
-                    tracing::error!(%err, "session could not be saved; answering 503");
-                    let mut unavailable = Response::new(ResBody::default());
-                    *unavailable.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                    return Ok(unavailable);
+                    let mut failed = Response::new(ResBody::default());
+                    *failed.status_mut() = failure_status(&err);
+                    return Ok(failed);
                 }
             };
             match HeaderValue::try_from(cookie) {
@@ -147,6 +146,32 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+/// The status answered for a session that could not be saved, and the log line saying why.
+///
+/// A session over the store's size limit is the app's own bug (it put too much in the session),
+/// not an outage: a 500, logged as what it is. A store that is down or slow is a 503.
+fn failure_status(err: &StoreError) -> StatusCode {
+    match err {
+        StoreError::TooLarge { size, limit } => {
+            tracing::error!(
+                size,
+                limit,
+                "session is larger than the store accepts; not saved, answering 500 (keep less \
+                 in the session)"
+            );
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        StoreError::InvalidArgument(_) => {
+            tracing::error!(%err, "the store refused the session; not saved, answering 500");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => {
+            tracing::error!(%err, "session could not be saved; answering 503");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
 

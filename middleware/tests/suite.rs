@@ -124,6 +124,15 @@ fn app(backend: &Backend, options: SessionOptions) -> App {
             }),
         )
         .route(
+            "/big/{bytes}",
+            post(
+                |session: Session, axum::extract::Path(bytes): axum::extract::Path<usize>| async move {
+                    session.set_value("blob", "x".repeat(bytes)).unwrap();
+                    "stored"
+                },
+            ),
+        )
+        .route(
             "/fail",
             post(|session: Session| async move {
                 session.set_value("who", "mallory").unwrap();
@@ -403,7 +412,29 @@ suite!(
     a_5xx_response_saves_nothing,
     rolling_sessions_are_touched_and_the_cookie_resent,
     concurrent_requests_changing_different_keys_all_land,
+    a_session_over_the_size_limit_is_a_500_and_the_stored_one_is_kept,
 );
+
+async fn a_session_over_the_size_limit_is_a_500_and_the_stored_one_is_kept(backend: Backend) {
+    let app = app(&backend, SessionOptions::default());
+    let response = app.send("POST", "/login", None).await;
+    let cookie = pair(&set_cookie(&response).unwrap());
+    let response = app.send("POST", "/big/2000000", Some(&cookie)).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the app's bug, not an outage"
+    );
+    assert_eq!(set_cookie(&response), None);
+    let response = app.send("GET", "/peek", Some(&cookie)).await;
+    assert_eq!(
+        text(response).await,
+        "alice",
+        "the stored session is untouched"
+    );
+    let response = app.send("GET", "/get/blob", Some(&cookie)).await;
+    assert_eq!(text(response).await, "");
+}
 
 /// A store that is down.
 struct Down;

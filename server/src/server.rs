@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gonest_session_core::MemorySessionStore;
-use gonest_session_proto::{FILE_DESCRIPTOR_SET, pb::session_store_server::SessionStoreServer};
+use gonest_session_proto::{
+    FILE_DESCRIPTOR_SET, message_limit, pb::session_store_server::SessionStoreServer,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::metrics::Metrics;
 use crate::{Persistence, SessionService, Tokens};
@@ -155,8 +158,13 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(SessionStoreServer::with_interceptor(
-            service,
+        .add_service(InterceptedService::new(
+            // Requests may carry a session of up to --max-session-bytes and its framing; answers
+            // are not limited, so whatever was stored (even under an earlier, larger limit) can
+            // be read back.
+            SessionStoreServer::new(service)
+                .max_decoding_message_size(message_limit(config.max_session_bytes))
+                .max_encoding_message_size(usize::MAX),
             config.tokens.clone(),
         ))
         .serve_with_incoming_shutdown(

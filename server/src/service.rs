@@ -5,7 +5,8 @@ use std::pin::Pin;
 use futures_util::{Stream, StreamExt};
 use gonest_session_core::{MemorySessionStore, StoreError};
 use gonest_session_proto::{
-    duration_from_pb, pb, record_to_pb, save_from_pb, status_from_error, timestamp_to_pb,
+    duration_from_pb, duration_to_pb, pb, record_to_pb, save_from_pb, status_from_error,
+    timestamp_to_pb,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
@@ -182,6 +183,8 @@ impl pb::session_store_server::SessionStore for SessionService {
             expired_removed_total: stats.expired_removed_total,
             sweeps_total: stats.sweeps_total,
             resident_memory_bytes: memory_usage::resident_bytes(),
+            max_session_bytes: u64::try_from(self.store.max_session_bytes()).unwrap_or(u64::MAX),
+            max_ttl: Some(duration_to_pb(self.store.max_ttl())),
         }))
     }
 

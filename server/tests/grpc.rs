@@ -549,3 +549,70 @@ async fn health_turns_not_serving_when_shutdown_starts() {
         .unwrap()
         .unwrap();
 }
+
+/// A save of `bytes` bytes of data under one key.
+fn big_save(id: &str, bytes: usize) -> pb::SaveRequest {
+    pb::SaveRequest {
+        session: Some(pb::Session {
+            id: id.to_owned(),
+            data: [("blob".to_owned(), vec![b'x'; bytes])].into(),
+            ..Default::default()
+        }),
+        expected_version: None,
+        ttl: None,
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_pipeline_op_is_answered_inline_and_the_stream_goes_on() {
+    use futures_util::StreamExt;
+    let daemon = Daemon::start(Config {
+        max_session_bytes: 64 * 1024,
+        ..Config::default()
+    })
+    .await;
+    let mut client = daemon.client();
+    let requests = vec![
+        op(1, Op::Save(save("kept", &[("n", "1")], None))),
+        // Over --max-session-bytes, within the message limit: refused, the stream goes on.
+        op(2, Op::Save(big_save("kept", 100 * 1024))),
+        op(3, Op::Get(get("kept"))),
+        op(4, Op::Save(big_save("fits", 60 * 1024))),
+    ];
+    let answers: Vec<_> = client
+        .pipeline(futures_util::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|answer| answer.unwrap().result.unwrap())
+        .collect()
+        .await;
+    assert_eq!(answers.len(), 4, "{answers:?}");
+    assert!(
+        matches!(&answers[1], Answer::Error(e) if e.code == Code::ResourceExhausted as i32),
+        "{:?}",
+        answers[1]
+    );
+    assert!(matches!(&answers[2], Answer::Get(g) if g.session.as_ref().unwrap().data["n"] == b"1"));
+    assert!(matches!(&answers[3], Answer::Save(s) if s.version == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_over_4_mib_save_and_read_back_when_the_limit_allows() {
+    let daemon = Daemon::start(Config {
+        max_session_bytes: 16 << 20,
+        ..Config::default()
+    })
+    .await;
+    // A plain generated client: unary calls, its default 4 MiB limit on what it reads raised.
+    let mut client = daemon.client().max_decoding_message_size(usize::MAX);
+    let saved = client.save(big_save("big", 10 << 20)).await.unwrap();
+    assert_eq!(saved.into_inner().version, 1);
+    let got = stored(&mut client, "big").await.unwrap();
+    assert_eq!(got.data["blob"].len(), 10 << 20);
+
+    // Over the session limit: refused, not a transport error.
+    let status = client.save(big_save("big", 17 << 20)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(stored(&mut client, "big").await.unwrap().version, 1);
+}
