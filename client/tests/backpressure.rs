@@ -1,0 +1,190 @@
+//! The client's queues are bounded, and a caller that gave up withdraws its unsent operation.
+//! Against a stand-in daemon that holds its answers back until told.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use gonest_session_client::RemoteSessionStore;
+use gonest_session_core::{Save, SessionData, SessionStore, StoreError};
+use gonest_session_proto::pb::session_store_server::{SessionStore as Service, SessionStoreServer};
+use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Result as Answer};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Answers every Pipeline operation once `open` is true, and notes the id of each it reads.
+#[derive(Clone)]
+struct Held {
+    open: watch::Receiver<bool>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+type Answers = Pin<Box<dyn Stream<Item = Result<pb::PipelineResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Service for Held {
+    async fn get(&self, _: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        Err(Status::unimplemented("pipeline only"))
+    }
+    async fn save(
+        &self,
+        _: Request<pb::SaveRequest>,
+    ) -> Result<Response<pb::SaveResponse>, Status> {
+        Err(Status::unimplemented("pipeline only"))
+    }
+    async fn destroy(
+        &self,
+        _: Request<pb::DestroyRequest>,
+    ) -> Result<Response<pb::DestroyResponse>, Status> {
+        Err(Status::unimplemented("pipeline only"))
+    }
+    async fn touch(
+        &self,
+        _: Request<pb::TouchRequest>,
+    ) -> Result<Response<pb::TouchResponse>, Status> {
+        Err(Status::unimplemented("pipeline only"))
+    }
+    async fn stats(
+        &self,
+        _: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        // No limits: the client leaves size checks to the daemon.
+        Ok(Response::new(pb::StatsResponse::default()))
+    }
+
+    type PipelineStream = Answers;
+
+    async fn pipeline(
+        &self,
+        request: Request<Streaming<pb::PipelineRequest>>,
+    ) -> Result<Response<Answers>, Status> {
+        let held = self.clone();
+        let answers = request.into_inner().then(move |request| {
+            let mut held = held.clone();
+            async move {
+                let request = request?;
+                let _ = held.open.wait_for(|open| *open).await;
+                let result = match request.op {
+                    Some(Op::Get(get)) => {
+                        held.seen.lock().unwrap().push(get.id);
+                        Answer::Get(pb::GetResponse { session: None })
+                    }
+                    Some(Op::Save(save)) => {
+                        held.seen
+                            .lock()
+                            .unwrap()
+                            .push(save.session.unwrap_or_default().id);
+                        Answer::Save(pb::SaveResponse {
+                            version: 1,
+                            created_at: Some(prost_types::Timestamp::default()),
+                            expires_at: Some(prost_types::Timestamp::default()),
+                        })
+                    }
+                    _ => return Err(Status::unimplemented("get and save only")),
+                };
+                Ok(pb::PipelineResponse {
+                    tag: request.tag,
+                    result: Some(result),
+                })
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+/// Serves a [`Held`] on 127.0.0.1:0; returns its URL, the switch that lets answers through, and
+/// the ids it has read.
+async fn held_daemon() -> (String, watch::Sender<bool>, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (open, opened) = watch::channel(false);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let service = Held {
+        open: opened,
+        seen: seen.clone(),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SessionStoreServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (url, open, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_fails_fast_instead_of_growing() {
+    let (url, _open, _seen) = held_daemon().await;
+    let store = RemoteSessionStore::builder(&url)
+        .streams(1)
+        .timeout(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap();
+    // More than one stream has in flight (1,024) and queues (1,024) together.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..2300 {
+        let store = store.clone();
+        calls.spawn(async move { store.get(&format!("w{i}")).await });
+    }
+    // Nothing is ever answered, and the calls may wait a minute: any that ends now was refused.
+    let mut refused = 0;
+    while refused < 200 {
+        let first = tokio::time::timeout(Duration::from_secs(10), calls.join_next())
+            .await
+            .expect("calls beyond the bound must fail at once, not wait for their timeout")
+            .unwrap()
+            .unwrap();
+        match first {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(message.contains("too many"), "{message}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        refused += 1;
+    }
+    calls.abort_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_that_timed_out_before_it_was_sent_is_never_sent() {
+    let (url, open, seen) = held_daemon().await;
+    let store = RemoteSessionStore::builder(&url)
+        .streams(1)
+        .timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    // Fill the stream's operations in flight; they go unanswered and time out.
+    let blockers: Vec<_> = (0..1024)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get(&format!("b{i}")).await })
+        })
+        .collect();
+    for blocker in blockers {
+        assert_eq!(blocker.await.unwrap(), Err(StoreError::Timeout));
+    }
+    // This one cannot be sent before it times out.
+    let late = store.save(Save::new("late", SessionData::new())).await;
+    assert_eq!(late, Err(StoreError::Timeout));
+    // Answers flow again: what is sent next lands, and the timed-out save never does.
+    open.send(true).unwrap();
+    let after = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match store.save(Save::new("after", SessionData::new())).await {
+                Ok(saved) => return saved,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await
+    .expect("the stream recovers once answers flow");
+    assert_eq!(after.version, 1);
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().any(|id| id == "after"));
+    assert!(
+        !seen.iter().any(|id| id == "late"),
+        "a save reported as timed out was sent anyway"
+    );
+}
