@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use gonest_session_core::{Expiry, Save, SessionData, SessionStore, StoreError};
 use serde::Serialize;
@@ -282,11 +282,11 @@ impl Session {
         // Requests of this instance write one session one at a time, so a conflict can only come
         // from another instance: the retries below race a handful of instances, not every
         // concurrent request.
-        let mut last_saved = self.inner.write_locks.lock(&target).await;
+        let mut last_saved = self.inner.write_locks.lock(&target).await?;
         // If this instance saved the session since this request loaded it, a save at the loaded
         // version is bound to fail: start by reloading instead.
-        let mut reload = matches!(&*last_saved, Some((id, version)) if *id == target && *version != expected)
-            && expected != 0;
+        let mut reload =
+            matches!(*last_saved, Some(version) if version != expected) && expected != 0;
         for attempt in 0..SAVE_ATTEMPTS {
             if reload {
                 // Another request saved this session meanwhile: start from its version and
@@ -310,7 +310,7 @@ impl Session {
             };
             match store.save(save).await {
                 Ok(saved) => {
-                    *last_saved = Some((target.clone(), saved.version));
+                    *last_saved = Some(saved.version);
                     drop(last_saved);
                     if let (true, Some(old)) = (regenerate, &stored) {
                         // The new session is saved; failing to remove the old one must not log
@@ -346,33 +346,93 @@ impl Session {
     }
 }
 
-/// The session id and version an instance's last save on a stripe left behind.
-type LastSaved = Option<(String, u64)>;
+/// The version this instance's last save of a session left behind, while requests of this
+/// instance are writing it.
+type LastSaved = Option<u64>;
 
-/// Striped locks that serialise one app instance's writes to the same session. Each stripe also
-/// remembers the last save made under it, so the next writer of that session knows whether its
-/// loaded version is already stale.
+/// How long a request waits for another request of this instance to finish writing the same
+/// session before it gives up with [`StoreError::Timeout`] (answered 503).
+const WRITE_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// One lock per session being written, serialising one app instance's writes to that session
+/// and nothing else: requests writing other sessions never wait on it. A session's lock also
+/// remembers the last save made under it, so the next writer knows whether its loaded version
+/// is already stale. A lock lives only while some request holds or waits for it.
 pub(crate) struct WriteLocks {
-    stripes: Vec<tokio::sync::Mutex<LastSaved>>,
+    by_id: Mutex<HashMap<String, Arc<tokio::sync::Mutex<LastSaved>>>>,
+}
+
+/// A held [`WriteLocks`] lock; removes the session's entry when nobody else wants it.
+struct WriteGuard<'a> {
+    locks: &'a WriteLocks,
+    id: String,
+    lock: Arc<tokio::sync::Mutex<LastSaved>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<LastSaved>>,
 }
 
 impl WriteLocks {
-    /// Enough stripes that unrelated sessions rarely wait on each other.
-    const STRIPES: usize = 256;
-
     pub(crate) fn new() -> Self {
         Self {
-            stripes: (0..Self::STRIPES)
-                .map(|_| tokio::sync::Mutex::new(None))
-                .collect(),
+            by_id: Mutex::new(HashMap::new()),
         }
     }
 
-    async fn lock(&self, id: &str) -> tokio::sync::MutexGuard<'_, LastSaved> {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(id);
-        let stripe = usize::try_from(hash % Self::STRIPES as u64).unwrap_or(0);
-        self.stripes[stripe].lock().await
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<LastSaved>>>> {
+        self.by_id
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Locks session `id` for writing, waiting at most [`WRITE_LOCK_WAIT`].
+    async fn lock(&self, id: &str) -> Result<WriteGuard<'_>, StoreError> {
+        let lock = self.map().entry(id.to_owned()).or_default().clone();
+        let mut guard = WriteGuard {
+            locks: self,
+            id: id.to_owned(),
+            lock: lock.clone(),
+            guard: None,
+        };
+        match tokio::time::timeout(WRITE_LOCK_WAIT, lock.lock_owned()).await {
+            Ok(held) => {
+                guard.guard = Some(held);
+                Ok(guard)
+            }
+            Err(_) => {
+                tracing::warn!("another request held the session for too long; answering 503");
+                Err(StoreError::Timeout)
+            }
+        }
+    }
+
+    /// Sessions with a lock now (held or waited for).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map().len()
+    }
+}
+
+impl std::ops::Deref for WriteGuard<'_> {
+    type Target = LastSaved;
+    fn deref(&self) -> &LastSaved {
+        self.guard.as_ref().expect("held")
+    }
+}
+
+impl std::ops::DerefMut for WriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut LastSaved {
+        self.guard.as_mut().expect("held")
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.map();
+        // The map's reference and this guard's: nobody else holds or waits for it. New
+        // lockers clone it under the map's lock, so this cannot race them.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.id);
+        }
     }
 }
 
@@ -468,6 +528,100 @@ mod tests {
         store.destroy(&id).await.unwrap();
         assert!(matches!(slow.commit().await.unwrap(), Outcome::Unchanged));
         assert_eq!(store.get(&id).await.unwrap(), None);
+    }
+
+    /// A store whose saves of one session wait until `release` is notified.
+    struct Stuck {
+        store: MemorySessionStore,
+        stuck_id: String,
+        release: Arc<tokio::sync::Notify>,
+    }
+
+    #[gonest_session_core::async_trait]
+    impl SessionStore for Stuck {
+        async fn get(
+            &self,
+            id: &str,
+        ) -> Result<Option<gonest_session_core::SessionRecord>, StoreError> {
+            self.store.get(id).await
+        }
+        async fn save(&self, save: Save) -> Result<gonest_session_core::Saved, StoreError> {
+            if save.id == self.stuck_id {
+                self.release.notified().await;
+            }
+            self.store.save(save).await
+        }
+        async fn destroy(&self, id: &str) -> Result<bool, StoreError> {
+            self.store.destroy(id).await
+        }
+        async fn touch(
+            &self,
+            id: &str,
+            ttl: Option<Duration>,
+        ) -> Result<Option<SystemTime>, StoreError> {
+            self.store.touch(id, ttl).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_session_holds_up_no_other_session_and_its_own_writers_not_forever() {
+        let memory = MemorySessionStore::new(Duration::from_secs(60));
+        let stuck_id = id::generate();
+        memory
+            .save(Save::new(&stuck_id, SessionData::new()))
+            .await
+            .unwrap();
+        let store: Arc<dyn SessionStore> = Arc::new(Stuck {
+            store: memory.clone(),
+            stuck_id: stuck_id.clone(),
+            release: Arc::new(tokio::sync::Notify::new()),
+        });
+        let locks = Arc::new(WriteLocks::new());
+        let options = Arc::new(SessionOptions::default());
+        let open = |cookie: &str| {
+            Session::new(
+                store.clone(),
+                options.clone(),
+                locks.clone(),
+                Some(cookie.to_owned()),
+            )
+        };
+        let stuck = open(&stuck_id);
+        stuck.load().await.unwrap();
+        stuck.set_value("n", 1).unwrap();
+        let stuck = tokio::spawn(async move { stuck.commit().await });
+        tokio::task::yield_now().await;
+
+        // Many other sessions, each written while the stuck one holds its lock.
+        for _ in 0..2000 {
+            let other = id::generate();
+            memory
+                .save(Save::new(&other, SessionData::new()))
+                .await
+                .unwrap();
+            let session = open(&other);
+            session.load().await.unwrap();
+            session.set_value("n", 2).unwrap();
+            let started = tokio::time::Instant::now();
+            session.commit().await.unwrap();
+            assert_eq!(
+                started.elapsed(),
+                Duration::ZERO,
+                "waited on another session"
+            );
+        }
+
+        // A second writer of the stuck session gives up in bounded time.
+        let same = open(&stuck_id);
+        same.load().await.unwrap();
+        same.set_value("n", 3).unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(same.commit().await.err(), Some(StoreError::Timeout));
+        assert_eq!(started.elapsed(), WRITE_LOCK_WAIT);
+        assert_eq!(locks.len(), 1, "only the stuck session's lock is left");
+        stuck.abort();
+        let _ = stuck.await;
+        assert_eq!(locks.len(), 0, "locks go when nobody wants them");
     }
 
     #[tokio::test]
