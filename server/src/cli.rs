@@ -82,6 +82,16 @@ pub struct Cli {
     #[arg(long, env = "GONEST_SESSIOND_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
 
+    /// Connections open at once; more are closed as soon as they are accepted (logged at most
+    /// every 10 s). Default: the open-file limit (raised to its maximum at start) less 64.
+    #[arg(long, env = "GONEST_SESSIOND_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Time a new connection has to finish its TLS handshake (with TLS), HTTP/2 preface and
+    /// first SETTINGS frame; one that has not is closed.
+    #[arg(long, env = "GONEST_SESSIOND_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
     /// Log format; the filter comes from RUST_LOG (default: info).
     #[arg(long, env = "GONEST_SESSIOND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -142,6 +152,10 @@ impl Cli {
             max_sessions: self.max_sessions,
             shutdown_timeout: self.shutdown_timeout,
             metrics_listen: self.metrics_listen,
+            handshake_timeout: self.handshake_timeout,
+            max_connections: self
+                .max_connections
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             persistence: self.data_dir.as_ref().map(|dir| Persistence {
                 dir: dir.clone(),
                 interval: self.snapshot_interval,

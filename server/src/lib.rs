@@ -23,6 +23,7 @@
 //! [`MemorySessionStore`]: gonest_session_core::MemorySessionStore
 
 mod auth;
+mod budget;
 mod cli;
 mod health;
 mod incoming;
@@ -38,5 +39,5 @@ pub use auth::Tokens;
 pub use cli::{Cli, Command, LogFormat};
 pub use health::check as check_health;
 pub use persistence::Persistence;
-pub use server::{Config, TlsFiles, run};
+pub use server::{Config, MAX_STREAMS_PER_CONNECTION, TlsFiles, default_max_connections, run};
 pub use service::SessionService;

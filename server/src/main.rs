@@ -28,6 +28,12 @@ fn main() -> ExitCode {
 
 fn serve(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config()?;
+    // Every connection is a file descriptor: allow as many as the system lets this process have,
+    // as Redis does for maxclients.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = cli.workers {
         runtime.worker_threads(usize::from(workers));

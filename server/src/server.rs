@@ -39,6 +39,11 @@ pub struct Config {
     pub persistence: Option<Persistence>,
     /// Serve Prometheus metrics on `/metrics` at this address.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Time a new connection has to finish its TLS handshake (if any), HTTP/2 preface and
+    /// first SETTINGS frame before it is closed.
+    pub handshake_timeout: Duration,
+    /// Connections open at once; `None` sizes it from the open-file limit.
+    pub max_connections: Option<usize>,
 }
 
 /// A PEM certificate chain and its private key. `Debug` leaves the key out.
@@ -50,6 +55,32 @@ pub struct TlsFiles {
     pub key_pem: Vec<u8>,
 }
 
+impl TlsFiles {
+    /// A TLS acceptor serving this certificate, offering HTTP/2.
+    fn acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .context("invalid TLS certificate")?;
+        anyhow::ensure!(
+            !chain.is_empty(),
+            "the TLS certificate file holds no certificate"
+        );
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).context("invalid TLS key")?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("no TLS protocol version available")?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .context("the TLS key does not fit the certificate")?;
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+    }
+}
+
 impl std::fmt::Debug for TlsFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TlsFiles { .. }")
@@ -58,13 +89,25 @@ impl std::fmt::Debug for TlsFiles {
 
 /// How long one unary call may take on the server.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a TLS handshake may take before the connection is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Interval of the HTTP/2 pings that find dead peers, and how long a ping may go unanswered.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Streams one connection may have open at once.
-const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Streams one connection may have open at once. The Rust client uses two; each open stream
+/// may hold one request being received, up to the message limit.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+/// The HTTP/2 receive windows: how much a peer may send before the daemon reads it, per stream
+/// and per connection.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 2 << 20;
+/// File descriptors kept back from `--max-connections` when it is sized from the open-file limit:
+/// the listener, the snapshot files, the metrics endpoint, the log.
+const RESERVED_FDS: u64 = 64;
+
+/// The default `--max-connections`: the open-file soft limit less what the daemon needs besides.
+pub fn default_max_connections() -> usize {
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    usize::try_from(soft.saturating_sub(RESERVED_FDS).max(16)).unwrap_or(usize::MAX)
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -79,6 +122,8 @@ impl Default for Config {
             tls: None,
             persistence: None,
             metrics_listen: None,
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: None,
         }
     }
 }
@@ -138,23 +183,23 @@ pub async fn run(
         None => None,
     };
     let mut stop_rx = stopping.clone();
-    let mut builder = tonic::transport::Server::builder()
+    let accept = crate::incoming::Accept {
+        handshake_timeout: config.handshake_timeout,
+        max_connections: config
+            .max_connections
+            .unwrap_or_else(default_max_connections),
+        tls: config.tls.as_ref().map(TlsFiles::acceptor).transpose()?,
+        answer_budget: crate::budget::ANSWER_BYTES_IN_FLIGHT,
+    };
+    let max_connections = accept.max_connections;
+    let server = tonic::transport::Server::builder()
         // Bounds a unary call; Pipeline streams live on, their operations answered one by one.
         .timeout(CALL_TIMEOUT)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
-    if let Some(tls) = &config.tls {
-        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-        builder = builder
-            .tls_config(
-                tonic::transport::ServerTlsConfig::new()
-                    .identity(identity)
-                    .timeout(TLS_HANDSHAKE_TIMEOUT),
-            )
-            .context("invalid TLS certificate or key")?;
-    }
-    let server = builder
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -167,12 +212,9 @@ pub async fn run(
                 .max_encoding_message_size(usize::MAX),
             config.tokens.clone(),
         ))
-        .serve_with_incoming_shutdown(
-            crate::incoming::accept(listener, crate::incoming::FIRST_BYTES_TIMEOUT),
-            async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            },
-        );
+        .serve_with_incoming_shutdown(crate::incoming::accept(listener, accept), async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        });
     let mut server = tokio::spawn(server);
     let snapshots = config.persistence.clone().map(|persistence| {
         tokio::spawn(snapshot_every_interval(
@@ -182,7 +224,13 @@ pub async fn run(
             stopping.clone(),
         ))
     });
-    tracing::info!(%addr, tls = config.tls.is_some(), auth = config.tokens.required(), "gonest-sessiond listening");
+    tracing::info!(
+        %addr,
+        tls = config.tls.is_some(),
+        auth = config.tokens.required(),
+        max_connections,
+        "gonest-sessiond listening"
+    );
 
     tokio::select! {
         served = &mut server => {

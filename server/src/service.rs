@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::budget::AnswerBudget;
+use crate::incoming::ConnInfo;
 use crate::memory_usage;
 use crate::metrics::Metrics;
 
@@ -132,6 +134,14 @@ fn log_failure(status: &Status) {
     }
 }
 
+/// The answer budget of the connection `request` came on (none when called in process).
+fn answer_budget<T>(request: &Request<T>) -> Option<Arc<AnswerBudget>> {
+    request
+        .extensions()
+        .get::<ConnInfo>()
+        .map(|info| info.budget.clone())
+}
+
 /// The response stream of `Pipeline`.
 pub type PipelineStream = Pin<Box<dyn Stream<Item = Result<pb::PipelineResponse, Status>> + Send>>;
 
@@ -141,9 +151,18 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let budget = answer_budget(&request);
         let request = request.into_inner();
-        self.run("get", || SessionService::get(self, request))
-            .map(Response::new)
+        let get = || {
+            let answer = self.run("get", || SessionService::get(self, request));
+            let size = answer.as_ref().map_or(0, prost::Message::encoded_len);
+            (answer, size)
+        };
+        match budget {
+            Some(budget) => budget.produce(get).await,
+            None => get().0,
+        }
+        .map(Response::new)
     }
 
     async fn save(
@@ -198,14 +217,31 @@ impl pb::session_store_server::SessionStore for SessionService {
         request: Request<Streaming<pb::PipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
         let service = self.clone();
+        let budget = answer_budget(&request);
         let mut stopping = self.stopping.clone();
         let stopped = async move {
             // An error means the daemon is gone, which is as good as stopping.
             let _ = stopping.wait_for(|stop| *stop).await;
         };
+        // While the connection's answers are not being taken, the next operation waits for the
+        // budget before it is applied, and the stream reads no further requests.
         let answers = request
             .into_inner()
-            .map(move |item| item.map(|op| service.apply(op)))
+            .then(move |item| {
+                let (service, budget) = (service.clone(), budget.clone());
+                async move {
+                    let op = item?;
+                    let apply = || {
+                        let answer = service.apply(op);
+                        let size = prost::Message::encoded_len(&answer);
+                        (answer, size)
+                    };
+                    Ok(match budget {
+                        Some(budget) => budget.produce(apply).await,
+                        None => apply().0,
+                    })
+                }
+            })
             .take_until(Box::pin(stopped));
         Ok(Response::new(Box::pin(answers)))
     }

@@ -1,0 +1,126 @@
+//! Bounds the answers a connection has produced and its peer has not yet taken off the socket.
+//!
+//! HTTP/2 flow control does not bound them: an answer handed to hyper is buffered whole, sent
+//! or not, so a peer that asks and never reads could make the daemon hold answer after answer
+//! (a thousand 1 MiB sessions, a gigabyte). Instead each connection has a budget of answer bytes:
+//! an answer is counted against it when produced and paid back as bytes are written to the
+//! socket. A call that finds the budget spent waits before it produces its answer, and a
+//! `Pipeline` stream waiting so reads no further requests, so what such a peer costs the daemon
+//! is the budget and one answer, whatever it sends.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+/// Answer bytes a connection may have produced and not yet written, beyond the one answer that
+/// goes over it.
+pub(crate) const ANSWER_BYTES_IN_FLIGHT: usize = 4 << 20;
+
+/// One connection's budget; see the module docs.
+#[derive(Debug)]
+pub(crate) struct AnswerBudget {
+    limit: usize,
+    /// Answer bytes produced and not yet written. Writes of anything else (headers, health
+    /// answers) pay it back too, which only ever errs towards letting answers through.
+    in_flight: AtomicUsize,
+    /// Serialises producing an answer against the check of the budget, so only one answer at a
+    /// time can go over it.
+    producing: Mutex<()>,
+    /// Wakes producers waiting for the budget when bytes are written.
+    written: Notify,
+}
+
+impl AnswerBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            in_flight: AtomicUsize::new(0),
+            producing: Mutex::new(()),
+            written: Notify::new(),
+        }
+    }
+
+    /// Waits until the connection's answers in flight are under the limit, then calls `answer`
+    /// and counts the size it reports.
+    pub(crate) async fn produce<T>(&self, answer: impl FnOnce() -> (T, usize)) -> T {
+        let mut answer = Some(answer);
+        loop {
+            // Created before the check, so a write between the check and the wait still wakes it.
+            let written = self.written.notified();
+            {
+                let _producing = self
+                    .producing
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if self.in_flight.load(Ordering::Acquire) < self.limit {
+                    let (value, bytes) = (answer.take().expect("called once"))();
+                    self.in_flight.fetch_add(bytes, Ordering::AcqRel);
+                    return value;
+                }
+            }
+            written.await;
+        }
+    }
+
+    /// Pays back `bytes` written to the socket.
+    pub(crate) fn written(&self, bytes: usize) {
+        let before = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(bytes))
+            })
+            .unwrap_or_default();
+        if before >= self.limit {
+            self.written.notify_waiters();
+        }
+    }
+
+    /// Answer bytes produced and not yet written.
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_wait_while_the_budget_is_spent_and_go_on_as_bytes_are_written() {
+        let budget = Arc::new(AnswerBudget::new(100));
+        // Under the limit: goes at once, even if it takes the total over.
+        assert_eq!(budget.produce(|| ("first", 150)).await, "first");
+        assert_eq!(budget.in_flight(), 150);
+        let produced = Arc::new(AtomicUsize::new(0));
+        let waiting = {
+            let (budget, produced) = (budget.clone(), produced.clone());
+            tokio::spawn(async move {
+                budget
+                    .produce(|| {
+                        produced.fetch_add(1, Ordering::SeqCst);
+                        ((), 10)
+                    })
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(
+            produced.load(Ordering::SeqCst),
+            0,
+            "over budget: not produced"
+        );
+        budget.written(40);
+        tokio::task::yield_now().await;
+        assert_eq!(produced.load(Ordering::SeqCst), 0, "110 still in flight");
+        budget.written(20);
+        waiting.await.unwrap();
+        assert_eq!(produced.load(Ordering::SeqCst), 1);
+        assert_eq!(budget.in_flight(), 100);
+        budget.written(1000);
+        assert_eq!(budget.in_flight(), 0, "never below zero");
+    }
+}

@@ -1,0 +1,266 @@
+//! No peer holds what other clients need: connections that never finish their handshake are
+//! closed, the number of connections is capped, and a peer that asks for answers and never
+//! reads them costs the daemon a bounded amount of memory.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, Process};
+use gonest_session_proto::pb;
+use gonest_sessiond::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Connects and sends `bytes`, then nothing more.
+async fn half_open(addr: std::net::SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+/// Waits for the daemon to close `stream` (a minute at most: the test fails if it does not).
+async fn closed_by_daemon(mut stream: TcpStream) {
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buffer))
+            .await
+            .expect("the daemon kept a half-open connection");
+        match read {
+            Ok(0) | Err(_) => return,
+            // A daemon may answer the preface with its own SETTINGS before giving up.
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn served(daemon: &Daemon) {
+    let mut client = daemon.client();
+    let saved = client
+        .save(pb::SaveRequest {
+            session: Some(pb::Session {
+                id: "normal".into(),
+                ..Default::default()
+            }),
+            expected_version: None,
+            ttl: None,
+        })
+        .await
+        .unwrap();
+    assert!(saved.into_inner().version >= 1);
+}
+
+// Paused time: the handshake timeout passes as soon as everything is idle, no real waiting.
+#[tokio::test(start_paused = true)]
+async fn a_handshake_left_unfinished_is_closed() {
+    let daemon = Daemon::start(Config::default()).await;
+    let mut settings = PREFACE.to_vec();
+    settings.extend_from_slice(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0]); // SETTINGS of 6 bytes, 3 sent:
+    settings.extend_from_slice(&[0, 3, 0]);
+    for bytes in [
+        &b"P"[..],
+        &PREFACE[..10],
+        PREFACE,
+        &settings[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        closed_by_daemon(half_open(daemon.addr, bytes).await).await;
+    }
+    served(&daemon).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normal_client_is_served_while_2000_half_open_connections_are_held() {
+    // Both ends of every connection are in this process.
+    rlimit::increase_nofile_limit(8192).unwrap();
+    let daemon = Daemon::start(Config {
+        handshake_timeout: Duration::from_secs(120),
+        ..Config::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for i in 0..2000 {
+        let bytes: &[u8] = if i % 2 == 0 { b"P" } else { &PREFACE[..20] };
+        held.push(half_open(daemon.addr, bytes).await);
+    }
+    tokio::time::timeout(Duration::from_secs(10), served(&daemon))
+        .await
+        .expect("a normal client waited behind half-open connections");
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_beyond_max_connections_are_closed_at_once() {
+    let daemon = Daemon::start(Config {
+        max_connections: Some(10),
+        handshake_timeout: Duration::from_secs(30),
+        ..Config::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(half_open(daemon.addr, b"P").await);
+    }
+    let started = tokio::time::Instant::now();
+    closed_by_daemon(half_open(daemon.addr, PREFACE).await).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "closed at once, not at the handshake timeout"
+    );
+    // Once the held ones go, clients are served again.
+    drop(held);
+    served(&daemon).await;
+}
+
+/// The daemon process's resident memory, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// One connection that opens as many `Pipeline` streams as the daemon allows (up to 256), asks
+/// each for `gets` Gets of session `id`, and never reads an answer. Its HTTP/2 connection is
+/// driven (so the daemon sees its window updates and pings answered) until dropped.
+struct NeverReads {
+    _streams: Vec<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)>,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl NeverReads {
+    async fn open(addr: &str, id: &str, gets: u64) -> Self {
+        use bytes::BufMut;
+        use prost::Message;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut body = bytes::BytesMut::new();
+        for tag in 0..gets {
+            let request = pb::PipelineRequest {
+                tag,
+                op: Some(pb::pipeline_request::Op::Get(pb::GetRequest {
+                    id: id.into(),
+                })),
+            }
+            .encode_to_vec();
+            body.put_u8(0);
+            body.put_u32(u32::try_from(request.len()).unwrap());
+            body.put_slice(&request);
+        }
+        let body = body.freeze();
+        let mut streams = Vec::new();
+        for _ in 0..256 {
+            // The daemon allows fewer streams than asked for: stop when no more are granted.
+            let Ok(Ok(ready)) =
+                tokio::time::timeout(Duration::from_millis(500), client.clone().ready()).await
+            else {
+                break;
+            };
+            client = ready;
+            let request = http::Request::post(format!(
+                "http://{addr}/gonest.session.v1.SessionStore/Pipeline"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+            let (response, mut send) = client.send_request(request, false).unwrap();
+            send.send_data(body.clone(), false).unwrap();
+            streams.push((response, send));
+        }
+        assert!(streams.len() >= 16, "only {} streams opened", streams.len());
+        Self {
+            _streams: streams,
+            connection,
+        }
+    }
+}
+
+impl Drop for NeverReads {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_nobody_reads_cost_bounded_memory_which_is_returned() {
+    const MIB: u64 = 1 << 20;
+    let daemon = Process::start(&[]).await;
+    let pid = daemon.child.id().unwrap();
+    let channel = tonic::transport::Channel::from_shared(daemon.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::session_store_client::SessionStoreClient::new(channel)
+        .max_decoding_message_size(usize::MAX);
+    // A session at the default 1 MiB limit: key and value.
+    let blob = vec![b'x'; (1 << 20) - 4];
+    client
+        .save(pb::SaveRequest {
+            session: Some(pb::Session {
+                id: "big".into(),
+                data: [("blob".to_owned(), blob)].into(),
+                ..Default::default()
+            }),
+            expected_version: None,
+            ttl: None,
+        })
+        .await
+        .unwrap();
+    let before = rss(pid);
+
+    let addr = daemon.addr.clone();
+    let mut attackers = Vec::new();
+    for _ in 0..3 {
+        attackers.push(NeverReads::open(&addr, "big", 40).await);
+    }
+    // Sample the daemon's memory while the attack runs; a normal client is served meanwhile.
+    let mut peak = 0;
+    for sample in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss(pid));
+        if sample == 15 {
+            let got = tokio::time::timeout(
+                Duration::from_secs(5),
+                client.get(pb::GetRequest { id: "big".into() }),
+            )
+            .await
+            .expect("a normal client was not served during the attack")
+            .unwrap();
+            assert!(got.into_inner().session.is_some());
+        }
+    }
+    eprintln!(
+        "daemon RSS: {} MiB before, {} MiB at the peak of the attack",
+        before / MIB,
+        peak / MIB
+    );
+    assert!(
+        peak < 256 * MIB,
+        "RSS reached {} MiB under three connections that never read",
+        peak / MIB
+    );
+
+    drop(attackers);
+    let mut after = rss(pid);
+    for _ in 0..100 {
+        if after < before + 64 * MIB {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = rss(pid);
+    }
+    eprintln!("daemon RSS: {} MiB after the attack", after / MIB);
+    assert!(
+        after < before + 64 * MIB,
+        "memory was kept after the attack: {} MiB, from {} MiB",
+        after / MIB,
+        before / MIB
+    );
+}
