@@ -439,23 +439,25 @@ impl MemorySessionStore {
         Ok(true)
     }
 
-    /// Writes every live session to `out` in the snapshot format, reading one shard at a time
-    /// under its read lock (reads go on meanwhile; a write to that shard waits for the shard).
-    /// Returns how many sessions it wrote.
+    /// Writes every live session to `out` in the snapshot format and returns how many it wrote.
+    ///
+    /// The sessions written are those of one moment, when this was called: sessions saved or
+    /// destroyed meanwhile are written as they were then (a session moved to a new id by a
+    /// regenerate is always in it, under one id or both). Shards are copied one at a time under
+    /// their lock and written with no lock held, so a slow disk stalls no request.
     pub fn write_snapshot<W: std::io::Write>(&self, out: W) -> std::io::Result<(W, u64)> {
         let cutoff = Nanos::from(self.inner.clock.now());
         let mut writer = SnapshotWriter::new(out)?;
-        self.inner.map.for_each(|record| {
-            if record.is_live(cutoff) {
+        self.inner.map.snapshot(cutoff, |records| {
+            records.iter().try_for_each(|record| {
                 writer.record(
                     record.id(),
                     record.version(),
                     record.created_at().0,
                     record.expires_at().0,
                     record.data(),
-                )?;
-            }
-            Ok::<_, std::io::Error>(())
+                )
+            })
         })?;
         writer.finish()
     }
@@ -1188,6 +1190,53 @@ mod tests {
         let mut seen = Vec::new();
         store.for_each_live(|r| seen.push(r.id));
         assert_eq!(seen, ["r"]);
+    }
+
+    #[test]
+    fn a_snapshot_never_misses_a_session_moving_to_a_new_id() {
+        let store = store();
+        let users = 8;
+        for user in 0..users {
+            store
+                .save_now(Save::new(format!("u{user}-0"), data(&[])))
+                .unwrap();
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let movers: Vec<_> = (0..users)
+            .map(|user| {
+                let (store, stop) = (store.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        // What the session layer does at login: save under a new id, then
+                        // destroy the old one.
+                        store
+                            .save_now(Save::new(format!("u{user}-{}", n + 1), data(&[])))
+                            .unwrap();
+                        store.destroy_now(&format!("u{user}-{n}")).unwrap();
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..50 {
+            let (bytes, _) = store.write_snapshot(Vec::new()).unwrap();
+            let restored = MemorySessionStore::builder()
+                .sweep_interval(None)
+                .build()
+                .unwrap();
+            restored.load_snapshot(&bytes).unwrap();
+            let mut found = vec![0; users];
+            restored.for_each_live(|record| {
+                let user: usize = record.id[1..record.id.find('-').unwrap()].parse().unwrap();
+                found[user] += 1;
+            });
+            assert!(found.iter().all(|&n| n >= 1), "a user vanished: {found:?}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        for mover in movers {
+            mover.join().unwrap();
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,11 +11,11 @@
 
 use std::hash::BuildHasher;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 /// Shards as a power of two. With a million sessions a shard holds about 250, so sweeping one
 /// takes tens of microseconds.
@@ -132,9 +132,42 @@ impl Record {
 /// Session id to [`Record`], in [`SHARDS`] independently locked shards.
 pub(crate) struct Table {
     shards: Box<[Shard]>,
+    /// Whether a snapshot is being taken: writers then check `snapshot` first.
+    snapshotting: AtomicBool,
+    /// The snapshot being taken, if any (see [`Table::snapshot`]).
+    snapshot: Mutex<Option<Snapshot>>,
+    /// Held for the whole of a snapshot: one at a time.
+    one_snapshot: Mutex<()>,
     /// Seeded at random per table, so ids chosen to collide in one daemon do not collide in
     /// another.
     hasher: foldhash::quality::RandomState,
+}
+
+/// A snapshot in progress: which shards it has copied, and the copies writers made for it.
+struct Snapshot {
+    /// Records live at this time are copied; the others had expired when the snapshot began.
+    cutoff: Nanos,
+    /// Shards copied so far, by the snapshot or by a writer about to change them.
+    copied: Vec<bool>,
+    /// Copies writers made, waiting to be handed to the snapshot.
+    pending: Vec<Vec<Record>>,
+}
+
+impl Snapshot {
+    /// Copies `records` (shard `index`, whose lock the caller holds) unless copied already.
+    fn copy(&mut self, index: usize, records: &HashTable<Record>) -> Option<Vec<Record>> {
+        if std::mem::replace(&mut self.copied[index], true) {
+            return None;
+        }
+        let cutoff = self.cutoff;
+        Some(
+            records
+                .iter()
+                .filter(|r| r.is_live(cutoff))
+                .cloned()
+                .collect(),
+        )
+    }
 }
 
 /// One shard: its records, and the earliest time any of them may expire.
@@ -168,6 +201,9 @@ impl Table {
     pub(crate) fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Shard::new()).collect(),
+            snapshotting: AtomicBool::new(false),
+            snapshot: Mutex::new(None),
+            one_snapshot: Mutex::new(()),
             hasher: foldhash::quality::RandomState::default(),
         }
     }
@@ -178,8 +214,12 @@ impl Table {
 
     /// The shard of `hash`. hashbrown takes a slot's index from the low bits and its tag from the
     /// top 7, so the shard comes from the bits just below the tag.
+    fn shard_index(hash: u64) -> usize {
+        ((hash << 7) >> (64 - SHARD_BITS)) as usize
+    }
+
     fn shard(&self, hash: u64) -> &Shard {
-        &self.shards[((hash << 7) >> (64 - SHARD_BITS)) as usize]
+        &self.shards[Self::shard_index(hash)]
     }
 
     /// Calls `f` with the record of `id`, if any, under its shard's read lock.
@@ -207,6 +247,10 @@ impl Table {
         let hash = self.hash(id);
         let shard = self.shard(hash);
         let mut records = shard.records.write();
+        if self.snapshotting.load(Ordering::Acquire) {
+            // A snapshot in progress sees this shard as it was when the snapshot began.
+            self.copy_for_snapshot(Self::shard_index(hash), &records);
+        }
         if let Some(at) = expires_at {
             // Under the write lock, so a sweep setting `earliest` cannot overwrite it.
             shard.earliest.fetch_min(at.0, Ordering::Relaxed);
@@ -216,6 +260,63 @@ impl Table {
             |record| record.id() == id,
             |record| self.hash(record.id()),
         ))
+    }
+
+    /// Copies shard `index` (whose lock the caller holds) for the snapshot in progress, unless
+    /// it has been copied already.
+    fn copy_for_snapshot(&self, index: usize, records: &HashTable<Record>) {
+        let mut snapshot = self.snapshot.lock();
+        if let Some(snapshot) = snapshot.as_mut()
+            && let Some(copy) = snapshot.copy(index, records)
+        {
+            snapshot.pending.push(copy);
+        }
+    }
+
+    /// Hands `write` every record live at `cutoff`, as the table was when this was called, a
+    /// shard's worth at a time, with no lock held, so a slow `write` (a disk) stalls nothing.
+    ///
+    /// The shards are copied one at a time; a write to a shard not copied yet copies it first.
+    /// So the records handed over are one moment's: a session moved to a new id (saved under
+    /// the new one, then destroyed under the old) is in it under at least one of them. One
+    /// snapshot runs at a time; a second call waits for the first.
+    pub(crate) fn snapshot<E>(
+        &self,
+        cutoff: Nanos,
+        mut write: impl FnMut(&[Record]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let _one = self.one_snapshot.lock();
+        *self.snapshot.lock() = Some(Snapshot {
+            cutoff,
+            copied: vec![false; SHARDS],
+            pending: Vec::new(),
+        });
+        self.snapshotting.store(true, Ordering::Release);
+        let mut written = Ok(());
+        for (index, shard) in self.shards.iter().enumerate() {
+            let (copy, pending) = {
+                let records = shard.records.read();
+                let mut snapshot = self.snapshot.lock();
+                let snapshot = snapshot.as_mut().expect("set above");
+                (
+                    snapshot.copy(index, &records),
+                    std::mem::take(&mut snapshot.pending),
+                )
+            };
+            written = copy
+                .iter()
+                .chain(&pending)
+                .try_for_each(|records| write(records));
+            if written.is_err() {
+                break;
+            }
+        }
+        self.snapshotting.store(false, Ordering::Release);
+        let rest = self.snapshot.lock().take().map(|s| s.pending);
+        written?;
+        rest.unwrap_or_default()
+            .iter()
+            .try_for_each(|records| write(records))
     }
 
     /// Whether shard `index` may hold a record expired at `now`.
@@ -284,6 +385,96 @@ mod tests {
         assert!(!r.is_live(Nanos(u64::MAX)));
         let empty = record("a", b"");
         assert_eq!((empty.id(), empty.data()), (&b"a"[..], &b""[..]));
+    }
+
+    fn insert(table: &Table, id: &str) {
+        table.write(id, |entry| match entry {
+            Entry::Vacant(vacant) => {
+                vacant.insert(record(id, b""));
+            }
+            Entry::Occupied(mut occupied) => *occupied.get_mut() = record(id, b""),
+        });
+    }
+
+    fn remove(table: &Table, id: &str) {
+        table.write(id, |entry| {
+            if let Entry::Occupied(occupied) = entry {
+                occupied.remove();
+            }
+        });
+    }
+
+    fn ids_of(records: &[Record]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| String::from_utf8(r.id().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_is_the_table_as_it_was_when_it_began() {
+        let table = Table::new();
+        let ids: Vec<String> = (0..2000).map(|i| format!("old-{i}")).collect();
+        for id in &ids {
+            insert(&table, id);
+        }
+        let mut seen = Vec::new();
+        let mut first = true;
+        table
+            .snapshot(Nanos(0), |records| {
+                if first {
+                    first = false;
+                    // Mid-snapshot, every session moves to a new id: saved under the new one,
+                    // then destroyed under the old one, in shards copied or not yet copied.
+                    for id in &ids {
+                        insert(&table, &id.replace("old", "new"));
+                        remove(&table, id);
+                    }
+                }
+                seen.extend(ids_of(records));
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        seen.sort();
+        let mut expected = ids.clone();
+        expected.sort();
+        assert_eq!(
+            seen, expected,
+            "exactly the sessions as they were at the start"
+        );
+        // After the snapshot, writes copy nothing.
+        assert!(table.snapshot.lock().is_none());
+        let mut after = Vec::new();
+        table
+            .snapshot(Nanos(0), |records| {
+                after.extend(ids_of(records));
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert_eq!(after.len(), 2000);
+        assert!(after.iter().all(|id| id.starts_with("new-")));
+    }
+
+    #[test]
+    fn a_snapshot_leaves_out_records_expired_at_its_cutoff() {
+        let table = Table::new();
+        insert(&table, "live"); // expires at Nanos(2)
+        let mut seen = Vec::new();
+        table
+            .snapshot(Nanos(1), |records| {
+                seen.extend(ids_of(records));
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert_eq!(seen, ["live"]);
+        seen.clear();
+        table
+            .snapshot(Nanos(2), |records| {
+                seen.extend(ids_of(records));
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert!(seen.is_empty());
     }
 
     #[test]
