@@ -50,6 +50,11 @@ pub struct Cli {
     #[arg(long, env = "GONEST_SESSIOND_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// How long health reports NOT_SERVING after SIGTERM / Ctrl-C before the listener closes,
+    /// so load balancers and clients move to another daemon first (0s: none).
+    #[arg(long, env = "GONEST_SESSIOND_SHUTDOWN_DRAIN", default_value = "1s", value_parser = parse_drain)]
+    pub shutdown_drain: Duration,
+
     /// File holding the bearer token(s) every SessionStore call must carry, one per line
     /// (health stays open). Without it, calls are not authenticated.
     #[arg(long, env = "GONEST_SESSIOND_AUTH_TOKEN_FILE")]
@@ -151,6 +156,7 @@ impl Cli {
             max_session_bytes: self.max_session_bytes,
             max_sessions: self.max_sessions,
             shutdown_timeout: self.shutdown_timeout,
+            shutdown_drain: self.shutdown_drain,
             metrics_listen: self.metrics_listen,
             handshake_timeout: self.handshake_timeout,
             max_connections: self
@@ -185,6 +191,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".to_owned());
     }
     Ok(duration)
+}
+
+/// Parses a duration that may be zero, such as `0s` or `2s`.
+fn parse_drain(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|err| format!("{err} (write durations like 0s, 500ms, 2s)"))
 }
 
 /// Parses a byte count: a number, optionally followed by B, KiB, MiB or GiB.

@@ -25,6 +25,7 @@
 mod auth;
 mod budget;
 mod cli;
+mod draining;
 mod health;
 mod incoming;
 pub mod logging;

@@ -31,6 +31,9 @@ pub struct Config {
     pub max_sessions: u64,
     /// How long in-flight calls may run on once shutdown starts.
     pub shutdown_timeout: Duration,
+    /// How long health reports `NOT_SERVING` before the listener closes, so load balancers and
+    /// clients move away first. Zero by default here; the binary's default is 1 s.
+    pub shutdown_drain: Duration,
     /// The tokens `SessionStore` calls must carry; none means no authentication.
     pub tokens: Tokens,
     /// Serve TLS with this certificate chain and key (PEM) instead of plaintext.
@@ -118,6 +121,7 @@ impl Default for Config {
             max_session_bytes: MemorySessionStore::DEFAULT_MAX_SESSION_BYTES,
             max_sessions: 0,
             shutdown_timeout: Duration::from_secs(10),
+            shutdown_drain: Duration::ZERO,
             tokens: Tokens::default(),
             tls: None,
             persistence: None,
@@ -173,6 +177,7 @@ pub async fn run(
         );
     }
     let mut service = SessionService::new(store.clone(), stopping.clone());
+    let (in_flight, writes) = (service.in_flight(), service.writes());
     let metrics = match config.metrics_listen {
         Some(addr) => {
             let metrics = Arc::new(Metrics::new(store.clone()));
@@ -245,18 +250,35 @@ pub async fn run(
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+    if !config.shutdown_drain.is_zero() {
+        tracing::info!(
+            drain = %humantime::format_duration(config.shutdown_drain),
+            "reporting NOT_SERVING before closing the listener"
+        );
+        tokio::time::sleep(config.shutdown_drain).await;
+    }
+    // Stop accepting, end open Pipeline streams, and wait for the calls in progress: not for
+    // idle connections or health Watch streams, which would hold shutdown as long as their
+    // peers like.
     let _ = stopping_tx.send(true);
-    match tokio::time::timeout(config.shutdown_timeout, &mut server).await {
-        Ok(served) => served
-            .context("server task failed")?
-            .context("server failed")?,
-        Err(_) => {
-            server.abort();
+    let served = tokio::select! {
+        served = &mut server => Some(served),
+        () = in_flight.idle() => None,
+        () = tokio::time::sleep(config.shutdown_timeout) => {
             tracing::warn!(
                 timeout = %humantime::format_duration(config.shutdown_timeout),
                 "in-flight calls did not finish in time; stopping anyway"
             );
+            None
         }
+    };
+    // From here on no write lands: the final snapshot below holds every acknowledged write.
+    writes.close();
+    match served {
+        Some(served) => served
+            .context("server task failed")?
+            .context("server failed")?,
+        None => server.abort(),
     }
     if let (Some(task), Some(persistence)) = (snapshots, &config.persistence) {
         // The periodic task has seen `stopping` and ends after any snapshot in progress; then

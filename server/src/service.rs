@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::budget::AnswerBudget;
+use crate::draining::{InFlight, WriteGate};
 use crate::incoming::ConnInfo;
 use crate::memory_usage;
 use crate::metrics::Metrics;
@@ -30,6 +31,10 @@ pub struct SessionService {
     stopping: watch::Receiver<bool>,
     /// Where operations are counted, when metrics are on.
     metrics: Option<Arc<Metrics>>,
+    /// The calls in progress, which shutdown waits for.
+    in_flight: Arc<InFlight>,
+    /// Closed by shutdown before the final snapshot: no write lands after it.
+    writes: Arc<WriteGate>,
 }
 
 impl SessionService {
@@ -39,7 +44,28 @@ impl SessionService {
             store,
             stopping,
             metrics: None,
+            in_flight: Arc::default(),
+            writes: Arc::default(),
         }
+    }
+
+    /// The calls in progress.
+    pub(crate) fn in_flight(&self) -> Arc<InFlight> {
+        self.in_flight.clone()
+    }
+
+    /// The gate every write passes.
+    pub(crate) fn writes(&self) -> Arc<WriteGate> {
+        self.writes.clone()
+    }
+
+    /// Runs a write through the gate; once shutdown has closed it, `UNAVAILABLE`.
+    fn write<T>(&self, write: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.writes.pass(write).unwrap_or_else(|| {
+            Err(StoreError::Unavailable(
+                "the daemon is shutting down".to_owned(),
+            ))
+        })
     }
 
     /// Counts every operation in `metrics`.
@@ -75,7 +101,8 @@ impl SessionService {
     }
 
     fn save(&self, request: pb::SaveRequest) -> Result<pb::SaveResponse, StoreError> {
-        let saved = self.store.save_now(save_from_pb(request)?)?;
+        let save = save_from_pb(request)?;
+        let saved = self.write(|| self.store.save_now(save))?;
         Ok(pb::SaveResponse {
             version: saved.version,
             created_at: Some(timestamp_to_pb(saved.created_at)),
@@ -84,13 +111,13 @@ impl SessionService {
     }
 
     fn destroy(&self, request: pb::DestroyRequest) -> Result<pb::DestroyResponse, StoreError> {
-        let existed = self.store.destroy_now(&request.id)?;
+        let existed = self.write(|| self.store.destroy_now(&request.id))?;
         Ok(pb::DestroyResponse { existed })
     }
 
     fn touch(&self, request: pb::TouchRequest) -> Result<pb::TouchResponse, StoreError> {
         let ttl = request.ttl.as_ref().map(duration_from_pb).transpose()?;
-        let expires_at = self.store.touch_now(&request.id, ttl)?;
+        let expires_at = self.write(|| self.store.touch_now(&request.id, ttl))?;
         Ok(pb::TouchResponse {
             found: expires_at.is_some(),
             expires_at: expires_at.map(timestamp_to_pb),
@@ -151,6 +178,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
+        let _call = self.in_flight.start();
         let budget = answer_budget(&request);
         let request = request.into_inner();
         let get = || {
@@ -169,6 +197,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::SaveRequest>,
     ) -> Result<Response<pb::SaveResponse>, Status> {
+        let _call = self.in_flight.start();
         let request = request.into_inner();
         self.run("save", || SessionService::save(self, request))
             .map(Response::new)
@@ -178,6 +207,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::DestroyRequest>,
     ) -> Result<Response<pb::DestroyResponse>, Status> {
+        let _call = self.in_flight.start();
         let request = request.into_inner();
         self.run("destroy", || SessionService::destroy(self, request))
             .map(Response::new)
@@ -187,6 +217,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::TouchRequest>,
     ) -> Result<Response<pb::TouchResponse>, Status> {
+        let _call = self.in_flight.start();
         let request = request.into_inner();
         self.run("touch", || SessionService::touch(self, request))
             .map(Response::new)
@@ -218,6 +249,8 @@ impl pb::session_store_server::SessionStore for SessionService {
     ) -> Result<Response<Self::PipelineStream>, Status> {
         let service = self.clone();
         let budget = answer_budget(&request);
+        // Counted until the response stream is dropped: its last answers sent, or the peer gone.
+        let call = self.in_flight.start();
         let mut stopping = self.stopping.clone();
         let stopped = async move {
             // An error means the daemon is gone, which is as good as stopping.
@@ -242,7 +275,10 @@ impl pb::session_store_server::SessionStore for SessionService {
                     })
                 }
             })
-            .take_until(Box::pin(stopped));
+            .take_until(Box::pin(stopped))
+            .inspect(move |_| {
+                let _counted = &call;
+            });
         Ok(Response::new(Box::pin(answers)))
     }
 }

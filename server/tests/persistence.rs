@@ -142,3 +142,50 @@ async fn a_damaged_or_truncated_snapshot_stops_start_up_with_directions() {
     assert_eq!(store.stats().await.unwrap().live_sessions, 0);
     let _ = daemon.child.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_peers_do_not_hold_shutdown_and_the_final_snapshot_is_written() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    // The daemon's defaults but the data dir: a 1 s drain, a 10 s shutdown timeout.
+    let daemon = Process::start(&["--data-dir", data_dir]).await;
+    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
+    let records = save_many(&store, 100).await;
+
+    // A health Watch stream (needs no token) and a connection that sent one byte.
+    let channel = tonic::transport::Channel::from_shared(daemon.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(channel)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some(), "the first status");
+    let mut one_byte = tokio::net::TcpStream::connect(&daemon.addr).await.unwrap();
+    one_byte.write_all(b"P").await.unwrap();
+
+    let started = std::time::Instant::now();
+    let (status, log) = daemon.terminate().await;
+    let took = started.elapsed();
+    assert!(status.success(), "{log:#?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown took {took:?}: {log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("snapshot written") && l.contains("\"sessions\":100")),
+        "{log:#?}"
+    );
+    drop((watch, one_byte, store));
+
+    let mut daemon = Process::start(&["--data-dir", data_dir]).await;
+    assert_all_back(&daemon.url(), &records).await;
+    let _ = daemon.child.kill().await;
+}
