@@ -355,7 +355,11 @@ impl MemorySessionStore {
                                 actual: Some(current.version()),
                             });
                         }
-                        *current = record(current.created_at(), current.version() + 1);
+                        // Only a snapshot made up by hand can hold a version this high.
+                        let Some(version) = current.version().checked_add(1) else {
+                            return Err(StoreError::invalid("session version is at its maximum"));
+                        };
+                        *current = record(current.created_at(), version);
                     } else {
                         // An expired record is absent: the save creates a new session in its place.
                         check_absent(save.expected_version)?;
