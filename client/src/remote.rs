@@ -10,11 +10,11 @@ use gonest_session_proto::pb::{
     session_store_client::SessionStoreClient,
 };
 use gonest_session_proto::{
-    duration_from_pb, duration_to_pb, error_from_status, message_limit, record_from_pb, save_to_pb,
-    timestamp_from_pb,
+    duration_from_pb, duration_to_pb, error_from_pb, error_from_status, message_limit,
+    record_from_pb, save_to_pb, timestamp_from_pb,
 };
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 use crate::RemoteSessionStoreBuilder;
 use crate::auth::{Client, ClientAuth};
@@ -171,10 +171,7 @@ impl RemoteSessionStore {
             .map_err(|_| StoreError::Timeout)?
             .map_err(|status| error_from_status(&status, expected_version))?;
         match answer {
-            Answer::Error(error) => {
-                let status = Status::new(Code::from(error.code), error.message);
-                Err(error_from_status(&status, expected_version))
-            }
+            Answer::Error(error) => Err(error_from_status(&error_from_pb(error), expected_version)),
             answer => Ok(answer),
         }
     }

@@ -43,8 +43,9 @@ async fn follows_the_store_contract() {
         err,
         StoreError::Conflict {
             expected: 5,
-            actual: None
-        }
+            actual: Some(1)
+        },
+        "the daemon says which version it has"
     );
     let err = store
         .save(Save::new("s", data(&[("k", &"x".repeat(100))])))

@@ -19,8 +19,8 @@ pub enum StoreError {
     Conflict {
         /// The version the save expected.
         expected: u64,
-        /// The live session's version, or `None` when there is no live session (it is only known
-        /// to an in-process store; a remote store reports `None`).
+        /// The live session's version, or `None` when there is no live session (or the store
+        /// does not say).
         actual: Option<u64>,
     },
     /// The session's keys and values together are larger than the store allows. Sent as

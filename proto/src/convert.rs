@@ -3,8 +3,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::collections::HashMap;
+
 use gonest_session_core::{Expiry, Result, Save, SessionRecord, StoreError};
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::pb;
 
@@ -122,7 +125,11 @@ pub fn save_to_pb(save: Save) -> pb::SaveRequest {
     }
 }
 
-/// The gRPC status a store error is answered with.
+/// The domain of the error details this contract sends.
+pub const ERROR_DOMAIN: &str = "gonest.session.v1";
+
+/// The gRPC status a store error is answered with: its code, its message, and for a refusal
+/// with figures, a `google.rpc.ErrorInfo` detail carrying them.
 pub fn status_from_error(error: &StoreError) -> Status {
     let code = match error {
         StoreError::InvalidArgument(_) => Code::InvalidArgument,
@@ -133,22 +140,60 @@ pub fn status_from_error(error: &StoreError) -> Status {
         StoreError::Timeout => Code::DeadlineExceeded,
         StoreError::Internal(_) => Code::Internal,
     };
-    Status::new(code, error.to_string())
+    let info = |reason: &str, metadata: Vec<(&str, u64)>| {
+        let metadata: HashMap<String, String> = metadata
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value.to_string()))
+            .collect();
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
+    };
+    let details = match error {
+        StoreError::TooLarge { size, limit } => info(
+            "SESSION_TOO_LARGE",
+            vec![("size", *size as u64), ("limit", *limit as u64)],
+        ),
+        StoreError::TooManySessions { limit } => info("SESSION_LIMIT", vec![("limit", *limit)]),
+        StoreError::Conflict { expected, actual } => info(
+            "VERSION_CONFLICT",
+            std::iter::once(("expected", *expected))
+                .chain(actual.map(|actual| ("actual", actual)))
+                .collect(),
+        ),
+        _ => return Status::new(code, error.to_string()),
+    };
+    Status::with_error_details(code, error.to_string(), details)
 }
 
-/// The store error a gRPC status stands for; the mapping back of [`status_from_error`].
+/// The store error a gRPC status stands for; the mapping back of [`status_from_error`], with
+/// the figures read from its details.
 ///
-/// `expected_version` is the version the failed call expected, which an `ABORTED` status does
-/// not carry.
+/// `expected_version` is the version the failed call expected, used when an `ABORTED` status
+/// carries no details (from a daemon that sends none).
 pub fn error_from_status(status: &Status, expected_version: Option<u64>) -> StoreError {
     let message = status.message().to_owned();
+    let info = status
+        .get_details_error_info()
+        .filter(|info| info.domain == ERROR_DOMAIN);
+    let figure = |key: &str| {
+        info.as_ref()
+            .and_then(|info| info.metadata.get(key))
+            .and_then(|value| value.parse::<u64>().ok())
+    };
+    let reason = info.as_ref().map(|info| info.reason.as_str());
     match status.code() {
         Code::InvalidArgument | Code::OutOfRange => StoreError::InvalidArgument(message),
         Code::Aborted | Code::FailedPrecondition => StoreError::Conflict {
-            expected: expected_version.unwrap_or(0),
-            actual: None,
+            expected: figure("expected").or(expected_version).unwrap_or(0),
+            actual: figure("actual"),
         },
-        Code::ResourceExhausted => limit_error(&message),
+        Code::ResourceExhausted => match (reason, figure("size"), figure("limit")) {
+            (Some("SESSION_TOO_LARGE"), Some(size), Some(limit)) => StoreError::TooLarge {
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+            },
+            (Some("SESSION_LIMIT"), _, Some(limit)) => StoreError::TooManySessions { limit },
+            _ => StoreError::Internal(format!("resource exhausted: {message}")),
+        },
         Code::Unauthenticated | Code::PermissionDenied => StoreError::Unauthenticated(message),
         Code::Unavailable | Code::Cancelled => StoreError::Unavailable(message),
         Code::DeadlineExceeded => StoreError::Timeout,
@@ -156,22 +201,22 @@ pub fn error_from_status(status: &Status, expected_version: Option<u64>) -> Stor
     }
 }
 
-/// Reads the limit back out of a `RESOURCE_EXHAUSTED` message written by [`status_from_error`].
-fn limit_error(message: &str) -> StoreError {
-    let numbers: Vec<u64> = message
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    match numbers.as_slice() {
-        [limit] if message.starts_with("session limit") => {
-            StoreError::TooManySessions { limit: *limit }
-        }
-        [size, limit] => StoreError::TooLarge {
-            size: usize::try_from(*size).unwrap_or(usize::MAX),
-            limit: usize::try_from(*limit).unwrap_or(usize::MAX),
-        },
-        _ => StoreError::Internal(format!("resource exhausted: {message}")),
+/// A failed `Pipeline` operation's answer, with the details its status carries.
+pub fn error_to_pb(status: &Status) -> pb::Error {
+    pb::Error {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: status.details().to_vec(),
     }
+}
+
+/// The status a failed `Pipeline` operation's answer stands for.
+pub fn error_from_pb(error: pb::Error) -> Status {
+    Status::with_details(
+        Code::from(error.code),
+        error.message,
+        bytes::Bytes::from(error.details),
+    )
 }
 
 #[cfg(test)]
@@ -186,6 +231,10 @@ mod tests {
                 expected: 3,
                 actual: None,
             },
+            StoreError::Conflict {
+                expected: 3,
+                actual: Some(5),
+            },
             StoreError::TooLarge {
                 size: 2_000_000,
                 limit: 1_048_576,
@@ -196,6 +245,13 @@ mod tests {
         ] {
             let status = status_from_error(&error);
             let back = error_from_status(&status, Some(3));
+            // And through a Pipeline answer, with the message text of no use.
+            let mut answer = error_to_pb(&status);
+            answer.message = "reworded".into();
+            let piped = error_from_status(&error_from_pb(answer), Some(3));
+            if !matches!(error, StoreError::Unauthenticated(_)) {
+                assert_eq!(piped, error, "through a Pipeline answer");
+            }
             match (&error, &back) {
                 (StoreError::Unauthenticated(_), StoreError::Unauthenticated(_)) => {}
                 _ => assert_eq!(error, back),

@@ -15,13 +15,15 @@
 //! # }
 //! ```
 
+pub mod codec;
 mod convert;
 mod limits;
 mod token_file;
 
 pub use convert::{
-    duration_from_pb, duration_to_pb, error_from_status, record_from_pb, record_to_pb,
-    save_from_pb, save_to_pb, status_from_error, timestamp_from_pb, timestamp_to_pb,
+    ERROR_DOMAIN, duration_from_pb, duration_to_pb, error_from_pb, error_from_status, error_to_pb,
+    record_from_pb, record_to_pb, save_from_pb, save_to_pb, status_from_error, timestamp_from_pb,
+    timestamp_to_pb,
 };
 pub use limits::{FRAMING_ALLOWANCE, message_limit};
 pub use token_file::{TokenFileError, parse_token_file};

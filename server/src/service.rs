@@ -5,8 +5,8 @@ use std::pin::Pin;
 use futures_util::{Stream, StreamExt};
 use gonest_session_core::{MemorySessionStore, StoreError};
 use gonest_session_proto::{
-    duration_from_pb, duration_to_pb, pb, record_to_pb, save_from_pb, status_from_error,
-    timestamp_to_pb,
+    duration_from_pb, duration_to_pb, error_to_pb, pb, record_to_pb, save_from_pb,
+    status_from_error, timestamp_to_pb,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
@@ -137,12 +137,7 @@ impl SessionService {
                 Err(StoreError::invalid("pipeline request has no operation"))
             }),
         };
-        let result = result.unwrap_or_else(|status| {
-            Answer::Error(pb::Error {
-                code: status.code() as i32,
-                message: status.message().to_owned(),
-            })
-        });
+        let result = result.unwrap_or_else(|status| Answer::Error(error_to_pb(&status)));
         pb::PipelineResponse {
             tag: request.tag,
             result: Some(result),

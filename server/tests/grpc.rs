@@ -616,3 +616,99 @@ async fn sessions_over_4_mib_save_and_read_back_when_the_limit_allows() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(stored(&mut client, "big").await.unwrap().version, 1);
 }
+
+#[tokio::test]
+async fn garbage_protobuf_is_the_callers_fault() {
+    let daemon = Daemon::start(Config::default()).await;
+    let mut grpc = tonic::client::Grpc::new(daemon.channel.clone());
+    grpc.ready().await.unwrap();
+    // Bytes that do not decode as a GetRequest: field 1 says 100 bytes follow, 2 do.
+    let status = grpc
+        .unary(
+            tonic::Request::new(vec![0x0a, 100, b'a', b'b']),
+            "/gonest.session.v1.SessionStore/Get".parse().unwrap(),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("malformed"), "{status:?}");
+}
+
+#[tokio::test]
+async fn refusals_carry_their_figures_as_error_details() {
+    use tonic_types::StatusExt;
+    let daemon = Daemon::start(Config {
+        max_session_bytes: 10,
+        ..Config::default()
+    })
+    .await;
+    let mut client = daemon.client();
+    let status = client
+        .save(save("big", &[("k", "0123456789")], None))
+        .await
+        .unwrap_err();
+    let info = status
+        .get_details_error_info()
+        .expect("an ErrorInfo detail");
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("SESSION_TOO_LARGE", "gonest.session.v1")
+    );
+    assert_eq!(
+        (&*info.metadata["size"], &*info.metadata["limit"]),
+        ("11", "10")
+    );
+
+    client.save(save("s", &[], None)).await.unwrap();
+    let status = client.save(save("s", &[], Some(7))).await.unwrap_err();
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "VERSION_CONFLICT");
+    assert_eq!(
+        (&*info.metadata["expected"], &*info.metadata["actual"]),
+        ("7", "1")
+    );
+}
+
+/// Sends and receives raw bytes, for requests no generated client would write.
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
