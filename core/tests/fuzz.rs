@@ -27,13 +27,15 @@ where
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut runner = TestRunner::new(Config {
+    let config = Config {
         cases: 512,
         failure_persistence: None,
         ..Config::default()
-    });
+    };
     let mut cases = 0u64;
     while Instant::now() < deadline {
+        // A runner runs its number of cases once; each new one draws a new random seed.
+        let mut runner = TestRunner::new(config.clone());
         if let Err(err) = runner.run(&strategy, &test) {
             panic!("{name}: {err}");
         }
