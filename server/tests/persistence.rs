@@ -173,6 +173,7 @@ async fn idle_peers_do_not_hold_shutdown_and_the_final_snapshot_is_written() {
     let started = std::time::Instant::now();
     let (status, log) = daemon.terminate().await;
     let took = started.elapsed();
+    eprintln!("SIGTERM to exit with a Watch stream and a 1-byte connection open: {took:?}");
     assert!(status.success(), "{log:#?}");
     assert!(
         took < Duration::from_secs(5),
