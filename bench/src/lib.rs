@@ -4,6 +4,7 @@
 
 mod cli;
 mod memory;
+mod procfs;
 mod report;
 mod sweep;
 mod target;

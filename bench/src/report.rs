@@ -10,6 +10,33 @@ pub(crate) struct Outcome {
     pub(crate) seconds: f64,
     /// Latency of successful operations, in microseconds.
     pub(crate) latency: Histogram<u64>,
+    /// CPU time per operation of the server and of the load generator, and where each ran,
+    /// when /proc tells.
+    pub(crate) cpu: Option<CpuUse>,
+}
+
+/// CPU time per operation on each side of a run.
+#[derive(Debug, Clone)]
+pub(crate) struct CpuUse {
+    /// The server's process id and CPU time per operation, in µs, if it was found.
+    pub(crate) server: Option<(u32, f64, String)>,
+    /// The load generator's CPU time per operation, in µs, and its CPUs.
+    pub(crate) client: (f64, String),
+}
+
+impl CpuUse {
+    pub(crate) fn line(&self, name: &str) -> String {
+        let server = match &self.server {
+            Some((pid, micros, cpus)) => {
+                format!("server {micros:.2} µs (pid {pid}, CPUs {cpus})")
+            }
+            None => "server unknown (not a local process)".to_owned(),
+        };
+        format!(
+            "{name:<9} CPU per op: {server}, load generator {:.2} µs (CPUs {})",
+            self.client.0, self.client.1
+        )
+    }
 }
 
 impl Outcome {
@@ -21,6 +48,7 @@ impl Outcome {
             errors,
             seconds,
             latency: histogram(),
+            cpu: None,
         }
     }
 

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::ThroughputArgs;
-use crate::report::{self, Outcome, histogram};
+use crate::procfs::Process;
+use crate::report::{self, CpuUse, Outcome, histogram};
 use crate::target::{self, Lifetime, Target, Walk, session_id};
 
 /// Lifetime of the sessions the bench writes.
@@ -34,8 +35,16 @@ pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
     );
     let mut outcomes = Vec::new();
     for target in targets {
-        let outcome = run_one(target, &args).await?;
+        let url = match &target {
+            Target::Sessiond(_) => args.sessiond.as_deref(),
+            Target::Redis(_) => args.redis.as_deref(),
+        };
+        let server = url.and_then(port_of).and_then(Process::listening_on);
+        let outcome = run_one(target, &args, server).await?;
         println!("{}", outcome.line());
+        if let Some(cpu) = &outcome.cpu {
+            println!("{}", cpu.line(outcome.name));
+        }
         outcomes.push(outcome);
     }
     if let [sessiond, redis] = outcomes.as_slice() {
@@ -47,8 +56,28 @@ pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
             "ratio sessiond/redis ops/s: {:.2}",
             sessiond.ops_per_second() / redis.ops_per_second()
         );
+        if let (Some(ours), Some(theirs)) = (&sessiond.cpu, &redis.cpu) {
+            if let (Some((_, ours_server, _)), Some((_, theirs_server, _))) =
+                (&ours.server, &theirs.server)
+            {
+                println!(
+                    "ratio sessiond/redis server CPU per op: {:.2}",
+                    ours_server / theirs_server
+                );
+            }
+            println!(
+                "ratio sessiond/redis load generator CPU per op: {:.2}",
+                ours.client.0 / theirs.client.0
+            );
+        }
     }
     Ok(())
+}
+
+/// The port of a URL such as `http://127.0.0.1:7070` or `redis://host:6379/0`.
+fn port_of(url: &str) -> Option<u16> {
+    let authority = url.split_once("://")?.1.split('/').next()?;
+    authority.rsplit_once(':')?.1.parse().ok()
 }
 
 /// What one caller measured.
@@ -60,7 +89,11 @@ struct Tally {
     seconds: Vec<(u64, hdrhistogram::Histogram<u64>)>,
 }
 
-async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcome> {
+async fn run_one(
+    target: Target,
+    args: &ThroughputArgs,
+    server: Option<Process>,
+) -> anyhow::Result<Outcome> {
     let value = vec![b'x'; args.size];
     // Every key once, so that gets find something.
     target::fill(
@@ -81,6 +114,8 @@ async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcom
     );
     progress.set_prefix(target.name());
 
+    let me = Process::this();
+    let cpu_before = (server.and_then(|s| s.cpu_time()), me.cpu_time());
     let started = Instant::now();
     let deadline = started + args.duration;
     let tasks: Vec<_> = (0..args.load.clients)
@@ -155,6 +190,17 @@ async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcom
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let per_op = |before: Option<Duration>, after: Option<Duration>| {
+        let used = after?.checked_sub(before?)?;
+        Some(used.as_secs_f64() * 1e6 / total.ops.max(1) as f64)
+    };
+    let cpu = per_op(cpu_before.1, me.cpu_time()).map(|client| CpuUse {
+        server: server.and_then(|process| {
+            let micros = per_op(cpu_before.0, process.cpu_time())?;
+            Some((process.pid(), micros, process.cpus().unwrap_or_default()))
+        }),
+        client: (client, me.cpus().unwrap_or_default()),
+    });
     ticker.abort();
     progress.finish_and_clear();
     for (second, (ops, latency)) in total.seconds.iter().enumerate() {
@@ -170,5 +216,6 @@ async fn run_one(target: Target, args: &ThroughputArgs) -> anyhow::Result<Outcom
         errors: total.errors,
         seconds,
         latency: total.latency,
+        cpu,
     })
 }
