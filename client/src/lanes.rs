@@ -11,13 +11,11 @@
 //!   was sent is never sent: a write the app reported as failed cannot land afterwards.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures_util::StreamExt;
 use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Result as Answer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use crate::auth::Client;
@@ -35,6 +33,8 @@ pub(crate) struct Lanes {
     slots: Vec<Mutex<Option<Lane>>>,
     /// Round-robin cursor over `slots`.
     next: AtomicUsize,
+    /// Whether the daemon takes batches of operations in one message (it says so in `Stats`).
+    batching: Arc<AtomicBool>,
 }
 
 /// One `Pipeline` stream. Dropping the last clone closes the request side, which ends the stream.
@@ -81,7 +81,13 @@ impl Lanes {
             client,
             slots: (0..count.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            batching: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Sends operations in batches from now on (the daemon takes them).
+    pub(crate) fn batch(&self) {
+        self.batching.store(true, Ordering::Relaxed);
     }
 
     /// Sends one operation and waits for its answer. A broken stream fails the call with
@@ -114,7 +120,7 @@ impl Lanes {
         match &*slot {
             Some(lane) if !lock(&lane.waiting).closed => lane.clone(),
             _ => {
-                let lane = Lane::open(self.client.clone());
+                let lane = Lane::open(self.client.clone(), self.batching.clone());
                 *slot = Some(lane.clone());
                 lane
             }
@@ -124,67 +130,178 @@ impl Lanes {
 
 impl Lane {
     /// Opens a stream and spawns the task that routes its answers.
-    fn open(client: Client) -> Self {
+    fn open(client: Client, batching: Arc<AtomicBool>) -> Self {
         let (queue, queued) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Mutex::new(Waiting::default()));
-        tokio::spawn(route_answers(client, queued, waiting.clone()));
+        let sender = Sender {
+            queued,
+            waiting: waiting.clone(),
+            in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
+            batching,
+            next_tag: 0,
+            carried: None,
+        };
+        tokio::spawn(route_answers(client, sender));
         Self { queue, waiting }
     }
 }
 
-/// The request side of a stream: the queued operations whose callers still wait, each tagged and
-/// registered for its answer as it is sent, at most [`IN_FLIGHT`] unanswered at once.
-fn requests(
+/// Most operations sent as one batch message.
+const BATCH_OPS: usize = 128;
+/// Most bytes of operations sent as one batch message (a larger operation goes alone): well
+/// under any daemon's message limit.
+const BATCH_BYTES: usize = 256 << 10;
+
+/// What the request side of a stream keeps between messages.
+struct Sender {
     queued: mpsc::Receiver<Queued>,
     waiting: Arc<Mutex<Waiting>>,
-) -> impl futures_util::Stream<Item = pb::PipelineRequest> + Send + 'static {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut next_tag = 0u64;
-    ReceiverStream::new(queued)
-        .filter(|queued| std::future::ready(!queued.reply.is_closed()))
-        .then(move |queued| {
-            let in_flight = in_flight.clone();
-            async move { (queued, in_flight.acquire_owned().await) }
-        })
-        .filter_map(move |(queued, permit)| {
-            let tag = next_tag;
-            next_tag += 1;
-            let request = match permit {
-                // The caller may have given up while this waited for a place.
-                Ok(permit) if !queued.reply.is_closed() => {
-                    let mut waiting = lock(&waiting);
-                    if waiting.closed {
-                        None
-                    } else {
-                        waiting.by_tag.insert(tag, (queued.reply, permit));
-                        Some(pb::PipelineRequest {
-                            tag,
-                            op: Some(queued.op),
-                        })
+    in_flight: Arc<Semaphore>,
+    /// Whether the daemon takes batches; read once per message.
+    batching: Arc<AtomicBool>,
+    next_tag: u64,
+    /// An operation taken from the queue that did not fit the last message.
+    carried: Option<Queued>,
+}
+
+/// An operation on its way out: tagged, with its caller and its place among [`IN_FLIGHT`].
+struct Outgoing {
+    tag: u64,
+    op: Op,
+    reply: Reply,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Sender {
+    /// The next message: every operation already queued whose caller still waits (as one batch
+    /// when the daemon takes them, within [`BATCH_OPS`] and [`BATCH_BYTES`]), each tagged and
+    /// registered for its answer as it is sent, at most [`IN_FLIGHT`] unanswered at once. `None`
+    /// once the queue has closed.
+    async fn next_message(&mut self) -> Option<pb::PipelineRequest> {
+        loop {
+            let first = match self.carried.take() {
+                Some(queued) => queued,
+                None => self.queued.recv().await?,
+            };
+            let batching = self.batching.load(Ordering::Relaxed);
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            if let Some(first) = self.outgoing(first).await {
+                bytes += first.op.encoded_len();
+                out.push(first);
+            }
+            while batching && out.len() < BATCH_OPS && bytes < BATCH_BYTES {
+                let Ok(queued) = self.queued.try_recv() else {
+                    break;
+                };
+                if !out.is_empty() && bytes + queued.op.encoded_len() > BATCH_BYTES {
+                    self.carried = Some(queued);
+                    break;
+                }
+                // Only what can go at once joins the message; the rest waits for the next.
+                match self.in_flight.clone().try_acquire_owned() {
+                    Ok(permit) if !queued.reply.is_closed() => {
+                        bytes += queued.op.encoded_len();
+                        out.push(self.tag(queued, permit));
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        self.carried = Some(queued);
+                        break;
                     }
                 }
-                _ => None,
-            };
-            std::future::ready(request)
-        })
+            }
+            if out.is_empty() {
+                continue;
+            }
+            let mut requests = Vec::with_capacity(out.len());
+            {
+                let mut waiting = lock(&self.waiting);
+                if waiting.closed {
+                    return None;
+                }
+                for Outgoing {
+                    tag,
+                    op,
+                    reply,
+                    permit,
+                } in out
+                {
+                    waiting.by_tag.insert(tag, (reply, permit));
+                    requests.push(pb::PipelineRequest {
+                        tag,
+                        op: Some(op),
+                        batch: Vec::new(),
+                    });
+                }
+            }
+            return Some(if requests.len() == 1 {
+                requests.pop().expect("one")
+            } else {
+                // The envelope's tag is 0, which no operation has.
+                pb::PipelineRequest {
+                    tag: 0,
+                    op: None,
+                    batch: requests,
+                }
+            });
+        }
+    }
+
+    /// `queued` tagged and given its place among [`IN_FLIGHT`], waiting for one; `None` if its
+    /// caller has given up meanwhile.
+    async fn outgoing(&mut self, queued: Queued) -> Option<Outgoing> {
+        if queued.reply.is_closed() {
+            return None;
+        }
+        let permit = self.in_flight.clone().acquire_owned().await.ok()?;
+        // The caller may have given up while this waited for a place.
+        if queued.reply.is_closed() {
+            return None;
+        }
+        Some(self.tag(queued, permit))
+    }
+
+    fn tag(&mut self, queued: Queued, permit: OwnedSemaphorePermit) -> Outgoing {
+        self.next_tag += 1;
+        Outgoing {
+            tag: self.next_tag,
+            op: queued.op,
+            reply: queued.reply,
+            permit,
+        }
+    }
+}
+
+/// The request side of a stream, message by message.
+fn requests(
+    sender: Sender,
+) -> impl futures_util::Stream<Item = pb::PipelineRequest> + Send + 'static {
+    futures_util::stream::unfold(sender, |mut sender| async move {
+        let message = sender.next_message().await?;
+        Some((message, sender))
+    })
 }
 
 /// Runs one stream: hands each answer to the caller waiting on its tag; when the stream ends,
 /// fails every caller still waiting.
-async fn route_answers(
-    mut client: Client,
-    queued: mpsc::Receiver<Queued>,
-    waiting: Arc<Mutex<Waiting>>,
-) {
-    let ended = match client.pipeline(requests(queued, waiting.clone())).await {
+async fn route_answers(mut client: Client, sender: Sender) {
+    let waiting = sender.waiting.clone();
+    let ended = match client.pipeline(requests(sender)).await {
         Ok(response) => {
             let mut answers = response.into_inner();
             loop {
                 match answers.message().await {
                     Ok(Some(answer)) => {
-                        let entry = lock(&waiting).by_tag.remove(&answer.tag);
-                        if let (Some((reply, _permit)), Some(result)) = (entry, answer.result) {
-                            let _ = reply.send(Ok(result));
+                        let mut waiting = lock(&waiting);
+                        for answer in std::iter::once(answer).flat_map(|mut answer| {
+                            let batch = std::mem::take(&mut answer.batch);
+                            std::iter::once(answer).chain(batch)
+                        }) {
+                            let entry = waiting.by_tag.remove(&answer.tag);
+                            if let (Some((reply, _permit)), Some(result)) = (entry, answer.result) {
+                                let _ = reply.send(Ok(result));
+                            }
                         }
                     }
                     Ok(None) => break Status::unavailable("session stream ended"),

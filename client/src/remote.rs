@@ -49,6 +49,8 @@ pub struct RemoteStats {
     pub max_session_bytes: u64,
     /// The longest TTL the daemon accepts (`None` from an older daemon).
     pub max_ttl: Option<Duration>,
+    /// Whether the daemon takes batches of operations on `Pipeline` (false from an older one).
+    pub pipeline_batches: bool,
     /// Sessions removed because they expired.
     pub expired_removed_total: u64,
     /// Sweeps run.
@@ -96,6 +98,9 @@ impl RemoteSessionStore {
             .max_session_bytes
             .get_or_try_init(|| async {
                 let stats = self.stats().await?;
+                if stats.pipeline_batches {
+                    self.inner.lanes.batch();
+                }
                 Ok(usize::try_from(stats.max_session_bytes).unwrap_or(usize::MAX))
             })
             .await
@@ -147,6 +152,7 @@ impl RemoteSessionStore {
             sweeps_total: stats.sweeps_total,
             resident_memory_bytes: stats.resident_memory_bytes,
             max_session_bytes: stats.max_session_bytes,
+            pipeline_batches: stats.pipeline_batches,
             max_ttl: stats
                 .max_ttl
                 .as_ref()
@@ -158,9 +164,14 @@ impl RemoteSessionStore {
     /// stream they went on broke.
     async fn call(&self, op: Op, retry: bool, expected_version: Option<u64>) -> Result<Answer> {
         let attempt = async {
-            let first = self.inner.lanes.call(op.clone()).await;
-            match first {
-                Err(status) if retry && status.code() == Code::Unavailable => {
+            // Once, before the first operation of a lazily connected store: whether the daemon
+            // takes batches. If it cannot say now, operations go one by one.
+            let _ = self.learn_limits().await;
+            if !retry {
+                return self.inner.lanes.call(op).await;
+            }
+            match self.inner.lanes.call(op.clone()).await {
+                Err(status) if status.code() == Code::Unavailable => {
                     self.inner.lanes.call(op).await
                 }
                 other => other,

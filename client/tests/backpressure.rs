@@ -13,11 +13,49 @@ use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Re
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
-/// Answers every Pipeline operation once `open` is true, and notes the id of each it reads.
+/// Answers every Pipeline operation once `open` is true, and notes the id of each it reads and
+/// how many messages they came in.
 #[derive(Clone)]
 struct Held {
     open: watch::Receiver<bool>,
     seen: Arc<Mutex<Vec<String>>>,
+    messages: Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether it says it takes batches.
+    batches: bool,
+}
+
+impl Held {
+    fn answer(&self, request: pb::PipelineRequest) -> Result<pb::PipelineResponse, Status> {
+        let result = match request.op {
+            Some(Op::Get(get)) => {
+                self.seen.lock().unwrap().push(get.id);
+                Some(Answer::Get(pb::GetResponse { session: None }))
+            }
+            Some(Op::Save(save)) => {
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .push(save.session.unwrap_or_default().id);
+                Some(Answer::Save(pb::SaveResponse {
+                    version: 1,
+                    created_at: Some(prost_types::Timestamp::default()),
+                    expires_at: Some(prost_types::Timestamp::default()),
+                }))
+            }
+            None if self.batches => None,
+            _ => return Err(Status::unimplemented("get and save only")),
+        };
+        let batch = request
+            .batch
+            .into_iter()
+            .map(|op| self.answer(op))
+            .collect::<Result<_, _>>()?;
+        Ok(pb::PipelineResponse {
+            tag: request.tag,
+            result,
+            batch,
+        })
+    }
 }
 
 type Answers = Pin<Box<dyn Stream<Item = Result<pb::PipelineResponse, Status>> + Send>>;
@@ -50,7 +88,10 @@ impl Service for Held {
         _: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         // No limits: the client leaves size checks to the daemon.
-        Ok(Response::new(pb::StatsResponse::default()))
+        Ok(Response::new(pb::StatsResponse {
+            pipeline_batches: self.batches,
+            ..Default::default()
+        }))
     }
 
     type PipelineStream = Answers;
@@ -65,28 +106,9 @@ impl Service for Held {
             async move {
                 let request = request?;
                 let _ = held.open.wait_for(|open| *open).await;
-                let result = match request.op {
-                    Some(Op::Get(get)) => {
-                        held.seen.lock().unwrap().push(get.id);
-                        Answer::Get(pb::GetResponse { session: None })
-                    }
-                    Some(Op::Save(save)) => {
-                        held.seen
-                            .lock()
-                            .unwrap()
-                            .push(save.session.unwrap_or_default().id);
-                        Answer::Save(pb::SaveResponse {
-                            version: 1,
-                            created_at: Some(prost_types::Timestamp::default()),
-                            expires_at: Some(prost_types::Timestamp::default()),
-                        })
-                    }
-                    _ => return Err(Status::unimplemented("get and save only")),
-                };
-                Ok(pb::PipelineResponse {
-                    tag: request.tag,
-                    result: Some(result),
-                })
+                held.messages
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.answer(request)
             }
         });
         Ok(Response::new(Box::pin(answers)))
@@ -96,20 +118,61 @@ impl Service for Held {
 /// Serves a [`Held`] on 127.0.0.1:0; returns its URL, the switch that lets answers through, and
 /// the ids it has read.
 async fn held_daemon() -> (String, watch::Sender<bool>, Arc<Mutex<Vec<String>>>) {
+    let (url, open, held) = serve(false).await;
+    (url, open, held.seen)
+}
+
+/// Serves a [`Held`] that says whether it takes batches.
+async fn serve(batches: bool) -> (String, watch::Sender<bool>, Held) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (open, opened) = watch::channel(false);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let service = Held {
+    let held = Held {
         open: opened,
-        seen: seen.clone(),
+        seen: Arc::default(),
+        messages: Arc::default(),
+        batches,
     };
+    let service = held.clone();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(SessionStoreServer::new(service))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    (url, open, seen)
+    (url, open, held)
+}
+
+// One thread: the 200 callers all queue their operation before the stream's sender runs.
+#[tokio::test(flavor = "current_thread")]
+async fn queued_operations_travel_as_batches_to_a_daemon_that_takes_them() {
+    for batches in [true, false] {
+        let (url, open, held) = serve(batches).await;
+        open.send(true).unwrap();
+        let store = RemoteSessionStore::builder(&url)
+            .streams(1)
+            .connect()
+            .await
+            .unwrap();
+        let calls: Vec<_> = (0..200)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.get(&format!("k{i}")).await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap(), Ok(None));
+        }
+        let messages = held.messages.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(held.seen.lock().unwrap().len(), 200);
+        if batches {
+            assert!(messages <= 3, "200 operations came in {messages} messages");
+        } else {
+            assert_eq!(
+                messages, 200,
+                "an older daemon gets one operation per message"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

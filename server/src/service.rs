@@ -124,11 +124,41 @@ impl SessionService {
         })
     }
 
+    /// Answers one `Pipeline` message: its operation, then those of its batch, in order. A
+    /// failure becomes an inline `Error`.
+    fn answer(&self, request: pb::PipelineRequest) -> pb::PipelineResponse {
+        if request.batch.is_empty() {
+            return self.apply(request.tag, request.op);
+        }
+        let mut response = match request.op {
+            Some(op) => self.apply(request.tag, Some(op)),
+            None => pb::PipelineResponse {
+                tag: request.tag,
+                ..Default::default()
+            },
+        };
+        response.batch = request
+            .batch
+            .into_iter()
+            .map(|request| {
+                if request.batch.is_empty() {
+                    self.apply(request.tag, request.op)
+                } else {
+                    let refused = self.run("pipeline", || {
+                        Err::<(), _>(StoreError::invalid("batches do not nest"))
+                    });
+                    error_answer(request.tag, &refused.unwrap_err())
+                }
+            })
+            .collect();
+        response
+    }
+
     /// Applies one pipelined operation; a failure becomes an inline `Error`.
-    fn apply(&self, request: pb::PipelineRequest) -> pb::PipelineResponse {
+    fn apply(&self, tag: u64, op: Option<pb::pipeline_request::Op>) -> pb::PipelineResponse {
         use pb::pipeline_request::Op;
         use pb::pipeline_response::Result as Answer;
-        let result = match request.op {
+        let result = match op {
             Some(Op::Get(op)) => self.run("get", || self.get(op).map(Answer::Get)),
             Some(Op::Save(op)) => self.run("save", || self.save(op).map(Answer::Save)),
             Some(Op::Destroy(op)) => self.run("destroy", || self.destroy(op).map(Answer::Destroy)),
@@ -137,11 +167,23 @@ impl SessionService {
                 Err(StoreError::invalid("pipeline request has no operation"))
             }),
         };
-        let result = result.unwrap_or_else(|status| Answer::Error(error_to_pb(&status)));
-        pb::PipelineResponse {
-            tag: request.tag,
-            result: Some(result),
+        match result {
+            Ok(result) => pb::PipelineResponse {
+                tag,
+                result: Some(result),
+                batch: Vec::new(),
+            },
+            Err(status) => error_answer(tag, &status),
         }
+    }
+}
+
+/// The answer of a failed pipelined operation.
+fn error_answer(tag: u64, status: &Status) -> pb::PipelineResponse {
+    pb::PipelineResponse {
+        tag,
+        result: Some(pb::pipeline_response::Result::Error(error_to_pb(status))),
+        batch: Vec::new(),
     }
 }
 
@@ -230,6 +272,7 @@ impl pb::session_store_server::SessionStore for SessionService {
             resident_memory_bytes: memory_usage::resident_bytes(),
             max_session_bytes: u64::try_from(self.store.max_session_bytes()).unwrap_or(u64::MAX),
             max_ttl: Some(duration_to_pb(self.store.max_ttl())),
+            pipeline_batches: true,
         }))
     }
 
@@ -260,7 +303,7 @@ impl pb::session_store_server::SessionStore for SessionService {
                 async move {
                     let op = item?;
                     let apply = || {
-                        let answer = service.apply(op);
+                        let answer = service.answer(op);
                         let size = prost::Message::encoded_len(&answer);
                         (answer, size)
                     };

@@ -300,7 +300,11 @@ async fn limits_are_resource_exhausted_and_existing_sessions_stay_writable() {
 }
 
 fn op(tag: u64, op: Op) -> pb::PipelineRequest {
-    pb::PipelineRequest { tag, op: Some(op) }
+    pb::PipelineRequest {
+        tag,
+        op: Some(op),
+        batch: Vec::new(),
+    }
 }
 
 #[tokio::test]
@@ -313,7 +317,10 @@ async fn pipeline_applies_in_order_and_answers_errors_inline() {
         op(12, Op::Save(save("p", &[("n", "2")], Some(1)))),
         op(13, Op::Save(save("p", &[("n", "x")], Some(1)))),
         op(14, Op::Get(get(""))),
-        pb::PipelineRequest { tag: 15, op: None },
+        pb::PipelineRequest {
+            tag: 15,
+            ..Default::default()
+        },
         op(
             16,
             Op::Touch(pb::TouchRequest {
@@ -711,4 +718,64 @@ impl tonic::codec::Decoder for RawCodec {
         use bytes::Buf;
         Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
     }
+}
+
+#[tokio::test]
+async fn a_batch_is_applied_in_order_and_answered_in_one_message() {
+    use futures_util::StreamExt;
+    let daemon = Daemon::start(Config::default()).await;
+    let mut client = daemon.client();
+    let stats = client
+        .stats(pb::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.pipeline_batches);
+    let batch = pb::PipelineRequest {
+        tag: 0,
+        op: None,
+        batch: vec![
+            op(1, Op::Save(save("b", &[("n", "1")], Some(0)))),
+            op(2, Op::Save(save("b", &[("n", "2")], Some(0)))),
+            op(3, Op::Get(get("b"))),
+            pb::PipelineRequest {
+                tag: 4,
+                op: None,
+                batch: vec![op(5, Op::Get(get("b")))],
+            },
+        ],
+    };
+    let requests = vec![
+        batch,
+        op(6, Op::Destroy(pb::DestroyRequest { id: "b".into() })),
+    ];
+    let answers: Vec<pb::PipelineResponse> = client
+        .pipeline(futures_util::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|answer| answer.unwrap())
+        .collect()
+        .await;
+    assert_eq!(
+        answers.len(),
+        2,
+        "one answer for the batch, one for the single op"
+    );
+    let batch = &answers[0];
+    assert_eq!((batch.tag, &batch.result), (0, &None));
+    let tags: Vec<u64> = batch.batch.iter().map(|a| a.tag).collect();
+    assert_eq!(tags, [1, 2, 3, 4]);
+    let results: Vec<&Answer> = batch
+        .batch
+        .iter()
+        .map(|a| a.result.as_ref().unwrap())
+        .collect();
+    assert!(matches!(results[0], Answer::Save(s) if s.version == 1));
+    assert!(matches!(results[1], Answer::Error(e) if e.code == Code::Aborted as i32));
+    assert!(matches!(results[2], Answer::Get(g) if g.session.as_ref().unwrap().data["n"] == b"1"));
+    assert!(
+        matches!(results[3], Answer::Error(e) if e.code == Code::InvalidArgument as i32 && e.message.contains("nest"))
+    );
+    assert!(matches!(&answers[1].result, Some(Answer::Destroy(d)) if d.existed));
 }

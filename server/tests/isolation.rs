@@ -146,6 +146,7 @@ impl NeverReads {
                 op: Some(pb::pipeline_request::Op::Get(pb::GetRequest {
                     id: id.into(),
                 })),
+                batch: Vec::new(),
             }
             .encode_to_vec();
             body.put_u8(0);
