@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Result as Answer};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::{Code, Status};
 
 use crate::auth::Client;
@@ -37,13 +37,13 @@ pub(crate) struct Lanes {
     batching: Arc<AtomicBool>,
 }
 
-/// One `Pipeline` stream. Dropping the last clone closes the request side, which ends the stream.
-#[derive(Debug, Clone)]
+/// One `Pipeline` stream. Dropping it closes the request side, which ends the stream.
+#[derive(Debug)]
 struct Lane {
     /// Operations waiting to be sent on the stream.
     queue: mpsc::Sender<Queued>,
-    /// Callers waiting for answers, shared with the tasks that send and answer.
-    waiting: Arc<Mutex<Waiting>>,
+    /// Set once the stream has ended: the lane is replaced on its next use.
+    ended: Arc<AtomicBool>,
 }
 
 /// An operation in a lane's queue, with the caller to answer.
@@ -61,7 +61,7 @@ struct Waiting {
     closed: bool,
     /// Tag of a sent operation to the caller waiting for its answer, with the operation's place
     /// among the lane's [`IN_FLIGHT`].
-    by_tag: HashMap<u64, (Reply, OwnedSemaphorePermit)>,
+    by_tag: HashMap<u64, Reply>,
 }
 
 /// A std mutex is right here: it is held for a map insert or remove, never across an await.
@@ -100,13 +100,10 @@ impl Lanes {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         // Round-robin, moving on past a lane whose queue is full.
         for offset in 0..self.slots.len() {
-            let lane = self.lane((start + offset) % self.slots.len());
-            match lane.queue.try_send(queued) {
-                Ok(()) => {
-                    return answer.await.unwrap_or_else(|_| Err(closed()));
-                }
-                Err(mpsc::error::TrySendError::Full(back)) => queued = back,
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
+            match self.send((start + offset) % self.slots.len(), queued) {
+                None => return answer.await.unwrap_or_else(|_| Err(closed())),
+                Some(mpsc::error::TrySendError::Full(back)) => queued = back,
+                Some(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
             }
         }
         Err(Status::unavailable(
@@ -114,17 +111,15 @@ impl Lanes {
         ))
     }
 
-    /// The lane in slot `index`, opened anew if it is missing or broken.
-    fn lane(&self, index: usize) -> Lane {
+    /// Queues `queued` on the lane in slot `index`, opened anew if it is missing or broken;
+    /// gives it back with the reason when it could not be queued.
+    fn send(&self, index: usize, queued: Queued) -> Option<mpsc::error::TrySendError<Queued>> {
         let mut slot = lock(&self.slots[index]);
-        match &*slot {
-            Some(lane) if !lock(&lane.waiting).closed => lane.clone(),
-            _ => {
-                let lane = Lane::open(self.client.clone(), self.batching.clone());
-                *slot = Some(lane.clone());
-                lane
-            }
-        }
+        let lane = match &*slot {
+            Some(lane) if !lane.ended.load(Ordering::Acquire) => lane,
+            _ => slot.insert(Lane::open(self.client.clone(), self.batching.clone())),
+        };
+        lane.queue.try_send(queued).err()
     }
 }
 
@@ -136,13 +131,14 @@ impl Lane {
         let sender = Sender {
             queued,
             waiting: waiting.clone(),
-            in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
+            answered: Arc::new(Notify::new()),
             batching,
             next_tag: 0,
             carried: None,
         };
-        tokio::spawn(route_answers(client, sender));
-        Self { queue, waiting }
+        let ended = Arc::new(AtomicBool::new(false));
+        tokio::spawn(route_answers(client, sender, ended.clone()));
+        Self { queue, ended }
     }
 }
 
@@ -156,7 +152,8 @@ const BATCH_BYTES: usize = 256 << 10;
 struct Sender {
     queued: mpsc::Receiver<Queued>,
     waiting: Arc<Mutex<Waiting>>,
-    in_flight: Arc<Semaphore>,
+    /// Wakes the sender when an answer frees a place among [`IN_FLIGHT`].
+    answered: Arc<Notify>,
     /// Whether the daemon takes batches; read once per message.
     batching: Arc<AtomicBool>,
     next_tag: u64,
@@ -164,111 +161,80 @@ struct Sender {
     carried: Option<Queued>,
 }
 
-/// An operation on its way out: tagged, with its caller and its place among [`IN_FLIGHT`].
-struct Outgoing {
-    tag: u64,
-    op: Op,
-    reply: Reply,
-    permit: OwnedSemaphorePermit,
-}
-
 impl Sender {
     /// The next message: every operation already queued whose caller still waits (as one batch
     /// when the daemon takes them, within [`BATCH_OPS`] and [`BATCH_BYTES`]), each tagged and
     /// registered for its answer as it is sent, at most [`IN_FLIGHT`] unanswered at once. `None`
-    /// once the queue has closed.
+    /// once the queue has closed or the stream has ended.
     async fn next_message(&mut self) -> Option<pb::PipelineRequest> {
         loop {
             let first = match self.carried.take() {
                 Some(queued) => queued,
                 None => self.queued.recv().await?,
             };
-            let batching = self.batching.load(Ordering::Relaxed);
-            let mut out = Vec::new();
-            let mut bytes = 0;
-            if let Some(first) = self.outgoing(first).await {
-                bytes += first.op.encoded_len();
-                out.push(first);
+            if first.reply.is_closed() {
+                // Its caller gave up before it could be sent.
+                continue;
             }
-            while batching && out.len() < BATCH_OPS && bytes < BATCH_BYTES {
-                let Ok(queued) = self.queued.try_recv() else {
-                    break;
-                };
-                if !out.is_empty() && bytes + queued.op.encoded_len() > BATCH_BYTES {
-                    self.carried = Some(queued);
-                    break;
-                }
-                // Only what can go at once joins the message; the rest waits for the next.
-                match self.in_flight.clone().try_acquire_owned() {
-                    Ok(permit) if !queued.reply.is_closed() => {
-                        bytes += queued.op.encoded_len();
-                        out.push(self.tag(queued, permit));
+            // Wait for a place among the operations in flight.
+            loop {
+                let answered = self.answered.notified();
+                {
+                    let waiting = lock(&self.waiting);
+                    if waiting.closed {
+                        return None;
                     }
-                    Ok(_) => {}
-                    Err(_) => {
-                        self.carried = Some(queued);
+                    if waiting.by_tag.len() < IN_FLIGHT {
                         break;
                     }
                 }
+                answered.await;
             }
-            if out.is_empty() {
-                continue;
-            }
-            let mut requests = Vec::with_capacity(out.len());
-            {
-                let mut waiting = lock(&self.waiting);
-                if waiting.closed {
-                    return None;
-                }
-                for Outgoing {
-                    tag,
-                    op,
-                    reply,
-                    permit,
-                } in out
-                {
-                    waiting.by_tag.insert(tag, (reply, permit));
+            let batching = self.batching.load(Ordering::Relaxed);
+            let mut waiting = lock(&self.waiting);
+            let mut requests = Vec::new();
+            let mut bytes = first.op.encoded_len();
+            let mut next = Some(first);
+            while let Some(queued) = next.take() {
+                // The caller may have given up while this waited for a place.
+                if !queued.reply.is_closed() {
+                    self.next_tag += 1;
+                    waiting.by_tag.insert(self.next_tag, queued.reply);
                     requests.push(pb::PipelineRequest {
-                        tag,
-                        op: Some(op),
+                        tag: self.next_tag,
+                        op: Some(queued.op),
                         batch: Vec::new(),
                     });
                 }
+                if !batching
+                    || requests.len() >= BATCH_OPS
+                    || waiting.by_tag.len() >= IN_FLIGHT
+                    || bytes >= BATCH_BYTES
+                {
+                    break;
+                }
+                let Ok(queued) = self.queued.try_recv() else {
+                    break;
+                };
+                bytes += queued.op.encoded_len();
+                if bytes > BATCH_BYTES {
+                    // Too large to join: it leads the next message.
+                    self.carried = Some(queued);
+                    break;
+                }
+                next = Some(queued);
             }
-            return Some(if requests.len() == 1 {
-                requests.pop().expect("one")
-            } else {
+            drop(waiting);
+            return match requests.len() {
+                0 => continue,
+                1 => requests.pop(),
                 // The envelope's tag is 0, which no operation has.
-                pb::PipelineRequest {
+                _ => Some(pb::PipelineRequest {
                     tag: 0,
                     op: None,
                     batch: requests,
-                }
-            });
-        }
-    }
-
-    /// `queued` tagged and given its place among [`IN_FLIGHT`], waiting for one; `None` if its
-    /// caller has given up meanwhile.
-    async fn outgoing(&mut self, queued: Queued) -> Option<Outgoing> {
-        if queued.reply.is_closed() {
-            return None;
-        }
-        let permit = self.in_flight.clone().acquire_owned().await.ok()?;
-        // The caller may have given up while this waited for a place.
-        if queued.reply.is_closed() {
-            return None;
-        }
-        Some(self.tag(queued, permit))
-    }
-
-    fn tag(&mut self, queued: Queued, permit: OwnedSemaphorePermit) -> Outgoing {
-        self.next_tag += 1;
-        Outgoing {
-            tag: self.next_tag,
-            op: queued.op,
-            reply: queued.reply,
-            permit,
+                }),
+            };
         }
     }
 }
@@ -285,23 +251,28 @@ fn requests(
 
 /// Runs one stream: hands each answer to the caller waiting on its tag; when the stream ends,
 /// fails every caller still waiting.
-async fn route_answers(mut client: Client, sender: Sender) {
-    let waiting = sender.waiting.clone();
-    let ended = match client.pipeline(requests(sender)).await {
+async fn route_answers(mut client: Client, sender: Sender, ended: Arc<AtomicBool>) {
+    let (waiting, answered) = (sender.waiting.clone(), sender.answered.clone());
+    let ended_by = match client.pipeline(requests(sender)).await {
         Ok(response) => {
             let mut answers = response.into_inner();
             loop {
                 match answers.message().await {
                     Ok(Some(answer)) => {
                         let mut waiting = lock(&waiting);
+                        let was_full = waiting.by_tag.len() >= IN_FLIGHT;
                         for answer in std::iter::once(answer).flat_map(|mut answer| {
                             let batch = std::mem::take(&mut answer.batch);
                             std::iter::once(answer).chain(batch)
                         }) {
                             let entry = waiting.by_tag.remove(&answer.tag);
-                            if let (Some((reply, _permit)), Some(result)) = (entry, answer.result) {
+                            if let (Some(reply), Some(result)) = (entry, answer.result) {
                                 let _ = reply.send(Ok(result));
                             }
+                        }
+                        drop(waiting);
+                        if was_full {
+                            answered.notify_one();
                         }
                     }
                     Ok(None) => break Status::unavailable("session stream ended"),
@@ -311,18 +282,21 @@ async fn route_answers(mut client: Client, sender: Sender) {
         }
         Err(status) => status,
     };
-    tracing::debug!(code = ?ended.code(), message = ended.message(), "session stream closed");
+    let status = ended_by;
+    tracing::debug!(code = ?status.code(), message = status.message(), "session stream closed");
+    ended.store(true, Ordering::Release);
     let orphans = {
         let mut waiting = lock(&waiting);
         waiting.closed = true;
         std::mem::take(&mut waiting.by_tag)
     };
-    for (_, (reply, _permit)) in orphans {
+    answered.notify_one();
+    for (_, reply) in orphans {
         // Whatever ended the stream, the operation's fate is unknown: report it unavailable so
         // reads are retried, and writes are left to the caller.
-        let status = match ended.code() {
-            Code::Unauthenticated | Code::PermissionDenied => ended.clone(),
-            _ => Status::unavailable(format!("session stream closed: {}", ended.message())),
+        let status = match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => status.clone(),
+            _ => Status::unavailable(format!("session stream closed: {}", status.message())),
         };
         let _ = reply.send(Err(status));
     }
