@@ -3,6 +3,9 @@
 use anyhow::Context;
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = gonest_session_bench::Cli::parse();
     // Like redis-benchmark, one thread by default: the load generator should spend as little of
