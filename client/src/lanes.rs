@@ -41,7 +41,10 @@ pub(crate) struct Lanes {
 #[derive(Debug)]
 struct Lane {
     /// Operations waiting to be sent on the stream.
-    queue: mpsc::Sender<Queued>,
+    queue: mpsc::UnboundedSender<Queued>,
+    /// How many are waiting, at most [`QUEUE`] (an unbounded channel with a count costs less per
+    /// operation than a bounded one, whose receiver takes a lock to give each place back).
+    queued: Arc<AtomicUsize>,
     /// Set once the stream has ended: the lane is replaced on its next use.
     ended: Arc<AtomicBool>,
 }
@@ -101,9 +104,9 @@ impl Lanes {
         // Round-robin, moving on past a lane whose queue is full.
         for offset in 0..self.slots.len() {
             match self.send((start + offset) % self.slots.len(), queued) {
-                None => return answer.await.unwrap_or_else(|_| Err(closed())),
-                Some(mpsc::error::TrySendError::Full(back)) => queued = back,
-                Some(mpsc::error::TrySendError::Closed(_)) => return Err(closed()),
+                Sent::Queued => return answer.await.unwrap_or_else(|_| Err(closed())),
+                Sent::Full(back) => queued = back,
+                Sent::Closed => return Err(closed()),
             }
         }
         Err(Status::unavailable(
@@ -111,25 +114,42 @@ impl Lanes {
         ))
     }
 
-    /// Queues `queued` on the lane in slot `index`, opened anew if it is missing or broken;
-    /// gives it back with the reason when it could not be queued.
-    fn send(&self, index: usize, queued: Queued) -> Option<mpsc::error::TrySendError<Queued>> {
+    /// Queues `queued` on the lane in slot `index`, opened anew if it is missing or broken.
+    fn send(&self, index: usize, queued: Queued) -> Sent {
         let mut slot = lock(&self.slots[index]);
         let lane = match &*slot {
             Some(lane) if !lane.ended.load(Ordering::Acquire) => lane,
             _ => slot.insert(Lane::open(self.client.clone(), self.batching.clone())),
         };
-        lane.queue.try_send(queued).err()
+        if lane.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE {
+            lane.queued.fetch_sub(1, Ordering::AcqRel);
+            return Sent::Full(queued);
+        }
+        match lane.queue.send(queued) {
+            Ok(()) => Sent::Queued,
+            Err(_) => Sent::Closed,
+        }
     }
+}
+
+/// What became of an operation offered to a lane.
+enum Sent {
+    Queued,
+    /// The lane's queue is full; the operation is given back.
+    Full(Queued),
+    /// The lane's stream is gone.
+    Closed,
 }
 
 impl Lane {
     /// Opens a stream and spawns the task that routes its answers.
     fn open(client: Client, batching: Arc<AtomicBool>) -> Self {
-        let (queue, queued) = mpsc::channel(QUEUE);
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let sender = Sender {
-            queued,
+            receiver,
+            queued: queued.clone(),
             waiting: waiting.clone(),
             answered: Arc::new(Notify::new()),
             batching,
@@ -138,19 +158,27 @@ impl Lane {
         };
         let ended = Arc::new(AtomicBool::new(false));
         tokio::spawn(route_answers(client, sender, ended.clone()));
-        Self { queue, ended }
+        Self {
+            queue,
+            queued,
+            ended,
+        }
     }
 }
 
-/// Most operations sent as one batch message.
-const BATCH_OPS: usize = 128;
+/// Most operations sent as one batch message. Larger batches cost more than they save here: the
+/// answer to a batch is one message, read whole into one buffer (128 Gets of 1 KiB: 128 KiB)
+/// before any caller gets its answer.
+const BATCH_OPS: usize = 16;
 /// Most bytes of operations sent as one batch message (a larger operation goes alone): well
 /// under any daemon's message limit.
 const BATCH_BYTES: usize = 256 << 10;
 
 /// What the request side of a stream keeps between messages.
 struct Sender {
-    queued: mpsc::Receiver<Queued>,
+    receiver: mpsc::UnboundedReceiver<Queued>,
+    /// The lane's count of operations queued.
+    queued: Arc<AtomicUsize>,
     waiting: Arc<Mutex<Waiting>>,
     /// Wakes the sender when an answer frees a place among [`IN_FLIGHT`].
     answered: Arc<Notify>,
@@ -170,7 +198,7 @@ impl Sender {
         loop {
             let first = match self.carried.take() {
                 Some(queued) => queued,
-                None => self.queued.recv().await?,
+                None => self.recv().await?,
             };
             if first.reply.is_closed() {
                 // Its caller gave up before it could be sent.
@@ -192,50 +220,66 @@ impl Sender {
             }
             let batching = self.batching.load(Ordering::Relaxed);
             let mut waiting = lock(&self.waiting);
-            let mut requests = Vec::new();
-            let mut bytes = first.op.encoded_len();
-            let mut next = Some(first);
-            while let Some(queued) = next.take() {
-                // The caller may have given up while this waited for a place.
-                if !queued.reply.is_closed() {
-                    self.next_tag += 1;
-                    waiting.by_tag.insert(self.next_tag, queued.reply);
-                    requests.push(pb::PipelineRequest {
-                        tag: self.next_tag,
-                        op: Some(queued.op),
-                        batch: Vec::new(),
-                    });
+            // The caller may have given up while this waited for a place.
+            let next_tag = &mut self.next_tag;
+            let mut single =
+                (!first.reply.is_closed()).then(|| register(next_tag, &mut waiting, first));
+            if !batching {
+                match single {
+                    Some(request) => return Some(request),
+                    None => continue,
                 }
-                if !batching
-                    || requests.len() >= BATCH_OPS
-                    || waiting.by_tag.len() >= IN_FLIGHT
-                    || bytes >= BATCH_BYTES
-                {
-                    break;
-                }
-                let Ok(queued) = self.queued.try_recv() else {
+            }
+            let mut batch = Vec::new();
+            let mut bytes = single.as_ref().map_or(0, prost::Message::encoded_len);
+            while batch.len() < BATCH_OPS && waiting.by_tag.len() < IN_FLIGHT {
+                let Ok(queued) = self.receiver.try_recv() else {
                     break;
                 };
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                if queued.reply.is_closed() {
+                    continue;
+                }
                 bytes += queued.op.encoded_len();
-                if bytes > BATCH_BYTES {
+                if bytes > BATCH_BYTES && (single.is_some() || !batch.is_empty()) {
                     // Too large to join: it leads the next message.
                     self.carried = Some(queued);
                     break;
                 }
-                next = Some(queued);
+                let request = register(&mut self.next_tag, &mut waiting, queued);
+                batch.extend(single.take());
+                batch.push(request);
             }
             drop(waiting);
-            return match requests.len() {
-                0 => continue,
-                1 => requests.pop(),
+            return match (single, batch.is_empty()) {
+                (Some(request), _) => Some(request),
+                (None, true) => continue,
                 // The envelope's tag is 0, which no operation has.
-                _ => Some(pb::PipelineRequest {
+                (None, false) => Some(pb::PipelineRequest {
                     tag: 0,
                     op: None,
-                    batch: requests,
+                    batch,
                 }),
             };
         }
+    }
+
+    /// The next operation from the queue; `None` once every lane handle is gone.
+    async fn recv(&mut self) -> Option<Queued> {
+        let queued = self.receiver.recv().await?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(queued)
+    }
+}
+
+/// Tags `queued` and registers its caller for the answer.
+fn register(next_tag: &mut u64, waiting: &mut Waiting, queued: Queued) -> pb::PipelineRequest {
+    *next_tag += 1;
+    waiting.by_tag.insert(*next_tag, queued.reply);
+    pb::PipelineRequest {
+        tag: *next_tag,
+        op: Some(queued.op),
+        batch: Vec::new(),
     }
 }
 

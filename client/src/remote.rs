@@ -112,7 +112,12 @@ impl RemoteSessionStore {
     /// it would cost the bandwidth for nothing, and one over the daemon's message limit would
     /// end the stream other callers share.
     async fn check_size(&self, request: &pb::SaveRequest) -> Result<()> {
-        let Ok(limit) = self.learn_limits().await else {
+        let known = self.inner.max_session_bytes.get().copied();
+        let limit = match known {
+            Some(limit) => Ok(limit),
+            None => Box::pin(self.learn_limits()).await,
+        };
+        let Ok(limit) = limit else {
             // The daemon cannot say now; it checks the size itself.
             return Ok(());
         };
@@ -165,8 +170,11 @@ impl RemoteSessionStore {
     async fn call(&self, op: Op, retry: bool, expected_version: Option<u64>) -> Result<Answer> {
         let attempt = async {
             // Once, before the first operation of a lazily connected store: whether the daemon
-            // takes batches. If it cannot say now, operations go one by one.
-            let _ = self.learn_limits().await;
+            // takes batches. If it cannot say now, operations go one by one. Boxed: the Stats
+            // call's future is large, and every operation's future would otherwise carry it.
+            if self.inner.max_session_bytes.get().is_none() {
+                let _ = Box::pin(self.learn_limits()).await;
+            }
             if !retry {
                 return self.inner.lanes.call(op).await;
             }
