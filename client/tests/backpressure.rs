@@ -165,7 +165,8 @@ async fn queued_operations_travel_as_batches_to_a_daemon_that_takes_them() {
         let messages = held.messages.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(held.seen.lock().unwrap().len(), 200);
         if batches {
-            assert!(messages <= 3, "200 operations came in {messages} messages");
+            // At most 16 operations to a message: 13 messages at the least.
+            assert!(messages <= 20, "200 operations came in {messages} messages");
         } else {
             assert_eq!(
                 messages, 200,
