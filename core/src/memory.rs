@@ -510,24 +510,7 @@ impl MemorySessionStore {
 impl Inner {
     /// Computes when a session saved or touched now with `expiry` expires.
     fn expires_at(&self, expiry: Expiry, now: SystemTime) -> Result<SystemTime> {
-        let ttl = match expiry {
-            Expiry::Default => self.config.default_ttl,
-            Expiry::Ttl(ttl) => ttl,
-            Expiry::At(at) => match at.duration_since(now) {
-                Ok(ttl) if !ttl.is_zero() => ttl,
-                _ => return Err(StoreError::invalid("expires_at is not in the future")),
-            },
-        };
-        if ttl.is_zero() {
-            return Err(StoreError::invalid("ttl must be positive"));
-        }
-        if ttl > self.config.max_ttl {
-            return Err(StoreError::invalid(format!(
-                "ttl of {} is over the maximum of {}",
-                humantime::format_duration(ttl),
-                humantime::format_duration(self.config.max_ttl)
-            )));
-        }
+        let ttl = expiry.lifetime(now, self.config.default_ttl, self.config.max_ttl)?;
         // The maximum TTL is capped (`MAX_TTL_CAP`), so this cannot overflow; checked anyway,
         // because no input may panic the store.
         now.checked_add(ttl)

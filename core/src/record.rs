@@ -37,6 +37,39 @@ pub enum Expiry {
     At(SystemTime),
 }
 
+impl Expiry {
+    /// The lifetime this asks for at `now`: `default_ttl` for [`Expiry::Default`], checked to be
+    /// positive and at most `max_ttl` (an absolute expiry must be in the future). Every store
+    /// computes expiries through it, so they refuse alike.
+    pub fn lifetime(
+        self,
+        now: SystemTime,
+        default_ttl: Duration,
+        max_ttl: Duration,
+    ) -> crate::Result<Duration> {
+        use crate::StoreError;
+        let ttl = match self {
+            Expiry::Default => default_ttl,
+            Expiry::Ttl(ttl) => ttl,
+            Expiry::At(at) => match at.duration_since(now) {
+                Ok(ttl) if !ttl.is_zero() => ttl,
+                _ => return Err(StoreError::invalid("expires_at is not in the future")),
+            },
+        };
+        if ttl.is_zero() {
+            return Err(StoreError::invalid("ttl must be positive"));
+        }
+        if ttl > max_ttl {
+            return Err(StoreError::invalid(format!(
+                "ttl of {} is over the maximum of {}",
+                humantime::format_duration(ttl),
+                humantime::format_duration(max_ttl)
+            )));
+        }
+        Ok(ttl)
+    }
+}
+
 /// A write of one session's data: what [`SessionStore::save`](crate::SessionStore::save) takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Save {

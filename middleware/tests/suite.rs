@@ -15,7 +15,8 @@ use gonest_session::{
 };
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::{Saved, async_trait};
-use gonest_session_testing::Daemon;
+use gonest_session_redis::RedisSessionStore;
+use gonest_session_testing::{Daemon, RedisServer};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -49,10 +50,10 @@ impl SessionStore for Counting {
     }
 }
 
-/// A store and whatever must live as long as it (the daemon, for the remote store).
+/// A store and whatever must live as long as it (the daemon or the redis-server).
 struct Backend {
     store: Arc<dyn SessionStore>,
-    _daemon: Option<Daemon>,
+    _daemon: Option<Box<dyn std::any::Any + Send>>,
 }
 
 async fn memory() -> Backend {
@@ -67,7 +68,16 @@ async fn remote() -> Backend {
     let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
     Backend {
         store: Arc::new(store),
-        _daemon: Some(daemon),
+        _daemon: Some(Box::new(daemon)),
+    }
+}
+
+async fn redis() -> Backend {
+    let server = RedisServer::start().await;
+    let store = RedisSessionStore::connect(server.url()).await.unwrap();
+    Backend {
+        store: Arc::new(store),
+        _daemon: Some(Box::new(server)),
     }
 }
 
@@ -396,6 +406,14 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test(super::remote().await).await;
+                }
+            )*
+        }
+        mod redis_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::redis().await).await;
                 }
             )*
         }

@@ -1,0 +1,334 @@
+//! [`RedisSessionStore`]: the GoNest [`SessionStore`] on Redis or Valkey, for apps that use
+//! it directly.
+//!
+//! ```no_run
+//! use gonest_session_core::{Save, SessionData, SessionStore};
+//! use gonest_session_redis::RedisSessionStore;
+//!
+//! # async fn demo() -> Result<(), gonest_session_core::StoreError> {
+//! let store = RedisSessionStore::connect("redis://127.0.0.1:6379").await?;
+//! let saved = store.save(Save::new("abc123", SessionData::new()).expected_version(0)).await?;
+//! assert_eq!(saved.version, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! It keeps the same contract as `MemorySessionStore`: an expired session does not exist,
+//! versions count saves, saves are conditional on their expected version, `created_at` is kept,
+//! Touch keeps the version, Destroy is idempotent, ids and sizes are checked.
+//!
+//! # In Redis
+//! - One key per session, `PREFIX + id` (prefix `gonest:sess:` unless set), holding one binary
+//!   value: the version, `created_at` and `expires_at` (milliseconds since 1970) as three
+//!   little-endian u64, then the data in `gonest_session_core::codec`'s form.
+//! - Expiry is Redis's own: each key expires at its session's `expires_at` (`PXAT`), so a
+//!   session past its expiry is gone for every command.
+//! - Each operation touches that one key and is atomic: Get is a `GET`, Destroy a `DEL`, Save
+//!   and Touch one Lua script each (compare-and-swap on the version), which also reads Redis's
+//!   clock (`TIME`), so every client of one Redis computes expiries from the same clock.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gonest_session_core::codec::{decode_data, encode_data};
+use gonest_session_core::{
+    Expiry, Result, Save, Saved, SessionRecord, SessionStore, StoreError, async_trait, data_size,
+    validate_id,
+};
+use redis::aio::ConnectionManager;
+
+/// The key prefix sessions are kept under unless set otherwise.
+pub const DEFAULT_PREFIX: &str = "gonest:sess:";
+
+/// Bytes before the data in a stored value: version, `created_at`, `expires_at`.
+const HEADER: usize = 24;
+
+/// Saves a session: `KEYS[1]` the key; `ARGV[1]` the expected version (empty: any);
+/// `ARGV[2]` the TTL in milliseconds; `ARGV[3]` the encoded data. Returns
+/// `{version, created_at, expires_at}`, or `{-1, current version}` (0: absent) on a conflict.
+const SAVE: &str = r"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local current = redis.call('GET', KEYS[1])
+local version, created = 0, now
+if current then
+  version, created = struct.unpack('<I8I8', current)
+end
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= version then
+  return {-1, version}
+end
+version = version + 1
+local expires = now + tonumber(ARGV[2])
+redis.call('SET', KEYS[1], struct.pack('<I8I8I8', version, created, expires) .. ARGV[3],
+  'PXAT', expires)
+return {version, created, expires}
+";
+
+/// Touches a session: `KEYS[1]` the key; `ARGV[1]` the TTL in milliseconds. Returns the new
+/// `expires_at`, or nothing when there is no session.
+const TOUCH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return false
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local expires = now + tonumber(ARGV[1])
+redis.call('SETRANGE', KEYS[1], 16, struct.pack('<I8', expires))
+redis.call('PEXPIREAT', KEYS[1], expires)
+return expires
+";
+
+/// A [`SessionStore`] on Redis or Valkey. Cheap to clone; clones share one connection, which
+/// reconnects by itself when Redis comes back.
+#[derive(Clone)]
+pub struct RedisSessionStore {
+    connection: ConnectionManager,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    prefix: String,
+    default_ttl: Duration,
+    max_ttl: Duration,
+    max_session_bytes: usize,
+    timeout: Duration,
+    save: redis::Script,
+    touch: redis::Script,
+}
+
+impl std::fmt::Debug for RedisSessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSessionStore")
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of a [`RedisSessionStore`]; from [`RedisSessionStore::builder`].
+#[derive(Debug, Clone)]
+pub struct RedisSessionStoreBuilder {
+    url: String,
+    prefix: String,
+    default_ttl: Duration,
+    max_ttl: Duration,
+    max_session_bytes: usize,
+    timeout: Duration,
+}
+
+impl RedisSessionStoreBuilder {
+    /// The prefix of every session's key (default `gonest:sess:`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The lifetime of a session saved with [`Expiry::Default`] (default 24 hours).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// The longest lifetime a save or touch may ask for (default 30 days).
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.max_ttl = ttl;
+        self
+    }
+
+    /// The largest session, keys plus values, in bytes (default 1 MiB).
+    pub fn max_session_bytes(mut self, bytes: usize) -> Self {
+        self.max_session_bytes = bytes;
+        self
+    }
+
+    /// How long one operation may take before it fails with [`StoreError::Timeout`]
+    /// (default 2 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connects, failing with [`StoreError::Unavailable`] if Redis cannot be reached.
+    pub async fn connect(self) -> Result<RedisSessionStore> {
+        if self.default_ttl.is_zero() || self.default_ttl > self.max_ttl {
+            return Err(StoreError::invalid(
+                "the default ttl must be positive and at most the maximum ttl",
+            ));
+        }
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|err| StoreError::invalid(format!("invalid redis url: {err}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout);
+        let connection = tokio::time::timeout(
+            self.timeout,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("redis did not answer in time".into()))?
+        .map_err(|err| StoreError::Unavailable(format!("cannot connect to redis: {err}")))?;
+        Ok(RedisSessionStore {
+            connection,
+            inner: Arc::new(Inner {
+                prefix: self.prefix,
+                default_ttl: self.default_ttl,
+                max_ttl: self.max_ttl,
+                max_session_bytes: self.max_session_bytes,
+                timeout: self.timeout,
+                save: redis::Script::new(SAVE),
+                touch: redis::Script::new(TOUCH),
+            }),
+        })
+    }
+}
+
+impl RedisSessionStore {
+    /// Connects to Redis at `url` (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS,
+    /// `unix:///path`) with default options.
+    pub async fn connect(url: impl Into<String>) -> Result<Self> {
+        Self::builder(url).connect().await
+    }
+
+    /// Options for a store at `url`.
+    pub fn builder(url: impl Into<String>) -> RedisSessionStoreBuilder {
+        RedisSessionStoreBuilder {
+            url: url.into(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            default_ttl: Duration::from_secs(24 * 3600),
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_session_bytes: 1 << 20,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}{id}", self.inner.prefix)
+    }
+
+    /// Runs `command` within the timeout, mapping Redis's failures to store errors.
+    async fn run<T>(
+        &self,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.inner.timeout, command).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err))
+                if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() =>
+            {
+                Err(StoreError::Unavailable(format!("redis: {err}")))
+            }
+            Ok(Err(err)) => Err(StoreError::Internal(format!("redis: {err}"))),
+        }
+    }
+
+    /// The lifetime a save or touch asks for, in whole milliseconds (at least one).
+    fn ttl_millis(&self, expiry: Expiry) -> Result<u64> {
+        let ttl = expiry.lifetime(
+            SystemTime::now(),
+            self.inner.default_ttl,
+            self.inner.max_ttl,
+        )?;
+        Ok(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+    }
+}
+
+fn time(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+fn u64_at(value: &[u8], at: usize) -> u64 {
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&value[at..at + 8]);
+    u64::from_le_bytes(bytes)
+}
+
+/// A stored value as a record.
+fn record(id: &str, value: &[u8]) -> Result<SessionRecord> {
+    if value.len() < HEADER {
+        return Err(StoreError::Internal(
+            "a value under the session prefix is not a session".into(),
+        ));
+    }
+    Ok(SessionRecord {
+        id: id.to_owned(),
+        version: u64_at(value, 0),
+        created_at: time(u64_at(value, 8)),
+        expires_at: time(u64_at(value, 16)),
+        data: decode_data(&value[HEADER..])?,
+    })
+}
+
+#[async_trait]
+impl SessionStore for RedisSessionStore {
+    async fn get(&self, id: &str) -> Result<Option<SessionRecord>> {
+        validate_id(id)?;
+        let mut connection = self.connection.clone();
+        let value: Option<Vec<u8>> = self
+            .run(
+                redis::cmd("GET")
+                    .arg(self.key(id))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        value.map(|value| record(id, &value)).transpose()
+    }
+
+    async fn save(&self, save: Save) -> Result<Saved> {
+        validate_id(&save.id)?;
+        let size = data_size(&save.data);
+        if size > self.inner.max_session_bytes {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.inner.max_session_bytes,
+            });
+        }
+        let ttl = self.ttl_millis(save.expiry)?;
+        let expected = save
+            .expected_version
+            .map_or_else(String::new, |v| v.to_string());
+        let mut connection = self.connection.clone();
+        let mut invocation = self.inner.save.key(self.key(&save.id));
+        invocation
+            .arg(expected)
+            .arg(ttl)
+            .arg(&*encode_data(&save.data));
+        let answer: Vec<i64> = self.run(invocation.invoke_async(&mut connection)).await?;
+        match answer.as_slice() {
+            [-1, actual] => Err(StoreError::Conflict {
+                expected: save.expected_version.unwrap_or(0),
+                actual: u64::try_from(*actual).ok().filter(|&v| v != 0),
+            }),
+            [version, created, expires] => Ok(Saved {
+                version: u64::try_from(*version).unwrap_or(0),
+                created_at: time(u64::try_from(*created).unwrap_or(0)),
+                expires_at: time(u64::try_from(*expires).unwrap_or(0)),
+            }),
+            other => Err(StoreError::Internal(format!(
+                "unexpected answer from the save script: {other:?}"
+            ))),
+        }
+    }
+
+    async fn destroy(&self, id: &str) -> Result<bool> {
+        validate_id(id)?;
+        let mut connection = self.connection.clone();
+        let removed: u64 = self
+            .run(
+                redis::cmd("DEL")
+                    .arg(self.key(id))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
+        validate_id(id)?;
+        let ttl = self.ttl_millis(ttl.map_or(Expiry::Default, Expiry::Ttl))?;
+        let mut connection = self.connection.clone();
+        let mut invocation = self.inner.touch.key(self.key(id));
+        invocation.arg(ttl);
+        let expires: Option<i64> = self.run(invocation.invoke_async(&mut connection)).await?;
+        Ok(expires.map(|ms| time(u64::try_from(ms).unwrap_or(0))))
+    }
+}

@@ -1,0 +1,276 @@
+//! RedisSessionStore keeps MemorySessionStore's contract, against a real redis-server started by
+//! the test. Expiry is Redis's own clock, so those tests wait for it (polling, with a deadline).
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use gonest_session_core::{Expiry, Save, SessionData, SessionStore, StoreError};
+use gonest_session_redis::RedisSessionStore;
+use gonest_session_testing::RedisServer;
+
+fn data(pairs: &[(&str, &str)]) -> SessionData {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+async fn store(redis: &RedisServer) -> RedisSessionStore {
+    RedisSessionStore::builder(redis.url())
+        .max_session_bytes(64)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Waits (5 s at most) until `id` is gone from `store`.
+async fn gone(store: &RedisSessionStore, id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.get(id).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn versions_count_saves_and_created_at_is_kept() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    assert_eq!(store.get("s").await.unwrap(), None);
+    let before = SystemTime::now() - Duration::from_secs(1);
+    let first = store
+        .save(Save::new("s", data(&[("a", "1")])).ttl(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(first.version, 1);
+    assert!(first.created_at >= before && first.expires_at > first.created_at);
+    let second = store
+        .save(Save::new("s", data(&[("a", "2")])))
+        .await
+        .unwrap();
+    assert_eq!(second.version, 2);
+    assert_eq!(second.created_at, first.created_at);
+    let record = store.get("s").await.unwrap().unwrap();
+    assert_eq!((record.version, record.data), (2, data(&[("a", "2")])));
+    assert_eq!(record.created_at, first.created_at);
+    assert_eq!(record.expires_at, second.expires_at);
+}
+
+#[tokio::test]
+async fn expected_version_guards_saves_in_all_three_cases() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    store
+        .save(Save::new("s", data(&[("k", "v1")])).expected_version(0))
+        .await
+        .unwrap();
+    let err = store
+        .save(Save::new("s", data(&[])).expected_version(0))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Conflict {
+            expected: 0,
+            actual: Some(1)
+        }
+    );
+    let err = store
+        .save(Save::new("s", data(&[])).expected_version(7))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Conflict {
+            expected: 7,
+            actual: Some(1)
+        }
+    );
+    assert_eq!(
+        store.get("s").await.unwrap().unwrap().data,
+        data(&[("k", "v1")]),
+        "a conflict changes nothing"
+    );
+    assert_eq!(
+        store
+            .save(Save::new("s", data(&[])).expected_version(1))
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    let err = store
+        .save(Save::new("absent", data(&[])).expected_version(3))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Conflict {
+            expected: 3,
+            actual: None
+        }
+    );
+    assert_eq!(store.get("absent").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn an_expired_session_is_absent_for_every_operation() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    for id in ["t", "d", "v", "g"] {
+        store
+            .save(Save::new(id, data(&[])).ttl(Duration::from_millis(30)))
+            .await
+            .unwrap();
+    }
+    // Saved last: once it is gone, the others have expired too (and only it was read).
+    gone(&store, "g").await;
+    assert_eq!(store.touch("t", None).await.unwrap(), None);
+    assert!(
+        !store.destroy("d").await.unwrap(),
+        "expired is not 'existed'"
+    );
+    let err = store
+        .save(Save::new("v", data(&[])).expected_version(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { actual: None, .. }));
+    let created = store
+        .save(Save::new("v", data(&[])).expected_version(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        created.version, 1,
+        "an expired session is replaced, not continued"
+    );
+}
+
+#[tokio::test]
+async fn touch_extends_without_changing_version_or_data() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let saved = store
+        .save(Save::new("s", data(&[("k", "v")])).ttl(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    let expires = store
+        .touch("s", Some(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(expires >= saved.expires_at + Duration::from_secs(59));
+    let record = store.get("s").await.unwrap().unwrap();
+    assert_eq!(
+        (record.version, record.data, record.expires_at),
+        (1, data(&[("k", "v")]), expires)
+    );
+    // Past the first expiry, the touched session lives on.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(store.get("s").await.unwrap().is_some());
+    assert_eq!(store.touch("missing", None).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn destroy_is_idempotent_and_bad_input_is_refused() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    store.save(Save::new("s", data(&[]))).await.unwrap();
+    assert!(store.destroy("s").await.unwrap());
+    assert!(!store.destroy("s").await.unwrap());
+    for id in ["", "with space", &"x".repeat(257)] {
+        assert!(matches!(
+            store.get(id).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            store.save(Save::new(id, data(&[]))).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            store.destroy(id).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            store.touch(id, None).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
+    }
+    let mut save = Save::new("s", data(&[]));
+    save.expiry = Expiry::Ttl(Duration::from_secs(31 * 24 * 3600));
+    assert!(matches!(
+        store.save(save).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    let err = store
+        .save(Save::new("s", data(&[("k", &"x".repeat(64))])))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::TooLarge {
+            size: 65,
+            limit: 64
+        }
+    );
+    assert_eq!(store.get("s").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_compare_and_swap_loses_no_write() {
+    let redis = RedisServer::start().await;
+    let store = RedisSessionStore::connect(redis.url()).await.unwrap();
+    store.save(Save::new("counter", data(&[]))).await.unwrap();
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in 0..25 {
+                    loop {
+                        let record = store.get("counter").await.unwrap().unwrap();
+                        let mut data = record.data;
+                        data.insert(format!("w{writer}-{n}"), b"1".to_vec());
+                        match store
+                            .save(Save::new("counter", data).expected_version(record.version))
+                            .await
+                        {
+                            Ok(_) => break,
+                            Err(StoreError::Conflict { .. }) => continue,
+                            Err(err) => panic!("{err}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let record = store.get("counter").await.unwrap().unwrap();
+    let keys: HashSet<_> = record.data.keys().cloned().collect();
+    assert_eq!(keys.len(), 200, "every write landed");
+    assert_eq!(record.version, 201);
+}
+
+#[tokio::test]
+async fn sessions_live_under_the_prefix_and_redis_down_is_unavailable() {
+    let redis = RedisServer::start().await;
+    let store = RedisSessionStore::builder(redis.url())
+        .prefix("app1:")
+        .timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    store.save(Save::new("s", data(&[]))).await.unwrap();
+    let other = RedisSessionStore::connect(redis.url()).await.unwrap();
+    assert_eq!(
+        other.get("s").await.unwrap(),
+        None,
+        "another prefix, another store"
+    );
+    drop(redis);
+    let err = store.get("s").await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+}
