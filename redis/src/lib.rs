@@ -36,6 +36,7 @@ use gonest_session_core::{
     validate_id,
 };
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 
 /// The key prefix sessions are kept under unless set otherwise.
 pub const DEFAULT_PREFIX: &str = "gonest:sess:";
@@ -82,7 +83,7 @@ return expires
 /// reconnects by itself when Redis comes back.
 #[derive(Clone)]
 pub struct RedisSessionStore {
-    connection: ConnectionManager,
+    connection: Connection,
     inner: Arc<Inner>,
 }
 
@@ -94,6 +95,58 @@ struct Inner {
     timeout: Duration,
     save: redis::Script,
     touch: redis::Script,
+}
+
+/// A standalone Redis, or a Redis Cluster whose nodes each command is routed to by its key.
+#[derive(Clone)]
+enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Standalone(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Standalone(connection) => connection.req_packed_commands(cmd, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// The node URLs of a `redis+cluster://host:port[,host:port…]` URL (`rediss+cluster://` for
+/// TLS), or `None` for a URL of one server.
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let (scheme, nodes) = url.split_once("://")?;
+    let scheme = scheme.strip_suffix("+cluster")?;
+    Some(
+        nodes
+            .trim_end_matches('/')
+            .split(',')
+            .map(|node| format!("{scheme}://{node}"))
+            .collect(),
+    )
 }
 
 impl std::fmt::Debug for RedisSessionStore {
@@ -154,18 +207,39 @@ impl RedisSessionStoreBuilder {
                 "the default ttl must be positive and at most the maximum ttl",
             ));
         }
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|err| StoreError::invalid(format!("invalid redis url: {err}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout);
-        let connection = tokio::time::timeout(
-            self.timeout,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("redis did not answer in time".into()))?
-        .map_err(|err| StoreError::Unavailable(format!("cannot connect to redis: {err}")))?;
+        let unavailable = |err: redis::RedisError| {
+            StoreError::Unavailable(format!("cannot connect to redis: {err}"))
+        };
+        let invalid =
+            |err: redis::RedisError| StoreError::invalid(format!("invalid redis url: {err}"));
+        let connecting = async {
+            Ok(match cluster_nodes(&self.url) {
+                Some(nodes) => Connection::Cluster(
+                    redis::cluster::ClusterClientBuilder::new(nodes)
+                        .connection_timeout(self.timeout)
+                        .response_timeout(self.timeout)
+                        .build()
+                        .map_err(invalid)?
+                        .get_async_connection()
+                        .await
+                        .map_err(unavailable)?,
+                ),
+                None => {
+                    let client = redis::Client::open(self.url.as_str()).map_err(invalid)?;
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(self.timeout)
+                        .set_response_timeout(self.timeout);
+                    Connection::Standalone(
+                        ConnectionManager::new_with_config(client, config)
+                            .await
+                            .map_err(unavailable)?,
+                    )
+                }
+            })
+        };
+        let connection = tokio::time::timeout(self.timeout, connecting)
+            .await
+            .map_err(|_| StoreError::Unavailable("redis did not answer in time".into()))??;
         Ok(RedisSessionStore {
             connection,
             inner: Arc::new(Inner {
@@ -183,7 +257,8 @@ impl RedisSessionStoreBuilder {
 
 impl RedisSessionStore {
     /// Connects to Redis at `url` (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS,
-    /// `unix:///path`) with default options.
+    /// `unix:///path`), or to a Redis Cluster through any of its nodes
+    /// (`redis+cluster://host:port[,host:port…]`), with default options.
     pub async fn connect(url: impl Into<String>) -> Result<Self> {
         Self::builder(url).connect().await
     }

@@ -274,3 +274,57 @@ async fn sessions_live_under_the_prefix_and_redis_down_is_unavailable() {
     let err = store.get("s").await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_sessions_spread_over_the_masters_and_compare_and_swap_holds() {
+    let cluster = gonest_session_testing::RedisCluster::start().await;
+    let store = RedisSessionStore::connect(cluster.url()).await.unwrap();
+    for i in 0..300 {
+        let saved = store
+            .save(Save::new(format!("s{i}"), data(&[("n", "1")])).expected_version(0))
+            .await
+            .unwrap();
+        assert_eq!(saved.version, 1);
+    }
+    let keys = cluster.keys_per_node();
+    assert_eq!(keys.iter().sum::<u64>(), 300, "{keys:?}");
+    assert!(
+        keys.iter().all(|&n| n > 0),
+        "every master holds some: {keys:?}"
+    );
+    for i in 0..300 {
+        let id = format!("s{i}");
+        assert_eq!(store.get(&id).await.unwrap().unwrap().version, 1);
+        assert!(store.touch(&id, None).await.unwrap().is_some());
+    }
+    // Writers racing on one session lose nothing.
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in 0..10 {
+                    loop {
+                        let record = store.get("s0").await.unwrap().unwrap();
+                        let mut data = record.data;
+                        data.insert(format!("w{writer}-{n}"), b"1".to_vec());
+                        match store
+                            .save(Save::new("s0", data).expected_version(record.version))
+                            .await
+                        {
+                            Ok(_) => break,
+                            Err(StoreError::Conflict { .. }) => continue,
+                            Err(err) => panic!("{err}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let record = store.get("s0").await.unwrap().unwrap();
+    assert_eq!((record.data.len(), record.version), (81, 81));
+    assert!(store.destroy("s0").await.unwrap());
+    assert_eq!(store.get("s0").await.unwrap(), None);
+}

@@ -157,3 +157,143 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A Redis Cluster of three masters for a test, on loopback ports chosen free (each node's port
+/// and its bus port, port + 10000), created with `redis-cli --cluster create` and ready when
+/// returned; killed when dropped. Needs `redis-server` and `redis-cli`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<(u16, std::process::Child)>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts three nodes and makes them one cluster.
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("gonest-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the cluster");
+        let mut nodes = Vec::new();
+        for port in free_cluster_ports(3) {
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("a directory for a node");
+            let child = std::process::Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("cannot start redis-server: install it (apt-get install redis-server)");
+            nodes.push((port, child));
+        }
+        let cluster = Self { nodes, dir };
+        for port in cluster.ports() {
+            cluster.wait_for(port, "PING", "PONG").await;
+        }
+        let addresses: Vec<String> = cluster
+            .ports()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        let created = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("cannot run redis-cli: install it (apt-get install redis-tools)");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        for port in cluster.ports() {
+            cluster
+                .wait_for(port, "CLUSTER INFO", "cluster_state:ok")
+                .await;
+        }
+        cluster
+    }
+
+    fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes.iter().map(|(port, _)| *port)
+    }
+
+    /// Waits (30 s at most) until `command` on the node at `port` answers with `expected` in it.
+    async fn wait_for(&self, port: u16, command: &str, expected: &str) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let answer = self.cli(port, command);
+            if answer.contains(expected) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {port} did not answer {expected} to {command}: {answer}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What `redis-cli -p PORT COMMAND` prints.
+    pub fn cli(&self, port: u16, command: &str) -> String {
+        std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(command.split_whitespace())
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Keys held by each master.
+    pub fn keys_per_node(&self) -> Vec<u64> {
+        self.ports()
+            .map(|port| self.cli(port, "DBSIZE").trim().parse().unwrap_or(0))
+            .collect()
+    }
+
+    /// Its URL for clients: `redis+cluster://` and every node.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `count` loopback ports, each free along with its cluster bus port (port + 10000).
+fn free_cluster_ports(count: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    let mut held = Vec::new();
+    while ports.len() < count {
+        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let port = listener.local_addr().expect("an address").port();
+        let Some(bus) = port.checked_add(10000) else {
+            continue;
+        };
+        if let Ok(bus_listener) = std::net::TcpListener::bind(("127.0.0.1", bus)) {
+            ports.push(port);
+            held.push(bus_listener);
+        }
+        held.push(listener);
+    }
+    ports
+}
