@@ -275,6 +275,21 @@ impl RedisSessionStore {
         }
     }
 
+    /// Asks Redis for a `PONG`, within the timeout.
+    pub async fn ping(&self) -> Result<()> {
+        let mut connection = self.connection.clone();
+        let pong: String = self
+            .run(redis::cmd("PING").query_async(&mut connection))
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Internal(format!(
+                "redis answered {pong} to PING"
+            )))
+        }
+    }
+
     fn key(&self, id: &str) -> String {
         format!("{}{id}", self.inner.prefix)
     }

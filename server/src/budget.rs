@@ -63,6 +63,23 @@ impl AnswerBudget {
         }
     }
 
+    /// Waits until the connection's answers in flight are under the limit, for an answer that
+    /// must be awaited before its size is known ([`produced`](Self::produced) counts it).
+    pub(crate) async fn wait(&self) {
+        loop {
+            let written = self.written.notified();
+            if self.in_flight.load(Ordering::Acquire) < self.limit {
+                return;
+            }
+            written.await;
+        }
+    }
+
+    /// Counts an answer of `bytes` produced after [`wait`](Self::wait).
+    pub(crate) fn produced(&self, bytes: usize) {
+        self.in_flight.fetch_add(bytes, Ordering::AcqRel);
+    }
+
     /// Pays back `bytes` written to the socket.
     pub(crate) fn written(&self, bytes: usize) {
         let before = self

@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 
 use anyhow::Context;
 
-use crate::{Config, Persistence, TlsFiles, Tokens};
+use crate::{Config, Persistence, StoreBackend, TlsFiles, Tokens};
 
 /// The GoNest session store daemon: holds web sessions in memory and serves them over gRPC
 /// (gonest.session.v1.SessionStore) to any number of app instances.
@@ -97,6 +97,12 @@ pub struct Cli {
     #[arg(long, env = "GONEST_SESSIOND_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// Where sessions are kept: `memory` (this process, swept, snapshotted with --data-dir), or
+    /// Redis / Valkey at `redis://[user:pass@]host:port[/db]`, `rediss://...` (TLS) or
+    /// `redis+cluster://host:port[,host:port...]`, which any number of daemons can share.
+    #[arg(long, env = "GONEST_SESSIOND_BACKEND", default_value = "memory", value_parser = parse_backend)]
+    pub backend: StoreBackend,
+
     /// Log format; the filter comes from RUST_LOG (default: info).
     #[arg(long, env = "GONEST_SESSIOND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -159,6 +165,7 @@ impl Cli {
             shutdown_drain: self.shutdown_drain,
             metrics_listen: self.metrics_listen,
             handshake_timeout: self.handshake_timeout,
+            backend: self.backend.clone(),
             max_connections: self
                 .max_connections
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
@@ -191,6 +198,22 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".to_owned());
     }
     Ok(duration)
+}
+
+/// Parses `--backend`: `memory`, or a Redis URL.
+fn parse_backend(text: &str) -> Result<StoreBackend, String> {
+    let scheme = text.split_once("://").map(|(scheme, _)| scheme);
+    match (text, scheme) {
+        ("memory", _) => Ok(StoreBackend::Memory),
+        (_, Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster")) => {
+            Ok(StoreBackend::Redis(text.to_owned()))
+        }
+        _ => Err(
+            "write `memory`, or a Redis URL: redis://host:port, rediss://host:port or \
+             redis+cluster://host:port,host:port"
+                .to_owned(),
+        ),
+    }
 }
 
 /// Parses a duration that may be zero, such as `0s` or `2s`.

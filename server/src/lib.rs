@@ -23,6 +23,7 @@
 //! [`MemorySessionStore`]: gonest_session_core::MemorySessionStore
 
 mod auth;
+mod backend;
 mod budget;
 mod cli;
 mod draining;
@@ -37,8 +38,12 @@ mod service;
 pub mod shutdown;
 
 pub use auth::Tokens;
+pub use backend::Backend;
 pub use cli::{Cli, Command, LogFormat};
 pub use health::check as check_health;
 pub use persistence::Persistence;
-pub use server::{Config, MAX_STREAMS_PER_CONNECTION, TlsFiles, default_max_connections, run};
+pub use server::{
+    Config, MAX_STREAMS_PER_CONNECTION, StoreBackend, TlsFiles, default_max_connections, run,
+};
+pub use service::Limits;
 pub use service::SessionService;

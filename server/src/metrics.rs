@@ -50,7 +50,8 @@ pub(crate) struct Metrics {
     snapshot_age: Gauge<f64, AtomicU64>,
     /// When the last snapshot was written.
     last_snapshot: Mutex<Option<Instant>>,
-    store: MemorySessionStore,
+    /// The memory backend's store, whose counters are mirrored; none on Redis.
+    store: Option<MemorySessionStore>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -60,7 +61,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(store: MemorySessionStore) -> Self {
+    pub(crate) fn new(store: Option<MemorySessionStore>) -> Self {
         let mut metrics = Self {
             registry: Registry::with_prefix("gonest_sessiond"),
             operations: Family::default(),
@@ -142,13 +143,15 @@ impl Metrics {
 
     /// The text exposition, with the store's counters read now.
     fn render(&self) -> String {
-        let stats = self.store.stats();
-        self.live_sessions
-            .set(i64::try_from(stats.live_sessions).unwrap_or(i64::MAX));
+        if let Some(store) = &self.store {
+            let stats = store.stats();
+            self.live_sessions
+                .set(i64::try_from(stats.live_sessions).unwrap_or(i64::MAX));
+            catch_up(&self.sweeps, stats.sweeps_total);
+            catch_up(&self.expired_removed, stats.expired_removed_total);
+        }
         self.resident_memory
             .set(i64::try_from(memory_usage::resident_bytes()).unwrap_or(i64::MAX));
-        catch_up(&self.sweeps, stats.sweeps_total);
-        catch_up(&self.expired_removed, stats.expired_removed_total);
         let age = self
             .last_snapshot
             .lock()

@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 
+use crate::backend::Backend;
 use crate::metrics::Metrics;
+use crate::service::Limits;
 use crate::{Persistence, SessionService, Tokens};
 
 /// What the daemon runs with; [`Cli::config`](crate::Cli::config) builds it from flags.
@@ -42,11 +44,23 @@ pub struct Config {
     pub persistence: Option<Persistence>,
     /// Serve Prometheus metrics on `/metrics` at this address.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where sessions are kept.
+    pub backend: StoreBackend,
     /// Time a new connection has to finish its TLS handshake (if any), HTTP/2 preface and
     /// first SETTINGS frame before it is closed.
     pub handshake_timeout: Duration,
     /// Connections open at once; `None` sizes it from the open-file limit.
     pub max_connections: Option<usize>,
+}
+
+/// Where the daemon keeps sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// In its own memory (the default), swept, optionally snapshotted.
+    #[default]
+    Memory,
+    /// In Redis or Valkey at this URL (`redis://`, `rediss://`, `redis+cluster://`).
+    Redis(String),
 }
 
 /// A PEM certificate chain and its private key. `Debug` leaves the key out.
@@ -128,6 +142,7 @@ impl Default for Config {
             metrics_listen: None,
             handshake_timeout: Duration::from_secs(5),
             max_connections: None,
+            backend: StoreBackend::Memory,
         }
     }
 }
@@ -142,17 +157,41 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = MemorySessionStore::builder()
-        .default_ttl(config.default_ttl)
-        .max_ttl(config.max_ttl)
-        .max_session_bytes(config.max_session_bytes)
-        .max_sessions(config.max_sessions)
-        .sweep_interval(Some(config.sweep_interval))
-        .build()
-        .context("invalid store settings")?;
-    if let Some(persistence) = &config.persistence {
-        persistence.load(&store).await?;
-    }
+    let store = match &config.backend {
+        StoreBackend::Memory => {
+            let store = MemorySessionStore::builder()
+                .default_ttl(config.default_ttl)
+                .max_ttl(config.max_ttl)
+                .max_session_bytes(config.max_session_bytes)
+                .max_sessions(config.max_sessions)
+                .sweep_interval(Some(config.sweep_interval))
+                .build()
+                .context("invalid store settings")?;
+            if let Some(persistence) = &config.persistence {
+                persistence.load(&store).await?;
+            }
+            Backend::Memory(store)
+        }
+        StoreBackend::Redis(url) => {
+            anyhow::ensure!(
+                config.persistence.is_none() && config.max_sessions == 0,
+                "--data-dir and --max-sessions belong to the memory backend; with Redis, \
+                 Redis keeps and bounds the sessions"
+            );
+            let store = gonest_session_redis::RedisSessionStore::builder(url.as_str())
+                .default_ttl(config.default_ttl)
+                .max_ttl(config.max_ttl)
+                .max_session_bytes(config.max_session_bytes)
+                .connect()
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot use the redis backend: {err}"))?;
+            Backend::Redis(store)
+        }
+    };
+    let limits = Limits {
+        max_session_bytes: config.max_session_bytes,
+        max_ttl: config.max_ttl,
+    };
 
     let (stopping_tx, stopping) = watch::channel(false);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -176,11 +215,11 @@ pub async fn run(
              address can read and change every session"
         );
     }
-    let mut service = SessionService::new(store.clone(), stopping.clone());
+    let mut service = SessionService::new(store.clone(), limits, stopping.clone());
     let (in_flight, writes) = (service.in_flight(), service.writes());
     let metrics = match config.metrics_listen {
         Some(addr) => {
-            let metrics = Arc::new(Metrics::new(store.clone()));
+            let metrics = Arc::new(Metrics::new(store.memory().cloned()));
             crate::metrics::serve(addr, metrics.clone(), stopping.clone()).await?;
             service = service.with_metrics(metrics.clone());
             Some(metrics)
@@ -221,14 +260,23 @@ pub async fn run(
             let _ = stop_rx.wait_for(|stop| *stop).await;
         });
     let mut server = tokio::spawn(server);
-    let snapshots = config.persistence.clone().map(|persistence| {
+    // Persistence belongs to the memory backend (checked above).
+    let snapshotted = config.persistence.clone().zip(store.memory().cloned());
+    let snapshots = snapshotted.clone().map(|(persistence, memory)| {
         tokio::spawn(snapshot_every_interval(
             persistence,
-            store.clone(),
+            memory,
             metrics.clone(),
             stopping.clone(),
         ))
     });
+    if let Backend::Redis(_) = &store {
+        tokio::spawn(report_backend_health(
+            store.clone(),
+            health.clone(),
+            stopping.clone(),
+        ));
+    }
     tracing::info!(
         %addr,
         tls = config.tls.is_some(),
@@ -280,12 +328,12 @@ pub async fn run(
             .context("server failed")?,
         None => server.abort(),
     }
-    if let (Some(task), Some(persistence)) = (snapshots, &config.persistence) {
+    if let (Some(task), Some((persistence, memory))) = (snapshots, &snapshotted) {
         // The periodic task has seen `stopping` and ends after any snapshot in progress; then
         // the last one, with every write that made it in.
         let _ = task.await;
         let took = persistence
-            .write(&store)
+            .write(memory)
             .await
             .context("final snapshot failed")?;
         if let Some(metrics) = &metrics {
@@ -294,6 +342,44 @@ pub async fn run(
     }
     tracing::info!("gonest-sessiond stopped");
     Ok(())
+}
+
+/// How often a Redis backend is checked for health.
+const BACKEND_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reports `NOT_SERVING` on health while the backend cannot be reached (checked every second,
+/// each check bounded by the store's timeout) and `SERVING` again once it can, until the daemon
+/// stops.
+async fn report_backend_health(
+    store: Backend,
+    health: tonic_health::server::HealthReporter,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    let mut ticks = tokio::time::interval(BACKEND_CHECK_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        let reachable = store.reachable().await;
+        if reachable == serving || *stopping.borrow() {
+            continue;
+        }
+        serving = reachable;
+        let status = if serving {
+            tracing::info!("the backend answers again; serving");
+            tonic_health::ServingStatus::Serving
+        } else {
+            tracing::error!("the backend does not answer; reporting NOT_SERVING");
+            tonic_health::ServingStatus::NotServing
+        };
+        health
+            .set_service_status("gonest.session.v1.SessionStore", status)
+            .await;
+        health.set_service_status("", status).await;
+    }
 }
 
 /// Writes a snapshot every interval until the daemon stops. A failed snapshot is logged and

@@ -1,9 +1,11 @@
-//! The `gonest.session.v1.SessionStore` gRPC service over a [`MemorySessionStore`].
+//! The `gonest.session.v1.SessionStore` gRPC service over a [`Backend`].
 
+use std::future::Future;
 use std::pin::Pin;
 
+use futures_util::FutureExt;
 use futures_util::{Stream, StreamExt};
-use gonest_session_core::{MemorySessionStore, StoreError};
+use gonest_session_core::StoreError;
 use gonest_session_proto::{
     duration_from_pb, duration_to_pb, error_to_pb, pb, record_to_pb, save_from_pb,
     status_from_error, timestamp_to_pb,
@@ -14,19 +16,20 @@ use tonic::{Request, Response, Status, Streaming};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::backend::Backend;
 use crate::budget::AnswerBudget;
 use crate::draining::{InFlight, WriteGate};
 use crate::incoming::ConnInfo;
 use crate::memory_usage;
 use crate::metrics::Metrics;
 
-/// Serves a [`MemorySessionStore`] as `gonest.session.v1.SessionStore`.
+/// Serves a [`Backend`] as `gonest.session.v1.SessionStore`.
 ///
 /// Unary calls and `Pipeline` operations go through the same handlers, so they answer alike.
 #[derive(Clone, Debug)]
 pub struct SessionService {
     /// The sessions.
-    store: MemorySessionStore,
+    store: Backend,
     /// Becomes `true` when the daemon starts shutting down, which ends open `Pipeline` streams.
     stopping: watch::Receiver<bool>,
     /// Where operations are counted, when metrics are on.
@@ -35,12 +38,25 @@ pub struct SessionService {
     in_flight: Arc<InFlight>,
     /// Closed by shutdown before the final snapshot: no write lands after it.
     writes: Arc<WriteGate>,
+    /// The limits `Stats` reports.
+    limits: Limits,
+}
+
+/// The limits a daemon's clients learn from `Stats`.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The largest session, keys plus values, in bytes.
+    pub max_session_bytes: usize,
+    /// The longest TTL a save or touch may ask for.
+    pub max_ttl: std::time::Duration,
 }
 
 impl SessionService {
-    /// Serves `store`. Open `Pipeline` streams end when `stopping` turns `true`.
-    pub fn new(store: MemorySessionStore, stopping: watch::Receiver<bool>) -> Self {
+    /// Serves `store`, whose `limits` it reports. Open `Pipeline` streams end when `stopping`
+    /// turns `true`.
+    pub fn new(store: Backend, limits: Limits, stopping: watch::Receiver<bool>) -> Self {
         Self {
+            limits,
             store,
             stopping,
             metrics: None,
@@ -59,13 +75,28 @@ impl SessionService {
         self.writes.clone()
     }
 
-    /// Runs a write through the gate; once shutdown has closed it, `UNAVAILABLE`.
-    fn write<T>(&self, write: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-        self.writes.pass(write).unwrap_or_else(|| {
-            Err(StoreError::Unavailable(
-                "the daemon is shutting down".to_owned(),
-            ))
-        })
+    /// Runs a write through the gate; once shutdown has closed it, `UNAVAILABLE`. A memory write
+    /// completes while the gate is held, so none lands after shutdown closes it; Redis keeps no
+    /// snapshot of the daemon's, and a write to it only has to find the gate open.
+    async fn write<T>(
+        &self,
+        write: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let shutting_down = || StoreError::Unavailable("the daemon is shutting down".to_owned());
+        match &self.store {
+            Backend::Memory(_) => self
+                .writes
+                .pass(|| {
+                    write
+                        .now_or_never()
+                        .expect("memory writes complete at once")
+                })
+                .unwrap_or_else(|| Err(shutting_down())),
+            Backend::Redis(_) => match self.writes.pass(|| ()) {
+                Some(()) => write.await,
+                None => Err(shutting_down()),
+            },
+        }
     }
 
     /// Counts every operation in `metrics`.
@@ -75,13 +106,13 @@ impl SessionService {
     }
 
     /// Runs one operation, logging a failure and counting it in the metrics.
-    fn run<T>(
+    async fn run<T>(
         &self,
         method: &'static str,
-        op: impl FnOnce() -> Result<T, StoreError>,
+        op: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, Status> {
         let started = self.metrics.as_ref().map(|_| Instant::now());
-        let result = op().map_err(|err| {
+        let result = op.await.map_err(|err| {
             let status = status_from_error(&err);
             log_failure(&status);
             status
@@ -95,14 +126,14 @@ impl SessionService {
         result
     }
 
-    fn get(&self, request: pb::GetRequest) -> Result<pb::GetResponse, StoreError> {
-        let session = self.store.get_now(&request.id)?.map(record_to_pb);
+    async fn get(&self, request: pb::GetRequest) -> Result<pb::GetResponse, StoreError> {
+        let session = self.store.get(&request.id).await?.map(record_to_pb);
         Ok(pb::GetResponse { session })
     }
 
-    fn save(&self, request: pb::SaveRequest) -> Result<pb::SaveResponse, StoreError> {
+    async fn save(&self, request: pb::SaveRequest) -> Result<pb::SaveResponse, StoreError> {
         let save = save_from_pb(request)?;
-        let saved = self.write(|| self.store.save_now(save))?;
+        let saved = self.write(self.store.save(save)).await?;
         Ok(pb::SaveResponse {
             version: saved.version,
             created_at: Some(timestamp_to_pb(saved.created_at)),
@@ -110,14 +141,17 @@ impl SessionService {
         })
     }
 
-    fn destroy(&self, request: pb::DestroyRequest) -> Result<pb::DestroyResponse, StoreError> {
-        let existed = self.write(|| self.store.destroy_now(&request.id))?;
+    async fn destroy(
+        &self,
+        request: pb::DestroyRequest,
+    ) -> Result<pb::DestroyResponse, StoreError> {
+        let existed = self.write(self.store.destroy(&request.id)).await?;
         Ok(pb::DestroyResponse { existed })
     }
 
-    fn touch(&self, request: pb::TouchRequest) -> Result<pb::TouchResponse, StoreError> {
+    async fn touch(&self, request: pb::TouchRequest) -> Result<pb::TouchResponse, StoreError> {
         let ttl = request.ttl.as_ref().map(duration_from_pb).transpose()?;
-        let expires_at = self.write(|| self.store.touch_now(&request.id, ttl))?;
+        let expires_at = self.write(self.store.touch(&request.id, ttl)).await?;
         Ok(pb::TouchResponse {
             found: expires_at.is_some(),
             expires_at: expires_at.map(timestamp_to_pb),
@@ -126,46 +160,63 @@ impl SessionService {
 
     /// Answers one `Pipeline` message: its operation, then those of its batch, in order. A
     /// failure becomes an inline `Error`.
-    fn answer(&self, request: pb::PipelineRequest) -> pb::PipelineResponse {
+    async fn answer(&self, request: pb::PipelineRequest) -> pb::PipelineResponse {
         if request.batch.is_empty() {
-            return self.apply(request.tag, request.op);
+            return self.apply(request.tag, request.op).await;
         }
         let mut response = match request.op {
-            Some(op) => self.apply(request.tag, Some(op)),
+            Some(op) => self.apply(request.tag, Some(op)).await,
             None => pb::PipelineResponse {
                 tag: request.tag,
                 ..Default::default()
             },
         };
-        response.batch = request
-            .batch
-            .into_iter()
-            .map(|request| {
-                if request.batch.is_empty() {
-                    self.apply(request.tag, request.op)
-                } else {
-                    let refused = self.run("pipeline", || {
+        let mut answers = Vec::with_capacity(request.batch.len());
+        for request in request.batch {
+            answers.push(if request.batch.is_empty() {
+                self.apply(request.tag, request.op).await
+            } else {
+                let refused = self
+                    .run("pipeline", async {
                         Err::<(), _>(StoreError::invalid("batches do not nest"))
-                    });
-                    error_answer(request.tag, &refused.unwrap_err())
-                }
-            })
-            .collect();
+                    })
+                    .await;
+                error_answer(request.tag, &refused.unwrap_err())
+            });
+        }
+        response.batch = answers;
         response
     }
 
     /// Applies one pipelined operation; a failure becomes an inline `Error`.
-    fn apply(&self, tag: u64, op: Option<pb::pipeline_request::Op>) -> pb::PipelineResponse {
+    async fn apply(&self, tag: u64, op: Option<pb::pipeline_request::Op>) -> pb::PipelineResponse {
         use pb::pipeline_request::Op;
         use pb::pipeline_response::Result as Answer;
         let result = match op {
-            Some(Op::Get(op)) => self.run("get", || self.get(op).map(Answer::Get)),
-            Some(Op::Save(op)) => self.run("save", || self.save(op).map(Answer::Save)),
-            Some(Op::Destroy(op)) => self.run("destroy", || self.destroy(op).map(Answer::Destroy)),
-            Some(Op::Touch(op)) => self.run("touch", || self.touch(op).map(Answer::Touch)),
-            None => self.run("pipeline", || {
-                Err(StoreError::invalid("pipeline request has no operation"))
-            }),
+            Some(Op::Get(op)) => {
+                self.run("get", async { self.get(op).await.map(Answer::Get) })
+                    .await
+            }
+            Some(Op::Save(op)) => {
+                self.run("save", async { self.save(op).await.map(Answer::Save) })
+                    .await
+            }
+            Some(Op::Destroy(op)) => {
+                self.run("destroy", async {
+                    self.destroy(op).await.map(Answer::Destroy)
+                })
+                .await
+            }
+            Some(Op::Touch(op)) => {
+                self.run("touch", async { self.touch(op).await.map(Answer::Touch) })
+                    .await
+            }
+            None => {
+                self.run("pipeline", async {
+                    Err(StoreError::invalid("pipeline request has no operation"))
+                })
+                .await
+            }
         };
         match result {
             Ok(result) => pb::PipelineResponse {
@@ -174,6 +225,37 @@ impl SessionService {
                 batch: Vec::new(),
             },
             Err(status) => error_answer(tag, &status),
+        }
+    }
+
+    /// Produces an answer under the connection's budget (when there is one). A memory answer is
+    /// produced while the budget is checked, so only one answer at a time can go over it; a
+    /// Redis answer is awaited after the check, so each stream may have one answer over it.
+    async fn budgeted<T>(
+        &self,
+        budget: Option<&AnswerBudget>,
+        answer: impl Future<Output = T>,
+        size: impl FnOnce(&T) -> usize,
+    ) -> T {
+        match (budget, &self.store) {
+            (None, _) => answer.await,
+            (Some(budget), Backend::Memory(_)) => {
+                budget
+                    .produce(|| {
+                        let answer = answer
+                            .now_or_never()
+                            .expect("memory answers complete at once");
+                        let bytes = size(&answer);
+                        (answer, bytes)
+                    })
+                    .await
+            }
+            (Some(budget), Backend::Redis(_)) => {
+                budget.wait().await;
+                let answer = answer.await;
+                budget.produced(size(&answer));
+                answer
+            }
         }
     }
 }
@@ -218,16 +300,13 @@ impl pb::session_store_server::SessionStore for SessionService {
         let _call = self.in_flight.start();
         let budget = answer_budget(&request);
         let request = request.into_inner();
-        let get = || {
-            let answer = self.run("get", || SessionService::get(self, request));
-            let size = answer.as_ref().map_or(0, prost::Message::encoded_len);
-            (answer, size)
+        let get = self.run("get", SessionService::get(self, request));
+        let size = |answer: &Result<pb::GetResponse, Status>| {
+            answer.as_ref().map_or(0, prost::Message::encoded_len)
         };
-        match budget {
-            Some(budget) => budget.produce(get).await,
-            None => get().0,
-        }
-        .map(Response::new)
+        self.budgeted(budget.as_deref(), get, size)
+            .await
+            .map(Response::new)
     }
 
     async fn save(
@@ -236,7 +315,8 @@ impl pb::session_store_server::SessionStore for SessionService {
     ) -> Result<Response<pb::SaveResponse>, Status> {
         let _call = self.in_flight.start();
         let request = request.into_inner();
-        self.run("save", || SessionService::save(self, request))
+        self.run("save", SessionService::save(self, request))
+            .await
             .map(Response::new)
     }
 
@@ -246,7 +326,8 @@ impl pb::session_store_server::SessionStore for SessionService {
     ) -> Result<Response<pb::DestroyResponse>, Status> {
         let _call = self.in_flight.start();
         let request = request.into_inner();
-        self.run("destroy", || SessionService::destroy(self, request))
+        self.run("destroy", SessionService::destroy(self, request))
+            .await
             .map(Response::new)
     }
 
@@ -256,7 +337,8 @@ impl pb::session_store_server::SessionStore for SessionService {
     ) -> Result<Response<pb::TouchResponse>, Status> {
         let _call = self.in_flight.start();
         let request = request.into_inner();
-        self.run("touch", || SessionService::touch(self, request))
+        self.run("touch", SessionService::touch(self, request))
+            .await
             .map(Response::new)
     }
 
@@ -264,14 +346,14 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        let stats = self.store.live_stats().await;
+        let stats = self.store.stats().await;
         Ok(Response::new(pb::StatsResponse {
             live_sessions: stats.live_sessions,
             expired_removed_total: stats.expired_removed_total,
             sweeps_total: stats.sweeps_total,
             resident_memory_bytes: memory_usage::resident_bytes(),
-            max_session_bytes: u64::try_from(self.store.max_session_bytes()).unwrap_or(u64::MAX),
-            max_ttl: Some(duration_to_pb(self.store.max_ttl())),
+            max_session_bytes: u64::try_from(self.limits.max_session_bytes).unwrap_or(u64::MAX),
+            max_ttl: Some(duration_to_pb(self.limits.max_ttl)),
             pipeline_batches: true,
         }))
     }
@@ -302,15 +384,10 @@ impl pb::session_store_server::SessionStore for SessionService {
                 let (service, budget) = (service.clone(), budget.clone());
                 async move {
                     let op = item?;
-                    let apply = || {
-                        let answer = service.answer(op);
-                        let size = prost::Message::encoded_len(&answer);
-                        (answer, size)
-                    };
-                    Ok(match budget {
-                        Some(budget) => budget.produce(apply).await,
-                        None => apply().0,
-                    })
+                    let answer = service.answer(op);
+                    Ok(service
+                        .budgeted(budget.as_deref(), answer, prost::Message::encoded_len)
+                        .await)
                 }
             })
             .take_until(Box::pin(stopped))

@@ -1,0 +1,94 @@
+//! Where the daemon keeps sessions: in its own memory, or in Redis / Valkey.
+
+use std::time::{Duration, SystemTime};
+
+use gonest_session_core::{
+    MemorySessionStore, Result, Save, Saved, SessionRecord, SessionStore, StoreError, StoreStats,
+};
+use gonest_session_redis::RedisSessionStore;
+
+/// Redis not answering in time is Redis being unavailable, to the daemon's callers: they get
+/// `UNAVAILABLE` and may try another daemon or later.
+fn unavailable_on_timeout<T>(result: Result<T>) -> Result<T> {
+    result.map_err(|err| match err {
+        StoreError::Timeout => StoreError::Unavailable("redis did not answer in time".into()),
+        err => err,
+    })
+}
+
+/// The store behind the gRPC service.
+///
+/// The memory backend answers within the call, without waiting: its operations are `async` only
+/// in signature, and complete on their first poll (the service relies on that to apply a
+/// memory write under its shutdown gate and to size an answer against its connection's budget
+/// before producing the next). A Redis backend waits for Redis.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// Sessions in this process's memory, swept and snapshotted by the daemon.
+    Memory(MemorySessionStore),
+    /// Sessions in Redis or Valkey, which expires them itself; the daemon keeps no state.
+    Redis(RedisSessionStore),
+}
+
+impl Backend {
+    /// The memory store, for the memory backend.
+    pub fn memory(&self) -> Option<&MemorySessionStore> {
+        match self {
+            Self::Memory(store) => Some(store),
+            Self::Redis(_) => None,
+        }
+    }
+
+    pub(crate) async fn get(&self, id: &str) -> Result<Option<SessionRecord>> {
+        match self {
+            Self::Memory(store) => store.get_now(id),
+            Self::Redis(store) => unavailable_on_timeout(store.get(id).await),
+        }
+    }
+
+    pub(crate) async fn save(&self, save: Save) -> Result<Saved> {
+        match self {
+            Self::Memory(store) => store.save_now(save),
+            Self::Redis(store) => unavailable_on_timeout(store.save(save).await),
+        }
+    }
+
+    pub(crate) async fn destroy(&self, id: &str) -> Result<bool> {
+        match self {
+            Self::Memory(store) => store.destroy_now(id),
+            Self::Redis(store) => unavailable_on_timeout(store.destroy(id).await),
+        }
+    }
+
+    pub(crate) async fn touch(
+        &self,
+        id: &str,
+        ttl: Option<Duration>,
+    ) -> Result<Option<SystemTime>> {
+        match self {
+            Self::Memory(store) => store.touch_now(id, ttl),
+            Self::Redis(store) => unavailable_on_timeout(store.touch(id, ttl).await),
+        }
+    }
+
+    /// The counters `Stats` reports. On Redis, the daemon counts nothing: the sessions and their
+    /// expiry are Redis's.
+    pub(crate) async fn stats(&self) -> StoreStats {
+        match self {
+            Self::Memory(store) => store.live_stats().await,
+            Self::Redis(_) => StoreStats {
+                live_sessions: 0,
+                expired_removed_total: 0,
+                sweeps_total: 0,
+            },
+        }
+    }
+
+    /// Whether the store can be reached now.
+    pub(crate) async fn reachable(&self) -> bool {
+        match self {
+            Self::Memory(_) => true,
+            Self::Redis(store) => store.ping().await.is_ok(),
+        }
+    }
+}

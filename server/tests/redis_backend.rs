@@ -1,0 +1,172 @@
+//! The daemon on Redis: the same contract, shared by several daemons, refused settings that
+//! belong to the memory backend, and Redis going away.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Daemon;
+use gonest_session_proto::pb;
+use gonest_session_testing::RedisServer;
+use gonest_sessiond::{Config, StoreBackend};
+use tonic::Code;
+
+fn on(redis: &RedisServer) -> Config {
+    Config {
+        backend: StoreBackend::Redis(redis.url()),
+        ..Config::default()
+    }
+}
+
+fn save(id: &str, value: &str, expected: Option<u64>) -> pb::SaveRequest {
+    pb::SaveRequest {
+        session: Some(pb::Session {
+            id: id.to_owned(),
+            data: [("k".to_owned(), value.as_bytes().to_vec())].into(),
+            ..Default::default()
+        }),
+        expected_version: expected,
+        ttl: None,
+    }
+}
+
+fn get(id: &str) -> pb::GetRequest {
+    pb::GetRequest { id: id.to_owned() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_share_one_redis_with_compare_and_swap_across_them() {
+    let redis = RedisServer::start().await;
+    let (first, second) = (
+        Daemon::start(on(&redis)).await,
+        Daemon::start(on(&redis)).await,
+    );
+    let (mut one, mut two) = (first.client(), second.client());
+
+    let saved = one
+        .save(save("s", "1", Some(0)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(saved.version, 1);
+    let got = two
+        .get(get("s"))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!((got.version, &got.data["k"][..]), (1, &b"1"[..]));
+    assert_eq!(got.created_at, saved.created_at);
+
+    // A save through the second daemon at the version the first one wrote...
+    assert_eq!(
+        two.save(save("s", "2", Some(1)))
+            .await
+            .unwrap()
+            .into_inner()
+            .version,
+        2
+    );
+    // ...makes the first daemon's stale save a conflict.
+    let status = one.save(save("s", "stale", Some(1))).await.unwrap_err();
+    assert_eq!(status.code(), Code::Aborted);
+
+    let touched = one
+        .touch(pb::TouchRequest {
+            id: "s".into(),
+            ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(touched.found);
+    assert!(
+        two.destroy(pb::DestroyRequest { id: "s".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .existed
+    );
+    assert_eq!(one.get(get("s")).await.unwrap().into_inner().session, None);
+
+    // The limits are the daemon's, the same on Redis.
+    let big = "x".repeat(2 << 20);
+    let status = one.save(save("big", &big, None)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let status = one.get(get("bad id")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_only_settings_are_refused_with_redis() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        persistence: Some(gonest_sessiond::Persistence {
+            dir: dir.path().to_owned(),
+            interval: Duration::from_secs(30),
+        }),
+        ..on(&redis)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = gonest_sessiond::run(listener, config, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("--data-dir"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_gone_means_unavailable_and_not_serving() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let redis = RedisServer::start().await;
+    let daemon = Daemon::start(on(&redis)).await;
+    let mut client = daemon.client();
+    client.save(save("s", "1", None)).await.unwrap();
+    let mut health = HealthClient::new(daemon.channel.clone());
+    let serving = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(serving.status, tonic_health::ServingStatus::Serving as i32);
+
+    drop(redis);
+    let started = std::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(5), client.get(get("s")))
+        .await
+        .expect("a call on a daemon whose Redis is gone must not hang")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Health follows within a few seconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == tonic_health::ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still serving");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.stop().await.unwrap();
+}
