@@ -240,6 +240,23 @@ impl RedisSessionStoreBuilder {
         let connection = tokio::time::timeout(self.timeout, connecting)
             .await
             .map_err(|_| StoreError::Unavailable("redis did not answer in time".into()))??;
+        let save = redis::Script::new(SAVE);
+        let touch = redis::Script::new(TOUCH);
+        // Loaded now rather than on first use: a script Redis does not know is sent again after
+        // loading it, behind any command sent meanwhile on the same connection.
+        let mut loading = connection.clone();
+        for script in [&save, &touch] {
+            let loaded = tokio::time::timeout(
+                self.timeout,
+                script.prepare_invoke().load_async(&mut loading),
+            )
+            .await;
+            if !matches!(loaded, Ok(Ok(_))) {
+                return Err(StoreError::Unavailable(
+                    "redis did not load the session scripts".into(),
+                ));
+            }
+        }
         Ok(RedisSessionStore {
             connection,
             inner: Arc::new(Inner {
@@ -248,8 +265,8 @@ impl RedisSessionStoreBuilder {
                 max_ttl: self.max_ttl,
                 max_session_bytes: self.max_session_bytes,
                 timeout: self.timeout,
-                save: redis::Script::new(SAVE),
-                touch: redis::Script::new(TOUCH),
+                save,
+                touch,
             }),
         })
     }

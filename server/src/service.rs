@@ -160,6 +160,10 @@ impl SessionService {
 
     /// Answers one `Pipeline` message: its operation, then those of its batch, in order. A
     /// failure becomes an inline `Error`.
+    ///
+    /// One after another, each awaited before the next starts: that is what keeps a Redis
+    /// backend applying them in order (commands started together on one connection were seen
+    /// to reach Redis out of order under load).
     async fn answer(&self, request: pb::PipelineRequest) -> pb::PipelineResponse {
         if request.batch.is_empty() {
             return self.apply(request.tag, request.op).await;
@@ -378,22 +382,20 @@ impl pb::session_store_server::SessionStore for SessionService {
         };
         // While the connection's answers are not being taken, the next operation waits for the
         // budget before it is applied, and the stream reads no further requests.
-        let answers = request
-            .into_inner()
-            .then(move |item| {
-                let (service, budget) = (service.clone(), budget.clone());
-                async move {
-                    let op = item?;
-                    let answer = service.answer(op);
-                    Ok(service
-                        .budgeted(budget.as_deref(), answer, prost::Message::encoded_len)
-                        .await)
-                }
-            })
-            .take_until(Box::pin(stopped))
-            .inspect(move |_| {
-                let _counted = &call;
-            });
+        let answer = move |item: Result<pb::PipelineRequest, Status>| {
+            let (service, budget) = (service.clone(), budget.clone());
+            async move {
+                let op = item?;
+                let answer = service.answer(op);
+                Ok(service
+                    .budgeted(budget.as_deref(), answer, prost::Message::encoded_len)
+                    .await)
+            }
+        };
+        let answers: PipelineStream = Box::pin(request.into_inner().then(answer));
+        let answers = answers.take_until(Box::pin(stopped)).inspect(move |_| {
+            let _counted = &call;
+        });
         Ok(Response::new(Box::pin(answers)))
     }
 }

@@ -170,3 +170,101 @@ async fn redis_gone_means_unavailable_and_not_serving() {
     }
     daemon.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_on_redis_is_applied_in_the_order_sent() {
+    use futures_util::StreamExt;
+    use pb::pipeline_request::Op;
+    let redis = RedisServer::start().await;
+    let daemon = Daemon::start(on(&redis)).await;
+    // Each save expects the version the one before it left: any reordering is a conflict.
+    let mut requests = Vec::new();
+    for n in 0..200u64 {
+        let op = Op::Save(save("ordered", &n.to_string(), Some(n)));
+        let request = pb::PipelineRequest {
+            tag: n,
+            op: Some(op),
+            batch: Vec::new(),
+        };
+        // Every fifth message carries a batch of three gets, answered together.
+        requests.push(if n % 5 == 0 {
+            pb::PipelineRequest {
+                batch: (0..3)
+                    .map(|i| pb::PipelineRequest {
+                        tag: 1000 + n * 3 + i,
+                        op: Some(Op::Get(get("ordered"))),
+                        batch: Vec::new(),
+                    })
+                    .collect(),
+                ..request
+            }
+        } else {
+            request
+        });
+    }
+    let answers: Vec<pb::PipelineResponse> = daemon
+        .client()
+        .pipeline(futures_util::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|answer| answer.unwrap())
+        .collect()
+        .await;
+    assert_eq!(answers.len(), 200);
+    for (n, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.tag, n as u64);
+        match &answer.result {
+            Some(pb::pipeline_response::Result::Save(saved)) => {
+                assert_eq!(saved.version, n as u64 + 1)
+            }
+            other => panic!("save {n}: {other:?}"),
+        }
+        for get in &answer.batch {
+            let Some(pb::pipeline_response::Result::Get(got)) = &get.result else {
+                panic!("{get:?}");
+            };
+            assert_eq!(got.session.as_ref().unwrap().version, n as u64 + 1);
+        }
+    }
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_on_redis_is_applied_in_its_order() {
+    use futures_util::StreamExt;
+    use pb::pipeline_request::Op;
+    let redis = RedisServer::start().await;
+    let daemon = Daemon::start(on(&redis)).await;
+    let batch = (0..200u64)
+        .map(|n| pb::PipelineRequest {
+            tag: n + 1,
+            op: Some(Op::Save(save("batched", &n.to_string(), Some(n)))),
+            batch: Vec::new(),
+        })
+        .collect();
+    let envelope = pb::PipelineRequest {
+        tag: 0,
+        op: None,
+        batch,
+    };
+    let answers: Vec<pb::PipelineResponse> = daemon
+        .client()
+        .pipeline(futures_util::stream::iter([envelope]))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|answer| answer.unwrap())
+        .collect()
+        .await;
+    let versions: Vec<u64> = answers[0]
+        .batch
+        .iter()
+        .map(|answer| match &answer.result {
+            Some(pb::pipeline_response::Result::Save(saved)) => saved.version,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(versions, (1..=200).collect::<Vec<u64>>());
+    daemon.stop().await.unwrap();
+}
