@@ -226,9 +226,14 @@ impl RedisSessionStoreBuilder {
                 ),
                 None => {
                     let client = redis::Client::open(self.url.as_str()).map_err(invalid)?;
+                    // A lost connection is retried until Redis is back (every second at
+                    // most): giving up after a few tries would leave the store failing for
+                    // good once Redis returns. Calls meanwhile fail after `timeout`.
                     let config = redis::aio::ConnectionManagerConfig::new()
                         .set_connection_timeout(self.timeout)
-                        .set_response_timeout(self.timeout);
+                        .set_response_timeout(self.timeout)
+                        .set_number_of_retries(usize::MAX)
+                        .set_max_delay(1000);
                     Connection::Standalone(
                         ConnectionManager::new_with_config(client, config)
                             .await

@@ -122,9 +122,9 @@ async fn memory_only_settings_are_refused_with_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_gone_means_unavailable_and_not_serving() {
+async fn redis_gone_means_unavailable_and_not_serving_until_it_is_back() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let redis = RedisServer::start().await;
+    let mut redis = RedisServer::start().await;
     let daemon = Daemon::start(on(&redis)).await;
     let mut client = daemon.client();
     client.save(save("s", "1", None)).await.unwrap();
@@ -138,7 +138,7 @@ async fn redis_gone_means_unavailable_and_not_serving() {
         .into_inner();
     assert_eq!(serving.status, tonic_health::ServingStatus::Serving as i32);
 
-    drop(redis);
+    redis.kill();
     let started = std::time::Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(5), client.get(get("s")))
         .await
@@ -168,6 +168,32 @@ async fn redis_gone_means_unavailable_and_not_serving() {
         assert!(tokio::time::Instant::now() < deadline, "still serving");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Redis back: the same daemon serves again, without a restart.
+    redis.start_again().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == tonic_health::ServingStatus::Serving as i32
+            && client.save(save("after", "1", None)).await.is_ok()
+        {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let saved = client.save(save("after", "1", None)).await;
+            panic!("not serving again: health {status}, save {saved:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = client.get(get("after")).await.unwrap().into_inner();
+    assert!(got.session.is_some());
     daemon.stop().await.unwrap();
 }
 

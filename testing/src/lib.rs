@@ -113,27 +113,37 @@ impl RedisServer {
         ));
         std::fs::create_dir_all(&dir).expect("a directory for redis");
         let socket = dir.join("redis.sock");
-        let child = std::process::Command::new("redis-server")
+        let child = Self::spawn(&dir, &socket);
+        let server = Self { child, dir, socket };
+        server.wait_until_ready().await;
+        server
+    }
+
+    fn spawn(dir: &std::path::Path, socket: &std::path::Path) -> std::process::Child {
+        std::process::Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
-            .arg(&socket)
+            .arg(socket)
             .arg("--dir")
-            .arg(&dir)
+            .arg(dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("cannot start redis-server: install it (apt-get install redis-server)");
-        let server = Self { child, dir, socket };
+            .expect("cannot start redis-server: install it (apt-get install redis-server)")
+    }
+
+    /// Waits (10 s at most) until it answers `PING`.
+    async fn wait_until_ready(&self) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            if let Ok(mut stream) = tokio::net::UnixStream::connect(&server.socket).await {
+            if let Ok(mut stream) = tokio::net::UnixStream::connect(&self.socket).await {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut answer = [0u8; 7];
                 if stream.write_all(b"PING\r\n").await.is_ok()
                     && stream.read_exact(&mut answer).await.is_ok()
                     && &answer == b"+PONG\r\n"
                 {
-                    return server;
+                    return;
                 }
             }
             assert!(
@@ -142,6 +152,20 @@ impl RedisServer {
             );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    /// Kills it, as a crash would (its data is gone: it runs with `--save ''`).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Starts it again after [`kill`](Self::kill), on the same socket, and waits until it
+    /// answers.
+    pub async fn start_again(&mut self) {
+        self.child = Self::spawn(&self.dir, &self.socket);
+        self.wait_until_ready().await;
     }
 
     /// Its URL for clients, `unix:///…/redis.sock`.
