@@ -35,6 +35,36 @@ async fn gone(store: &RedisSessionStore, id: &str) {
     }
 }
 
+/// Has `writers` tasks each add `writes` keys to session `id`, each with compare-and-swap
+/// (reload and retry on a conflict), and waits for them all.
+async fn race_writers(store: &RedisSessionStore, id: &'static str, writers: usize, writes: usize) {
+    let tasks: Vec<_> = (0..writers)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in 0..writes {
+                    loop {
+                        let record = store.get(id).await.unwrap().unwrap();
+                        let mut data = record.data;
+                        data.insert(format!("w{writer}-{n}"), b"1".to_vec());
+                        match store
+                            .save(Save::new(id, data).expected_version(record.version))
+                            .await
+                        {
+                            Ok(_) => break,
+                            Err(StoreError::Conflict { .. }) => continue,
+                            Err(err) => panic!("{err}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn versions_count_saves_and_created_at_is_kept() {
     let redis = RedisServer::start().await;
@@ -223,31 +253,7 @@ async fn concurrent_compare_and_swap_loses_no_write() {
     let redis = RedisServer::start().await;
     let store = RedisSessionStore::connect(redis.url()).await.unwrap();
     store.save(Save::new("counter", data(&[]))).await.unwrap();
-    let writers: Vec<_> = (0..8)
-        .map(|writer| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                for n in 0..25 {
-                    loop {
-                        let record = store.get("counter").await.unwrap().unwrap();
-                        let mut data = record.data;
-                        data.insert(format!("w{writer}-{n}"), b"1".to_vec());
-                        match store
-                            .save(Save::new("counter", data).expected_version(record.version))
-                            .await
-                        {
-                            Ok(_) => break,
-                            Err(StoreError::Conflict { .. }) => continue,
-                            Err(err) => panic!("{err}"),
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    for writer in writers {
-        writer.await.unwrap();
-    }
+    race_writers(&store, "counter", 8, 25).await;
     let record = store.get("counter").await.unwrap().unwrap();
     let keys: HashSet<_> = record.data.keys().cloned().collect();
     assert_eq!(keys.len(), 200, "every write landed");
@@ -298,31 +304,7 @@ async fn on_a_cluster_sessions_spread_over_the_masters_and_compare_and_swap_hold
         assert!(store.touch(&id, None).await.unwrap().is_some());
     }
     // Writers racing on one session lose nothing.
-    let writers: Vec<_> = (0..8)
-        .map(|writer| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                for n in 0..10 {
-                    loop {
-                        let record = store.get("s0").await.unwrap().unwrap();
-                        let mut data = record.data;
-                        data.insert(format!("w{writer}-{n}"), b"1".to_vec());
-                        match store
-                            .save(Save::new("s0", data).expected_version(record.version))
-                            .await
-                        {
-                            Ok(_) => break,
-                            Err(StoreError::Conflict { .. }) => continue,
-                            Err(err) => panic!("{err}"),
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    for writer in writers {
-        writer.await.unwrap();
-    }
+    race_writers(&store, "s0", 8, 10).await;
     let record = store.get("s0").await.unwrap().unwrap();
     assert_eq!((record.data.len(), record.version), (81, 81));
     assert!(store.destroy("s0").await.unwrap());

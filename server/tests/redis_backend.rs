@@ -123,20 +123,16 @@ async fn memory_only_settings_are_refused_with_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_gone_means_unavailable_and_not_serving_until_it_is_back() {
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_health::pb::health_client::HealthClient;
     let mut redis = RedisServer::start().await;
     let daemon = Daemon::start(on(&redis)).await;
     let mut client = daemon.client();
     client.save(save("s", "1", None)).await.unwrap();
     let mut health = HealthClient::new(daemon.channel.clone());
-    let serving = health
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(serving.status, tonic_health::ServingStatus::Serving as i32);
+    assert_eq!(
+        health_status(&mut health).await,
+        tonic_health::ServingStatus::Serving as i32
+    );
 
     redis.kill();
     let started = std::time::Instant::now();
@@ -153,18 +149,7 @@ async fn redis_gone_means_unavailable_and_not_serving_until_it_is_back() {
 
     // Health follows within a few seconds.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        if status == tonic_health::ServingStatus::NotServing as i32 {
-            break;
-        }
+    while health_status(&mut health).await != tonic_health::ServingStatus::NotServing as i32 {
         assert!(tokio::time::Instant::now() < deadline, "still serving");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -173,14 +158,7 @@ async fn redis_gone_means_unavailable_and_not_serving_until_it_is_back() {
     redis.start_again().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
+        let status = health_status(&mut health).await;
         if status == tonic_health::ServingStatus::Serving as i32
             && client.save(save("after", "1", None)).await.is_ok()
         {
@@ -293,4 +271,18 @@ async fn a_batch_on_redis_is_applied_in_its_order() {
         .collect();
     assert_eq!(versions, (1..=200).collect::<Vec<u64>>());
     daemon.stop().await.unwrap();
+}
+
+/// What the daemon's health service says of the whole server now.
+async fn health_status(
+    health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+) -> i32 {
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
 }
