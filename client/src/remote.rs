@@ -3,7 +3,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use gonest_session_core::{
-    Result, Save, Saved, SessionRecord, SessionStore, StoreError, data_size,
+    Result, Save, Saved, SessionRecord, SessionStore, StoreError, StoreLimits, data_size,
 };
 use gonest_session_proto::pb::{
     self, pipeline_request::Op, pipeline_response::Result as Answer,
@@ -35,9 +35,17 @@ struct Inner {
     lanes: Lanes,
     /// Budget of one operation, retries included.
     timeout: Duration,
-    /// The daemon's largest session, once known (from `Stats`; 0 from a daemon that does not
-    /// say).
-    max_session_bytes: tokio::sync::OnceCell<usize>,
+    /// The daemon's limits, once known (from `Stats`).
+    limits: tokio::sync::OnceCell<Limits>,
+}
+
+/// The daemon's limits, as its `Stats` gave them.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// The largest session (0 from a daemon that does not say).
+    max_session_bytes: usize,
+    /// The longest TTL (`None` from a daemon that does not say).
+    max_ttl: Option<Duration>,
 }
 
 /// The daemon's counters, from [`RemoteSessionStore::stats`].
@@ -86,7 +94,7 @@ impl RemoteSessionStore {
                 lanes: Lanes::new(client.clone(), streams),
                 client,
                 timeout,
-                max_session_bytes: tokio::sync::OnceCell::new(),
+                limits: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -95,16 +103,20 @@ impl RemoteSessionStore {
     /// does; a lazily connected store asks before its first save.
     pub(crate) async fn learn_limits(&self) -> Result<usize> {
         self.inner
-            .max_session_bytes
+            .limits
             .get_or_try_init(|| async {
                 let stats = self.stats().await?;
                 if stats.pipeline_batches {
                     self.inner.lanes.batch();
                 }
-                Ok(usize::try_from(stats.max_session_bytes).unwrap_or(usize::MAX))
+                Ok(Limits {
+                    max_session_bytes: usize::try_from(stats.max_session_bytes)
+                        .unwrap_or(usize::MAX),
+                    max_ttl: stats.max_ttl,
+                })
             })
             .await
-            .copied()
+            .map(|limits| limits.max_session_bytes)
     }
 
     /// Refuses, before it is sent, a save the daemon would refuse for its size: more keys and
@@ -112,7 +124,11 @@ impl RemoteSessionStore {
     /// it would cost the bandwidth for nothing, and one over the daemon's message limit would
     /// end the stream other callers share.
     async fn check_size(&self, request: &pb::SaveRequest) -> Result<()> {
-        let known = self.inner.max_session_bytes.get().copied();
+        let known = self
+            .inner
+            .limits
+            .get()
+            .map(|limits| limits.max_session_bytes);
         let limit = match known {
             Some(limit) => Ok(limit),
             None => Box::pin(self.learn_limits()).await,
@@ -172,7 +188,7 @@ impl RemoteSessionStore {
             // Once, before the first operation of a lazily connected store: whether the daemon
             // takes batches. If it cannot say now, operations go one by one. Boxed: the Stats
             // call's future is large, and every operation's future would otherwise carry it.
-            if self.inner.max_session_bytes.get().is_none() {
+            if self.inner.limits.get().is_none() {
                 let _ = Box::pin(self.learn_limits()).await;
             }
             if !retry {
@@ -250,5 +266,18 @@ impl SessionStore for RemoteSessionStore {
             Answer::Touch(_) => Ok(None),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// What the daemon said at connect (or before the first operation of a lazily connected
+    /// store); nothing before that.
+    fn limits(&self) -> StoreLimits {
+        self.inner
+            .limits
+            .get()
+            .map_or_else(StoreLimits::default, |limits| StoreLimits {
+                max_session_bytes: (limits.max_session_bytes != 0)
+                    .then_some(limits.max_session_bytes),
+                max_ttl: limits.max_ttl,
+            })
     }
 }

@@ -53,7 +53,7 @@ pub use id::{MAX_ID_LEN, validate_id};
 pub use memory::{MemorySessionStore, MemorySessionStoreBuilder, StoreStats};
 pub use record::{Expiry, Save, Saved, SessionData, SessionRecord, data_size};
 pub use snapshot::SnapshotError;
-pub use store::SessionStore;
+pub use store::{SessionStore, StoreLimits};
 
 /// The attribute that implements [`SessionStore`]'s async methods; re-exported so a custom store
 /// needs no dependency of its own.

@@ -617,6 +617,13 @@ impl SessionStore for MemorySessionStore {
     async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
         self.touch_now(id, ttl)
     }
+
+    fn limits(&self) -> crate::StoreLimits {
+        crate::StoreLimits {
+            max_session_bytes: Some(self.max_session_bytes()),
+            max_ttl: Some(self.max_ttl()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,22 @@ pub trait SessionStore: Send + Sync + 'static {
     /// without changing its data or version. Returns the new expiry, or `Ok(None)` when there is
     /// no live session.
     async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>>;
+
+    /// The limits this store enforces, as far as it knows them now. The session layer checks its
+    /// options and each change against them, so an app hears of a session that is too large or
+    /// too long-lived when it makes it, not when the save fails. The default knows nothing.
+    fn limits(&self) -> StoreLimits {
+        StoreLimits::default()
+    }
+}
+
+/// What a store refuses, from [`SessionStore::limits`]; `None` where it does not know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// The largest session it stores, keys plus values ([`data_size`](crate::data_size)), in bytes.
+    pub max_session_bytes: Option<usize>,
+    /// The longest TTL a save or touch may ask for.
+    pub max_ttl: Option<Duration>,
 }
 
 #[async_trait]
@@ -78,5 +94,8 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
     }
     async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
         (**self).touch(id, ttl).await
+    }
+    fn limits(&self) -> StoreLimits {
+        (**self).limits()
     }
 }

@@ -22,7 +22,7 @@ impl IntoResponse for SessionRejection {
             Self::MissingLayer => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "no session: is the session layer installed? \
-                 Add `.layer(SessionLayer::new(store, SessionOptions::default()))` to the router",
+                 Add `.layer(SessionLayer::new(store, SessionOptions::default())?)` to the router",
             )
                 .into_response(),
             Self::StoreUnavailable => {

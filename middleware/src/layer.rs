@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::session::{Outcome, WriteLocks};
-use crate::{Session, SessionOptions, id};
+use crate::{InvalidOptions, Session, SessionOptions, id};
 
 /// Adds sessions to a tower stack (axum, hyper, tonic-web, ...).
 ///
@@ -21,7 +21,8 @@ use crate::{Session, SessionOptions, id};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let store = MemorySessionStore::new(Duration::from_secs(3600));
-/// let layer = SessionLayer::new(store, SessionOptions { secure: true, ..Default::default() });
+/// let layer = SessionLayer::new(store, SessionOptions { secure: true, ..Default::default() })
+///     .expect("options a browser keeps");
 /// # let _ = layer;
 /// # }
 /// ```
@@ -42,12 +43,19 @@ impl std::fmt::Debug for SessionLayer {
 
 impl SessionLayer {
     /// Sessions kept in `store`, with cookies and lifetimes from `options`.
-    pub fn new(store: impl SessionStore, options: SessionOptions) -> Self {
-        Self {
+    ///
+    /// Refuses, naming the rule, options whose cookie a browser would drop without a word (a
+    /// `__Host-` or `__Secure-` name without what the prefix requires, `SameSite=None` without
+    /// `secure`) and lifetimes the store refuses (over its maximum TTL, as far as
+    /// [`SessionStore::limits`] knows it: a `RemoteSessionStore` learns the daemon's when it
+    /// connects).
+    pub fn new(store: impl SessionStore, options: SessionOptions) -> Result<Self, InvalidOptions> {
+        options.validate(store.limits())?;
+        Ok(Self {
             store: Arc::new(store),
             options: Arc::new(options),
             write_locks: Arc::new(WriteLocks::new()),
-        }
+        })
     }
 }
 
@@ -130,7 +138,9 @@ where
             }
             let cookie = match session.commit().await {
                 Ok(Outcome::Unchanged) => return Ok(response),
-                Ok(Outcome::SetCookie(id)) => options.set_cookie(&id),
+                Ok(Outcome::SetCookie(id, expiry)) => {
+                    options.set_cookie(&id, expiry, std::time::SystemTime::now())
+                }
                 Ok(Outcome::RemoveCookie) => options.removal_cookie(),
                 Err(err) => {
                     let mut failed = Response::new(ResBody::default());

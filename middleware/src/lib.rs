@@ -25,7 +25,7 @@
 //! let app: Router = Router::new()
 //!     .route("/login", post(login))
 //!     .route("/profile", get(profile))
-//!     .layer(SessionLayer::new(store, SessionOptions::default()));
+//!     .layer(SessionLayer::new(store, SessionOptions::default()).expect("valid options"));
 //! # }
 //! ```
 //!
@@ -40,10 +40,15 @@
 //!   own changes on top, so two instances changing different keys both land; if it was destroyed
 //!   meanwhile, this request's changes are dropped rather than bringing the session back.
 //! - A session that was never written is never stored and sets no cookie. `Set-Cookie` goes out
-//!   for a new or rotated session and, as a removal cookie, for a destroyed one.
+//!   whenever the session is saved (or, with `rolling`, touched), so the cookie's lifetime
+//!   restarts with the store's, and as a removal cookie for a destroyed session. The lifetime of
+//!   both is the session's [`Expiry`]: by default `max_age` of inactivity; "remember me" or a
+//!   browser-session cookie per session with [`Session::set_expiry`].
 //! - Nothing is saved when the handler answers with a 5xx. When the store fails, the request gets
 //!   a 503 with no `Set-Cookie` and the error is logged, never with the session id.
 
+mod error;
+mod expiry;
 mod id;
 mod layer;
 mod options;
@@ -52,10 +57,12 @@ mod session;
 #[cfg(feature = "axum")]
 mod extract;
 
+pub use error::{InvalidOptions, SessionError};
+pub use expiry::Expiry;
 #[cfg(feature = "axum")]
 pub use extract::SessionRejection;
 pub use gonest_session_core::{
-    MemorySessionStore, Save, SessionData, SessionRecord, SessionStore, StoreError,
+    MemorySessionStore, Save, SessionData, SessionRecord, SessionStore, StoreError, StoreLimits,
 };
 pub use layer::{SessionLayer, SessionService};
 pub use options::{SameSite, SessionOptions};

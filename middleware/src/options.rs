@@ -1,4 +1,8 @@
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use gonest_session_core::StoreLimits;
+
+use crate::{Expiry, InvalidOptions};
 
 /// The cookie's `SameSite` attribute.
 pub use cookie::SameSite;
@@ -15,8 +19,12 @@ pub use cookie::SameSite;
 pub struct SessionOptions {
     /// Name of the session cookie.
     pub cookie_name: String,
-    /// How long a session lives after it is saved (the store TTL), and the cookie's `Max-Age`.
+    /// How long a session lives after it is saved (the store TTL), and the cookie's `Max-Age`,
+    /// unless the session was given another [`Expiry`](crate::Expiry).
     pub max_age: Duration,
+    /// How long the store keeps a session whose cookie lasts until the browser closes
+    /// ([`Expiry::OnSessionEnd`](crate::Expiry::OnSessionEnd)); `None`: `max_age`.
+    pub session_end_ttl: Option<Duration>,
     /// Send the cookie over HTTPS only. Turn it on wherever the app is served over HTTPS.
     pub secure: bool,
     /// Hide the cookie from JavaScript.
@@ -37,6 +45,7 @@ impl Default for SessionOptions {
         Self {
             cookie_name: "gonest.sid".to_owned(),
             max_age: Duration::from_secs(24 * 60 * 60),
+            session_end_ttl: None,
             secure: false,
             http_only: true,
             same_site: SameSite::Lax,
@@ -48,13 +57,62 @@ impl Default for SessionOptions {
 }
 
 impl SessionOptions {
-    /// The `Set-Cookie` value that hands `id` to the browser.
-    pub(crate) fn set_cookie(&self, id: &str) -> String {
-        let max_age = i64::try_from(self.max_age.as_secs()).unwrap_or(i64::MAX);
-        self.cookie(id.to_owned())
-            .max_age(cookie::time::Duration::seconds(max_age))
-            .build()
-            .to_string()
+    /// The store TTL of a session that ends with the browser's session.
+    pub(crate) fn session_end_ttl(&self) -> Duration {
+        self.session_end_ttl.unwrap_or(self.max_age)
+    }
+
+    /// Refuses options whose cookie browsers would drop, and lifetimes `limits` say the store
+    /// refuses.
+    pub(crate) fn validate(&self, limits: StoreLimits) -> Result<(), InvalidOptions> {
+        let name = &self.cookie_name;
+        let token = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+        if name.is_empty() || !name.chars().all(token) {
+            return Err(InvalidOptions::CookieName(name.clone()));
+        }
+        if name.starts_with("__Host-")
+            && !(self.secure && self.path == "/" && self.domain.is_none())
+        {
+            return Err(InvalidOptions::HostPrefix(name.clone()));
+        }
+        if name.starts_with("__Secure-") && !self.secure {
+            return Err(InvalidOptions::SecurePrefix(name.clone()));
+        }
+        if self.same_site == SameSite::None && !self.secure {
+            return Err(InvalidOptions::SameSiteNoneWithoutSecure);
+        }
+        for (what, ttl) in [
+            ("max_age", self.max_age),
+            ("session_end_ttl", self.session_end_ttl()),
+        ] {
+            let problem = match limits.max_ttl {
+                _ if ttl.is_zero() => "zero".to_owned(),
+                Some(max) if ttl > max => format!("over the store's maximum TTL of {max:?}"),
+                _ => continue,
+            };
+            return Err(InvalidOptions::Lifetime { what, ttl, problem });
+        }
+        Ok(())
+    }
+
+    /// The `Set-Cookie` value that hands `id` to the browser, to be kept as `expiry` says
+    /// (measured from `now`).
+    pub(crate) fn set_cookie(&self, id: &str, expiry: Expiry, now: SystemTime) -> String {
+        let seconds = |ttl: Duration| {
+            cookie::time::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+        };
+        let mut builder = self.cookie(id.to_owned());
+        match expiry {
+            Expiry::OnSessionEnd => {}
+            Expiry::OnInactivity(ttl) => builder = builder.max_age(seconds(ttl)),
+            Expiry::AtDateTime(at) => {
+                let left = at.duration_since(now).unwrap_or_default();
+                builder = builder
+                    .max_age(seconds(left))
+                    .expires(cookie::time::OffsetDateTime::from(at));
+            }
+        }
+        builder.build().to_string()
     }
 
     /// The `Set-Cookie` value that removes the session cookie, with the same path and domain.
@@ -90,7 +148,11 @@ mod tests {
             max_age: Duration::from_secs(3600),
             ..Default::default()
         };
-        let set = options.set_cookie("abc");
+        let set = options.set_cookie(
+            "abc",
+            Expiry::OnInactivity(options.max_age),
+            SystemTime::now(),
+        );
         for part in [
             "gonest.sid=abc",
             "HttpOnly",
@@ -111,7 +173,11 @@ mod tests {
     #[test]
     fn defaults_are_the_seeds() {
         let options = SessionOptions::default();
-        let set = options.set_cookie("abc");
+        let set = options.set_cookie(
+            "abc",
+            Expiry::OnInactivity(options.max_age),
+            SystemTime::now(),
+        );
         assert!(!set.contains("Secure"), "{set}");
         assert!(
             set.contains("Max-Age=86400") && set.contains("Path=/"),

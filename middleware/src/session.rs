@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use gonest_session_core::{Expiry, Save, SessionData, SessionStore, StoreError};
+use gonest_session_core::{Save, SessionData, SessionRecord, SessionStore, StoreError, data_size};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{SessionOptions, id};
+use crate::expiry::EXPIRY_KEY;
+use crate::{Expiry, SessionError, SessionOptions, id};
 
 /// How many times a save that lost a race is tried on the newer session before the request gives
 /// up with a 503. Between attempts the request waits a random while, doubling its range each
@@ -19,12 +20,18 @@ const SAVE_ATTEMPTS: u32 = 12;
 const MAX_BACKOFF_MS: u64 = 16;
 
 /// One request's session: the seed's `GetValue` / `SetValue` / `Delete` in Rust spelling, plus
-/// [`regenerate`](Self::regenerate) and [`destroy`](Self::destroy).
+/// [`regenerate`](Self::regenerate), [`destroy`](Self::destroy), whole-session operations,
+/// flash messages, a per-session [`Expiry`] and an explicit [`save`](Self::save).
 ///
 /// In axum, take it as an extractor argument; it arrives loaded. Elsewhere in a tower stack, take
 /// it from the request's extensions and call [`load`](Self::load) before reading it. Clones are
 /// the same session. Changes are kept in the handle and written by the [`SessionLayer`] after the
-/// handler returns.
+/// handler returns, or earlier by [`save`](Self::save).
+///
+/// Keys beginning with `__` are reserved: the layer keeps the session's expiry and flash
+/// messages under them, and other stacks' stores sharing the session keep their own state
+/// there. [`keys`](Self::keys) does not list them and [`set_value`](Self::set_value) refuses
+/// them.
 ///
 /// [`SessionLayer`]: crate::SessionLayer
 #[derive(Clone)]
@@ -38,7 +45,7 @@ impl std::fmt::Debug for Session {
         let state = self.state();
         f.debug_struct("Session")
             .field("loaded", &state.loaded)
-            .field("keys", &state.data.keys().collect::<Vec<_>>())
+            .field("keys", &user_keys(&state.data).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -57,22 +64,30 @@ struct Inner {
 struct State {
     /// Whether the store was asked for the cookie's session.
     loaded: bool,
-    /// The stored session this request started from, if there was one.
+    /// The stored session this request started from (or last saved), if there is one.
     stored: Option<Stored>,
     /// The session as the handler sees it: the stored data with this request's changes applied.
     data: SessionData,
     /// This request's own changes by key (`None`: deleted), to apply again on top of a newer
     /// version when another request saved the session meanwhile.
     changes: HashMap<String, Option<Vec<u8>>>,
+    /// Counts changes, so a save knows whether the handler changed more while it was under way.
+    generation: u64,
+    /// `clear` was called: a newer version's keys are removed too, before `changes` apply.
+    cleared: bool,
     /// The id a new or regenerated session will be saved under.
     new_id: Option<String>,
     /// `regenerate` was called: move the data to a new id and destroy the old one.
     regenerate: bool,
-    /// `destroy` was called.
+    /// `destroy` was called and not yet carried out.
     destroy: bool,
+    /// The session was destroyed in the store during this request.
+    destroyed: bool,
+    /// A save landed during this request.
+    saved: bool,
 }
 
-/// What the store had when the session was loaded.
+/// What the store had when the session was loaded or last saved.
 #[derive(Clone)]
 struct Stored {
     id: String,
@@ -81,18 +96,49 @@ struct Stored {
     expires_at: SystemTime,
 }
 
+impl Stored {
+    fn of(record: &SessionRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            version: record.version,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+        }
+    }
+}
+
 /// What the layer does to the response once the session is written.
 pub(crate) enum Outcome {
     /// Nothing to send.
     Unchanged,
-    /// Send this id in a `Set-Cookie`.
-    SetCookie(String),
+    /// Send this id in a `Set-Cookie`, with this lifetime.
+    SetCookie(String, Expiry),
     /// Send a removal cookie.
     RemoveCookie,
 }
 
+/// Where flash messages are kept: `__gonest.flash.` + the app's key.
+const FLASH_PREFIX: &str = "__gonest.flash.";
+
+/// Whether `key` is the app's own (listed by `keys`, removed by `clear`).
+fn is_user_key(key: &str) -> bool {
+    !key.starts_with("__")
+}
+
+/// Whether `clear` keeps `key`: the layer's and other stacks' state, except flash messages.
+fn kept_by_clear(key: &str) -> bool {
+    !is_user_key(key) && !key.starts_with(FLASH_PREFIX)
+}
+
+fn user_keys(data: &SessionData) -> impl Iterator<Item = &String> {
+    data.keys().filter(|key| is_user_key(key))
+}
+
 impl State {
     fn apply_changes(&mut self) {
+        if self.cleared {
+            self.data.retain(|key, _| kept_by_clear(key));
+        }
         for (key, value) in &self.changes {
             match value {
                 Some(value) => self.data.insert(key.clone(), value.clone()),
@@ -107,6 +153,18 @@ impl State {
             None => self.data.remove(key),
         };
         self.changes.insert(key.to_owned(), value);
+        self.generation += 1;
+    }
+
+    fn expiry(&self, options: &SessionOptions) -> Expiry {
+        self.data
+            .get(EXPIRY_KEY)
+            .and_then(|bytes| Expiry::from_bytes(bytes))
+            .unwrap_or(Expiry::OnInactivity(options.max_age))
+    }
+
+    fn touched(&self) -> bool {
+        !self.changes.is_empty() || self.regenerate || self.cleared
     }
 }
 
@@ -150,14 +208,45 @@ impl Session {
         if !state.loaded {
             state.loaded = true;
             if let Some(record) = record {
-                state.stored = Some(Stored {
-                    id: record.id,
-                    version: record.version,
-                    created_at: record.created_at,
-                    expires_at: record.expires_at,
-                });
+                state.stored = Some(Stored::of(&record));
                 state.data = record.data;
                 state.apply_changes();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the session from the store again, dropping the changes not yet saved (like
+    /// express-session's `reload`). A session destroyed meanwhile reads back empty, as a new one.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let id = {
+            let state = self.state();
+            match (&state.stored, state.loaded, state.destroyed) {
+                (Some(stored), _, _) => Some(stored.id.clone()),
+                (None, false, false) => self.inner.cookie_id.clone(),
+                (None, _, _) => None,
+            }
+        };
+        let record = match &id {
+            Some(id) => self.inner.store.get(id).await?,
+            None => None,
+        };
+        let mut state = self.state();
+        state.loaded = true;
+        state.changes.clear();
+        state.generation += 1;
+        state.cleared = false;
+        state.regenerate = false;
+        state.new_id = None;
+        state.destroy = false;
+        match record {
+            Some(record) => {
+                state.stored = Some(Stored::of(&record));
+                state.data = record.data;
+            }
+            None => {
+                state.stored = None;
+                state.data.clear();
             }
         }
         Ok(())
@@ -170,19 +259,124 @@ impl Session {
         serde_json::from_slice(state.data.get(key)?).ok()
     }
 
-    /// Stores `value` under `key`, as JSON. Fails only when `value` cannot be serialized as JSON.
-    pub fn set_value<T: Serialize>(&self, key: &str, value: T) -> Result<(), serde_json::Error> {
-        let bytes = serde_json::to_vec(&value)?;
-        self.state().change(key, Some(bytes));
+    /// Stores `value` under `key`, as JSON.
+    ///
+    /// Refused at once, leaving the session as it was: a value that does not serialize, a
+    /// reserved key (beginning with `__`), and a value that would make the session larger than
+    /// the store keeps (as far as the store says; see
+    /// [`SessionStore::limits`](gonest_session_core::SessionStore::limits)).
+    pub fn set_value<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        if !is_user_key(key) {
+            return Err(SessionError::ReservedKey(key.to_owned()));
+        }
+        self.put(key, serde_json::to_vec(&value)?)
+    }
+
+    /// Sets `key` to `bytes` if the session stays within the store's size limit.
+    fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), SessionError> {
+        let limit = self.inner.store.limits().max_session_bytes;
+        let mut state = self.state();
+        if let Some(limit) = limit {
+            let old = state.data.get(key).map_or(0, |old| key.len() + old.len());
+            let size = data_size(&state.data) - old + key.len() + bytes.len();
+            if size > limit {
+                return Err(SessionError::TooLarge { size, limit });
+            }
+        }
+        state.change(key, Some(bytes));
         Ok(())
     }
 
-    /// Removes `key`; returns whether it was there.
+    /// Removes `key`; returns whether it was there. Reserved keys are left alone (false).
     pub fn delete(&self, key: &str) -> bool {
+        if !is_user_key(key) {
+            return false;
+        }
         let mut state = self.state();
         let existed = state.data.contains_key(key);
         state.change(key, None);
         existed
+    }
+
+    /// Removes `key` and returns its value, if it was there and deserializes as a `T` (a value of
+    /// another shape is removed all the same).
+    pub fn remove<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let old = self.get_value(key);
+        self.delete(key);
+        old
+    }
+
+    /// Removes every key, keeping the id; the session is saved empty. Its expiry is kept; flash
+    /// messages go with the rest. Keys another request adds meanwhile are removed too.
+    pub fn clear(&self) {
+        let mut state = self.state();
+        state.data.retain(|key, _| kept_by_clear(key));
+        state.changes.retain(|key, _| kept_by_clear(key));
+        state.cleared = true;
+        state.generation += 1;
+    }
+
+    /// Whether the session holds no keys of the app's (flash messages and the expiry aside).
+    pub fn is_empty(&self) -> bool {
+        user_keys(&self.state().data).next().is_none()
+    }
+
+    /// The app's keys, in no particular order (reserved keys are not listed).
+    pub fn keys(&self) -> Vec<String> {
+        user_keys(&self.state().data).cloned().collect()
+    }
+
+    /// Keeps `value` under `key` until [`take_flash`](Self::take_flash) reads it once: the
+    /// message shown on the page after a redirect.
+    ///
+    /// With concurrent requests a flash message is shown at least once, not exactly once: two
+    /// requests that both load the session before either saves can both take it. Each removal
+    /// is then a change of the session like any other.
+    pub fn flash<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionError> {
+        self.put(&format!("{FLASH_PREFIX}{key}"), serde_json::to_vec(&value)?)
+    }
+
+    /// The flash message under `key`, removed from the session; `None` when there is none (or
+    /// it does not deserialize as a `T`, in which case it is removed all the same).
+    pub fn take_flash<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let key = format!("{FLASH_PREFIX}{key}");
+        let mut state = self.state();
+        let bytes = state.data.get(&key)?.clone();
+        state.change(&key, None);
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// When this session ends: what [`set_expiry`](Self::set_expiry) set, on this request or an
+    /// earlier one, else [`Expiry::OnInactivity`] of the layer's `max_age`.
+    pub fn expiry(&self) -> Expiry {
+        self.state().expiry(&self.inner.options)
+    }
+
+    /// Sets when this session ends, for this and later requests, on any instance: the store's
+    /// TTL and the cookie's `Max-Age` / `Expires` follow it. [`Expiry::OnInactivity`] counts
+    /// whole seconds, like `Max-Age`.
+    ///
+    /// Refused at once: a lifetime under one second, a time not in the future, and one further
+    /// out than the store keeps sessions.
+    pub fn set_expiry(&self, expiry: Expiry) -> Result<(), SessionError> {
+        let expiry = match expiry {
+            Expiry::OnInactivity(ttl) => Expiry::OnInactivity(Duration::from_secs(ttl.as_secs())),
+            other => other,
+        };
+        let options = &self.inner.options;
+        let Some(lifetime) = expiry.lifetime(options, SystemTime::now()) else {
+            return Err(SessionError::Expiry(format!(
+                "{expiry:?} ends the session at once"
+            )));
+        };
+        if let Some(max) = self.inner.store.limits().max_ttl
+            && lifetime > max
+        {
+            return Err(SessionError::Expiry(format!(
+                "{expiry:?} is {lifetime:?} away, over the store's maximum TTL of {max:?}"
+            )));
+        }
+        self.put(EXPIRY_KEY, expiry.to_bytes())
     }
 
     /// The session's id: the stored one, or the one a new or regenerated session will get.
@@ -223,14 +417,59 @@ impl Session {
         state.destroy = true;
         state.data.clear();
         state.changes.clear();
+        state.cleared = false;
+        state.generation += 1;
     }
 
-    /// Writes what the handler did to the store. Called by the layer after the handler.
+    /// Writes the session's changes (or its destruction) to the store now, rather than after the
+    /// handler, for a handler that must know the write landed before it answers, such as before
+    /// a redirect. Conflicts with other requests are resolved as the layer's own write resolves
+    /// them. The handler can go on changing the session; the layer writes what changes after.
+    pub async fn save(&self) -> Result<(), StoreError> {
+        self.write().await
+    }
+
+    /// Writes what the handler did to the store and says which cookie to send. Called by the
+    /// layer after the handler.
     pub(crate) async fn commit(&self) -> Result<Outcome, StoreError> {
+        self.write().await?;
+        let options = &self.inner.options;
+        let (stored, expiry, touch) = {
+            let state = self.state();
+            let Some(stored) = &state.stored else {
+                return Ok(match (state.destroyed, &self.inner.cookie_id) {
+                    (true, Some(_)) => Outcome::RemoveCookie,
+                    _ => Outcome::Unchanged,
+                });
+            };
+            let expiry = state.expiry(options);
+            // After a save the cookie goes out again, so its lifetime restarts with the
+            // store's: the two always agree.
+            let cookie_changed = self.inner.cookie_id.as_deref() != Some(stored.id.as_str());
+            if cookie_changed || state.saved {
+                return Ok(Outcome::SetCookie(stored.id.clone(), expiry));
+            }
+            let touch = options.rolling && state.loaded && !state.saved;
+            (stored.id.clone(), expiry, touch)
+        };
+        if !touch {
+            return Ok(Outcome::Unchanged);
+        }
+        let Some(ttl) = expiry.touch_ttl(options) else {
+            // A fixed end: activity does not move it.
+            return Ok(Outcome::Unchanged);
+        };
+        Ok(match self.inner.store.touch(&stored, Some(ttl)).await? {
+            Some(_) => Outcome::SetCookie(stored, expiry),
+            None => Outcome::Unchanged,
+        })
+    }
+
+    /// Carries out a pending destroy, or saves pending changes; does nothing otherwise.
+    async fn write(&self) -> Result<(), StoreError> {
         let (touched, destroy, needs_load) = {
             let state = self.state();
-            let touched = !state.changes.is_empty() || state.regenerate;
-            (touched, state.destroy, !state.loaded)
+            (state.touched(), state.destroy, !state.loaded)
         };
         if needs_load && (touched || destroy) {
             // Written to without being read (a tower handler that skipped `load`).
@@ -238,45 +477,45 @@ impl Session {
         }
         let store = &self.inner.store;
         let options = &self.inner.options;
-        let (stored, rolling) = {
-            let state = self.state();
-            (state.stored.clone(), options.rolling && state.loaded)
-        };
+        let stored = self.state().stored.clone();
 
         if destroy {
             if let Some(stored) = &stored {
                 store.destroy(&stored.id).await?;
             }
-            return Ok(match self.inner.cookie_id {
-                Some(_) => Outcome::RemoveCookie,
-                None => Outcome::Unchanged,
-            });
+            let mut state = self.state();
+            state.destroy = false;
+            state.destroyed = true;
+            state.stored = None;
+            state.new_id = None;
+            state.regenerate = false;
+            state.saved = false;
+            return Ok(());
         }
-
         if !touched {
-            return match (rolling, stored) {
-                (true, Some(stored)) => Ok(
-                    match store.touch(&stored.id, Some(options.max_age)).await? {
-                        Some(_) => Outcome::SetCookie(stored.id),
-                        None => Outcome::Unchanged,
-                    },
-                ),
-                _ => Ok(Outcome::Unchanged),
-            };
+            return Ok(());
         }
 
-        let (mut target, mut expected, mut data, regenerate) = {
+        let (mut target, mut expected, mut data, mut expiry, regenerate, mut generation) = {
             let mut state = self.state();
             if stored.is_none() && state.data.is_empty() {
                 // Nothing was ever written: nothing to keep, no cookie.
-                return Ok(Outcome::Unchanged);
+                return Ok(());
             }
             let regenerate = state.regenerate;
             let (target, expected) = match (&stored, regenerate) {
                 (Some(stored), false) => (stored.id.clone(), stored.version),
                 _ => (state.new_id.get_or_insert_with(id::generate).clone(), 0),
             };
-            (target, expected, state.data.clone(), regenerate)
+            let expiry = state.expiry(options).store_expiry(options);
+            (
+                target,
+                expected,
+                state.data.clone(),
+                expiry,
+                regenerate,
+                state.generation,
+            )
         };
 
         // Requests of this instance write one session one at a time, so a conflict can only come
@@ -294,24 +533,50 @@ impl Session {
                 let Some(fresh) = store.get(&target).await? else {
                     // It was destroyed (a logout): do not bring it back.
                     tracing::debug!("session destroyed during the request; changes dropped");
-                    return Ok(Outcome::Unchanged);
+                    let mut state = self.state();
+                    state.changes.clear();
+                    state.cleared = false;
+                    state.stored = None;
+                    state.data.clear();
+                    return Ok(());
                 };
                 let mut state = self.state();
                 expected = fresh.version;
                 state.data = fresh.data;
                 state.apply_changes();
                 data = state.data.clone();
+                expiry = state.expiry(options).store_expiry(options);
+                generation = state.generation;
             }
             let save = Save {
                 id: target.clone(),
                 data: data.clone(),
                 expected_version: Some(expected),
-                expiry: Expiry::Ttl(options.max_age),
+                expiry,
             };
             match store.save(save).await {
                 Ok(saved) => {
                     *last_saved = Some(saved.version);
                     drop(last_saved);
+                    {
+                        let mut state = self.state();
+                        state.stored = Some(Stored {
+                            id: target.clone(),
+                            version: saved.version,
+                            created_at: saved.created_at,
+                            expires_at: saved.expires_at,
+                        });
+                        state.saved = true;
+                        state.destroyed = false;
+                        state.regenerate = false;
+                        state.new_id = None;
+                        if state.generation == generation {
+                            // Otherwise the handler changed more meanwhile; those changes (and
+                            // the ones just saved, harmlessly) go in the next write.
+                            state.changes.clear();
+                            state.cleared = false;
+                        }
+                    }
                     if let (true, Some(old)) = (regenerate, &stored) {
                         // The new session is saved; failing to remove the old one must not log
                         // the user out, so it is logged and left to expire.
@@ -319,12 +584,7 @@ impl Session {
                             tracing::warn!(%err, "could not destroy the session replaced by regenerate");
                         }
                     }
-                    let cookie_changed = self.inner.cookie_id.as_deref() != Some(target.as_str());
-                    return Ok(if cookie_changed || options.rolling {
-                        Outcome::SetCookie(target)
-                    } else {
-                        Outcome::Unchanged
-                    });
+                    return Ok(());
                 }
                 Err(StoreError::Conflict { .. }) if expected == 0 => {
                     // A fresh id that is taken: astronomically unlikely, but harmless to redo.
@@ -470,7 +730,7 @@ mod tests {
         assert_eq!(s.get_value::<u64>("missing"), None);
         assert!(s.delete("role"));
         assert!(!s.delete("role"));
-        let Outcome::SetCookie(id) = s.commit().await.unwrap() else {
+        let Outcome::SetCookie(id, _) = s.commit().await.unwrap() else {
             panic!("a new written session sets a cookie");
         };
         let record = store.get(&id).await.unwrap().unwrap();
@@ -636,7 +896,7 @@ mod tests {
         s.regenerate();
         let new = s.id().unwrap();
         assert_ne!(new, old);
-        let Outcome::SetCookie(sent) = s.commit().await.unwrap() else {
+        let Outcome::SetCookie(sent, _) = s.commit().await.unwrap() else {
             panic!("a rotated session sets a cookie")
         };
         assert_eq!(sent, new);

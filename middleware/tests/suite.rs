@@ -10,8 +10,8 @@ use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
 use axum::routing::{get, post};
 use gonest_session::{
-    MemorySessionStore, Save, Session, SessionLayer, SessionOptions, SessionRecord, SessionStore,
-    StoreError,
+    Expiry, InvalidOptions, MemorySessionStore, SameSite, Save, Session, SessionError,
+    SessionLayer, SessionOptions, SessionRecord, SessionStore, StoreError, StoreLimits,
 };
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::{Saved, async_trait};
@@ -24,6 +24,8 @@ use tower::ServiceExt;
 struct Counting {
     store: Arc<dyn SessionStore>,
     calls: Arc<AtomicUsize>,
+    /// Say nothing of the store's limits, as a store that cannot tell.
+    hide_limits: bool,
 }
 
 #[async_trait]
@@ -47,6 +49,13 @@ impl SessionStore for Counting {
     ) -> Result<Option<SystemTime>, StoreError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.store.touch(id, ttl).await
+    }
+    fn limits(&self) -> StoreLimits {
+        if self.hide_limits {
+            StoreLimits::default()
+        } else {
+            self.store.limits()
+        }
     }
 }
 
@@ -88,11 +97,26 @@ struct App {
 }
 
 fn app(backend: &Backend, options: SessionOptions) -> App {
+    app_with(backend, options, false)
+}
+
+/// Answers a refused change as 400 with the reason, as an app would.
+fn refused(err: SessionError) -> (StatusCode, String) {
+    let status = match err {
+        SessionError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (status, err.to_string())
+}
+
+fn app_with(backend: &Backend, options: SessionOptions, hide_limits: bool) -> App {
     let calls = Arc::new(AtomicUsize::new(0));
     let store = Counting {
         store: backend.store.clone(),
         calls: calls.clone(),
+        hide_limits,
     };
+    let direct = backend.store.clone();
     let router = Router::new()
         .route("/plain", get(|| async { "no session here" }))
         .route(
@@ -137,10 +161,93 @@ fn app(backend: &Backend, options: SessionOptions) -> App {
             "/big/{bytes}",
             post(
                 |session: Session, axum::extract::Path(bytes): axum::extract::Path<usize>| async move {
-                    session.set_value("blob", "x".repeat(bytes)).unwrap();
-                    "stored"
+                    session.set_value("blob", "x".repeat(bytes)).map_err(refused)?;
+                    Ok::<_, (StatusCode, String)>("stored")
                 },
             ),
+        )
+        .route(
+            "/reserved",
+            post(|session: Session| async move {
+                session.set_value("__gonest.expiry", "forever").map_err(refused)?;
+                Ok::<_, (StatusCode, String)>("stored")
+            }),
+        )
+        .route(
+            "/expiry/{kind}/{seconds}",
+            post(
+                |session: Session,
+                 axum::extract::Path((kind, seconds)): axum::extract::Path<(String, u64)>| async move {
+                    let ttl = Duration::from_secs(seconds);
+                    let expiry = match kind.as_str() {
+                        "end" => Expiry::OnSessionEnd,
+                        "idle" => Expiry::OnInactivity(ttl),
+                        _ => Expiry::AtDateTime(SystemTime::UNIX_EPOCH + ttl),
+                    };
+                    session.set_expiry(expiry).map_err(refused)?;
+                    session.set_value("who", "alice").unwrap();
+                    Ok::<_, (StatusCode, String)>("set")
+                },
+            ),
+        )
+        .route(
+            "/keys",
+            get(|session: Session| async move {
+                let mut keys = session.keys();
+                keys.sort();
+                format!("{}|{}", keys.join(","), session.is_empty())
+            }),
+        )
+        .route(
+            "/clear",
+            post(|session: Session| async move {
+                session.clear();
+                "cleared"
+            }),
+        )
+        .route(
+            "/remove/{key}",
+            post(|session: Session, axum::extract::Path(key): axum::extract::Path<String>| async move {
+                session.remove::<String>(&key).unwrap_or_else(|| "(none)".into())
+            }),
+        )
+        .route(
+            "/flash/{message}",
+            post(|session: Session, axum::extract::Path(message): axum::extract::Path<String>| async move {
+                session.flash("notice", message).unwrap();
+                "flashed"
+            }),
+        )
+        .route(
+            "/take-flash",
+            get(|session: Session| async move {
+                session.take_flash::<String>("notice").unwrap_or_else(|| "(none)".into())
+            }),
+        )
+        .route(
+            "/save-now/{key}",
+            post(move |session: Session, axum::extract::Path(key): axum::extract::Path<String>| {
+                let direct = direct.clone();
+                async move {
+                    session.set_value(&key, "saved early").unwrap();
+                    session.save().await.map_err(|err| (StatusCode::SERVICE_UNAVAILABLE, err.to_string()))?;
+                    // Landed before the handler answers: visible to anyone reading the store.
+                    let id = session.id().unwrap();
+                    let stored = direct.get(&id).await.unwrap().unwrap();
+                    let landed = stored.data.contains_key(&key);
+                    // Changes after an explicit save are written by the layer as usual.
+                    session.set_value("after", "later").unwrap();
+                    Ok::<_, (StatusCode, String)>(format!("landed={landed}"))
+                }
+            }),
+        )
+        .route(
+            "/reload",
+            post(|session: Session| async move {
+                session.set_value("scratch", "unsaved").unwrap();
+                session.reload().await.unwrap();
+                session.get_value::<String>("scratch").unwrap_or_else(|| "(gone)".into())
+            }),
         )
         .route(
             "/fail",
@@ -149,7 +256,7 @@ fn app(backend: &Backend, options: SessionOptions) -> App {
                 StatusCode::INTERNAL_SERVER_ERROR
             }),
         )
-        .layer(SessionLayer::new(store, options));
+        .layer(SessionLayer::new(store, options).unwrap());
     App {
         router,
         calls,
@@ -267,7 +374,9 @@ async fn a_written_session_gets_a_cookie_with_the_options_attributes(backend: Ba
         "no cookie re-sent for an unchanged id"
     );
     let response = app.send("POST", "/set/size/xl", Some(&pair(&cookie))).await;
-    assert_eq!(set_cookie(&response), None, "an update keeps the id");
+    let resent = set_cookie(&response).expect("a save restarts the cookie's lifetime too");
+    assert_eq!(id_of(&resent), id, "an update keeps the id");
+    assert!(resent.contains("Max-Age=1800"), "{resent}");
     assert_eq!(app.store.get(&id).await.unwrap().unwrap().version, 2);
 }
 
@@ -431,10 +540,414 @@ suite!(
     rolling_sessions_are_touched_and_the_cookie_resent,
     concurrent_requests_changing_different_keys_all_land,
     a_session_over_the_size_limit_is_a_500_and_the_stored_one_is_kept,
+    a_value_over_the_size_limit_is_refused_at_once_and_the_stored_session_kept,
+    per_session_expiry_sets_the_cookie_and_the_store_alike_on_every_instance,
+    an_expiry_the_store_refuses_is_refused_at_once,
+    clear_keys_remove_and_is_empty,
+    clear_also_removes_keys_another_request_added_meanwhile,
+    an_explicit_save_lands_before_the_handler_answers,
+    reload_drops_unsaved_changes,
+    a_flash_message_is_read_once,
+    a_max_age_over_the_stores_max_ttl_is_refused,
 );
 
-async fn a_session_over_the_size_limit_is_a_500_and_the_stored_one_is_kept(backend: Backend) {
+/// The attributes of a `Set-Cookie` after its `name=value`, sorted.
+fn attributes(set_cookie: &str) -> Vec<String> {
+    let mut attributes: Vec<String> = set_cookie.split("; ").skip(1).map(str::to_owned).collect();
+    attributes.sort();
+    attributes
+}
+
+fn ttl_of(record: &SessionRecord) -> Duration {
+    record.expires_at.duration_since(SystemTime::now()).unwrap()
+}
+
+fn about(actual: Duration, expected: Duration) -> bool {
+    actual <= expected && actual + Duration::from_secs(60) > expected
+}
+
+async fn per_session_expiry_sets_the_cookie_and_the_store_alike_on_every_instance(
+    backend: Backend,
+) {
+    let options = SessionOptions {
+        max_age: Duration::from_secs(3600),
+        session_end_ttl: Some(Duration::from_secs(7200)),
+        ..Default::default()
+    };
+    let first = app(&backend, options.clone());
+    let second = app(&backend, options);
+    let thirty_days = Duration::from_secs(30 * 24 * 3600);
+
+    // "Remember me": 30 days, in the cookie and in the store.
+    let response = first.send("POST", "/expiry/idle/2592000", None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = set_cookie(&response).unwrap();
+    assert!(
+        attributes(&cookie).contains(&"Max-Age=2592000".to_owned()),
+        "{cookie}"
+    );
+    let record = first.store.get(&id_of(&cookie)).await.unwrap().unwrap();
+    assert!(about(ttl_of(&record), thirty_days), "{:?}", ttl_of(&record));
+    // A later write on another instance sends the same cookie and keeps the same lifetime.
+    let response = second
+        .send("POST", "/set/color/red", Some(&pair(&cookie)))
+        .await;
+    let again = set_cookie(&response).unwrap();
+    assert_eq!(attributes(&again), attributes(&cookie));
+    let record = second.store.get(&id_of(&cookie)).await.unwrap().unwrap();
+    assert!(about(ttl_of(&record), thirty_days));
+
+    // Until the browser closes: no Max-Age nor Expires, and the store keeps it session_end_ttl.
+    let response = first.send("POST", "/expiry/end/0", None).await;
+    let cookie = set_cookie(&response).unwrap();
+    assert_eq!(
+        attributes(&cookie),
+        ["HttpOnly", "Path=/", "SameSite=Lax"],
+        "{cookie}"
+    );
+    let record = first.store.get(&id_of(&cookie)).await.unwrap().unwrap();
+    assert!(about(ttl_of(&record), Duration::from_secs(7200)));
+    let response = second
+        .send("POST", "/set/color/red", Some(&pair(&cookie)))
+        .await;
+    assert_eq!(
+        attributes(&set_cookie(&response).unwrap()),
+        attributes(&cookie)
+    );
+
+    // At a fixed time: Expires and Max-Age say the same as the store.
+    let at = SystemTime::now() + Duration::from_secs(5000);
+    let unix = at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let response = first
+        .send("POST", &format!("/expiry/at/{unix}"), None)
+        .await;
+    let cookie = set_cookie(&response).unwrap();
+    assert!(cookie.contains("Expires="), "{cookie}");
+    let max_age: u64 = cookie
+        .split("; ")
+        .find_map(|a| a.strip_prefix("Max-Age="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let record = first.store.get(&id_of(&cookie)).await.unwrap().unwrap();
+    let stored = record
+        .expires_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // The store owns the clock: it turns the time into a lifetime by its own, a few ms apart.
+    assert!(
+        stored.abs_diff(unix) <= 1,
+        "the store ends it then: {stored} vs {unix}"
+    );
+    assert!((4900..=5000).contains(&max_age), "{max_age}");
+    // A save later does not move a fixed end.
+    let response = second
+        .send("POST", "/set/color/red", Some(&pair(&cookie)))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let record = first.store.get(&id_of(&cookie)).await.unwrap().unwrap();
+    let later = record
+        .expires_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        later.abs_diff(stored) <= 1,
+        "a save does not move a fixed end"
+    );
+
+    // No expiry set: `max_age`, as before.
+    let cookie = set_cookie(&first.send("POST", "/set/a/b", None).await).unwrap();
+    assert!(cookie.contains("Max-Age=3600"), "{cookie}");
+}
+
+async fn an_expiry_the_store_refuses_is_refused_at_once(backend: Backend) {
     let app = app(&backend, SessionOptions::default());
+    let cookie = pair(&set_cookie(&app.send("POST", "/login", None).await).unwrap());
+    // The stores in this suite keep sessions at most 30 days.
+    for uri in ["/expiry/idle/2592001", "/expiry/idle/0", "/expiry/at/1000"] {
+        let response = app.send("POST", uri, Some(&cookie)).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(set_cookie(&response), None, "{uri}");
+    }
+    let response = app
+        .send("POST", "/expiry/idle/2592001", Some(&cookie))
+        .await;
+    let body = text(response).await;
+    assert!(body.contains("maximum TTL"), "{body}");
+    let record = app.store.get(&id_of(&cookie)).await.unwrap().unwrap();
+    assert_eq!(record.version, 1, "nothing was saved");
+}
+
+async fn clear_keys_remove_and_is_empty(backend: Backend) {
+    let app = app(&backend, SessionOptions::default());
+    let cookie = pair(&set_cookie(&app.send("POST", "/set/b/2", None).await).unwrap());
+    app.send("POST", "/set/a/1", Some(&cookie)).await;
+    app.send("POST", "/expiry/idle/600", Some(&cookie)).await;
+    app.send("POST", "/flash/hello", Some(&cookie)).await;
+    let response = app.send("GET", "/keys", Some(&cookie)).await;
+    assert_eq!(
+        text(response).await,
+        "a,b,who|false",
+        "reserved keys are not listed"
+    );
+
+    let response = app.send("POST", "/remove/a", Some(&cookie)).await;
+    assert_eq!(text(response).await, "1");
+    let response = app.send("POST", "/remove/a", Some(&cookie)).await;
+    assert_eq!(text(response).await, "(none)");
+
+    let response = app.send("POST", "/clear", Some(&cookie)).await;
+    let resent = set_cookie(&response).unwrap();
+    assert_eq!(pair(&resent), cookie, "the id is kept");
+    assert!(
+        resent.contains("Max-Age=600"),
+        "the expiry is kept: {resent}"
+    );
+    let response = app.send("GET", "/keys", Some(&cookie)).await;
+    assert_eq!(text(response).await, "|true");
+    let response = app.send("GET", "/take-flash", Some(&cookie)).await;
+    assert_eq!(
+        text(response).await,
+        "(none)",
+        "flash messages go with clear"
+    );
+    let record = app.store.get(&id_of(&cookie)).await.unwrap().unwrap();
+    assert_eq!(
+        record.data.keys().collect::<Vec<_>>(),
+        ["__gonest.expiry"],
+        "saved as an empty session"
+    );
+}
+
+async fn clear_also_removes_keys_another_request_added_meanwhile(backend: Backend) {
+    let app = app(&backend, SessionOptions::default());
+    let cookie = pair(&set_cookie(&app.send("POST", "/set/a/1", None).await).unwrap());
+    let id = id_of(&cookie);
+    // A handler that clears the session while another instance adds a key to it (a direct save
+    // between this request's load and its write).
+    let store = app.store.clone();
+    let other = id.clone();
+    let racing = Router::new()
+        .route(
+            "/clear-while-another-writes",
+            post(move |session: Session| {
+                let store = store.clone();
+                let id = other.clone();
+                async move {
+                    session.clear();
+                    let current = store.get(&id).await.unwrap().unwrap();
+                    let mut data = current.data;
+                    data.insert("late".into(), b"\"x\"".to_vec());
+                    store
+                        .save(Save::new(&id, data).expected_version(current.version))
+                        .await
+                        .unwrap();
+                    "cleared"
+                }
+            }),
+        )
+        .layer(SessionLayer::new(app.store.clone(), SessionOptions::default()).unwrap());
+    let response = racing
+        .oneshot(
+            Request::post("/clear-while-another-writes")
+                .header(header::COOKIE, &cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let record = app.store.get(&id).await.unwrap().unwrap();
+    assert!(
+        record.data.is_empty(),
+        "{:?}",
+        record.data.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(record.version, 3, "saved after reloading the newer version");
+}
+
+async fn an_explicit_save_lands_before_the_handler_answers(backend: Backend) {
+    let app = app(&backend, SessionOptions::default());
+    let cookie = pair(&set_cookie(&app.send("POST", "/set/a/1", None).await).unwrap());
+    let response = app.send("POST", "/save-now/early", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let resent = set_cookie(&response).unwrap();
+    assert_eq!(pair(&resent), cookie);
+    assert_eq!(text(response).await, "landed=true");
+    let record = app.store.get(&id_of(&cookie)).await.unwrap().unwrap();
+    assert_eq!(
+        record.data["after"], b"\"later\"",
+        "later changes are written too"
+    );
+    assert_eq!(
+        record.version, 3,
+        "one save each: the explicit one and the layer's"
+    );
+
+    // A new session saved early gets its cookie all the same.
+    let response = app.send("POST", "/save-now/first", None).await;
+    assert_eq!(text_and_cookie(response).await.0, "landed=true");
+}
+
+async fn reload_drops_unsaved_changes(backend: Backend) {
+    let app = app(&backend, SessionOptions::default());
+    let cookie = pair(&set_cookie(&app.send("POST", "/set/a/1", None).await).unwrap());
+    let response = app.send("POST", "/reload", Some(&cookie)).await;
+    assert_eq!(text_and_cookie(response).await, ("(gone)".into(), None));
+    let record = app.store.get(&id_of(&cookie)).await.unwrap().unwrap();
+    assert_eq!(record.version, 1);
+}
+
+async fn a_flash_message_is_read_once(backend: Backend) {
+    let app = app(&backend, SessionOptions::default());
+    let cookie = pair(&set_cookie(&app.send("POST", "/flash/saved!", None).await).unwrap());
+    let response = app.send("GET", "/keys", Some(&cookie)).await;
+    assert_eq!(
+        text(response).await,
+        "|true",
+        "a flash message is not a key"
+    );
+    let response = app.send("GET", "/take-flash", Some(&cookie)).await;
+    assert_eq!(text(response).await, "saved!");
+    let response = app.send("GET", "/take-flash", Some(&cookie)).await;
+    assert_eq!(text(response).await, "(none)");
+}
+
+async fn a_max_age_over_the_stores_max_ttl_is_refused(backend: Backend) {
+    let options = SessionOptions {
+        max_age: Duration::from_secs(31 * 24 * 3600),
+        ..Default::default()
+    };
+    let err = SessionLayer::new(backend.store.clone(), options).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InvalidOptions::Lifetime {
+                what: "max_age",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("maximum TTL"), "{err}");
+    let options = SessionOptions {
+        session_end_ttl: Some(Duration::from_secs(31 * 24 * 3600)),
+        ..Default::default()
+    };
+    let err = SessionLayer::new(backend.store.clone(), options).unwrap_err();
+    assert!(err.to_string().contains("session_end_ttl"), "{err}");
+    let options = SessionOptions {
+        max_age: Duration::from_secs(30 * 24 * 3600),
+        ..Default::default()
+    };
+    assert!(SessionLayer::new(backend.store.clone(), options).is_ok());
+}
+
+#[test]
+fn options_browsers_would_drop_are_refused_naming_the_rule() {
+    let store = || MemorySessionStore::new(Duration::from_secs(3600));
+    let secure = |name: &str| SessionOptions {
+        cookie_name: name.into(),
+        secure: true,
+        ..Default::default()
+    };
+    for (options, rule) in [
+        (
+            SessionOptions {
+                secure: false,
+                ..secure("__Host-sid")
+            },
+            "__Host-",
+        ),
+        (
+            SessionOptions {
+                path: "/app".into(),
+                ..secure("__Host-sid")
+            },
+            "__Host-",
+        ),
+        (
+            SessionOptions {
+                domain: Some("example.com".into()),
+                ..secure("__Host-sid")
+            },
+            "__Host-",
+        ),
+        (
+            SessionOptions {
+                secure: false,
+                ..secure("__Secure-sid")
+            },
+            "__Secure-",
+        ),
+        (
+            SessionOptions {
+                same_site: SameSite::None,
+                ..SessionOptions::default()
+            },
+            "SameSite=None",
+        ),
+        (secure("bad name"), "not a valid cookie name"),
+        (secure(""), "not a valid cookie name"),
+        (
+            SessionOptions {
+                max_age: Duration::ZERO,
+                ..secure("sid")
+            },
+            "zero",
+        ),
+    ] {
+        let err = SessionLayer::new(store(), options.clone()).unwrap_err();
+        assert!(err.to_string().contains(rule), "{options:?}: {err}");
+    }
+    for options in [
+        secure("__Host-sid"),
+        secure("__Secure-sid"),
+        SessionOptions {
+            domain: Some("example.com".into()),
+            ..secure("__Secure-sid")
+        },
+        SessionOptions {
+            same_site: SameSite::None,
+            ..secure("sid")
+        },
+        SessionOptions::default(),
+    ] {
+        assert!(
+            SessionLayer::new(store(), options.clone()).is_ok(),
+            "{options:?}"
+        );
+    }
+}
+
+async fn a_value_over_the_size_limit_is_refused_at_once_and_the_stored_session_kept(
+    backend: Backend,
+) {
+    let app = app(&backend, SessionOptions::default());
+    let cookie = pair(&set_cookie(&app.send("POST", "/login", None).await).unwrap());
+    let calls = app.calls();
+    let response = app.send("POST", "/big/2000000", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(set_cookie(&response), None);
+    let body = text(response).await;
+    assert!(body.contains("over the store's limit of 1048576"), "{body}");
+    assert_eq!(app.calls(), calls + 1, "only the load reached the store");
+    let response = app.send("POST", "/reserved", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(text(response).await.contains("reserved"));
+    let response = app.send("GET", "/peek", Some(&cookie)).await;
+    assert_eq!(
+        text(response).await,
+        "alice",
+        "the stored session is untouched"
+    );
+}
+
+async fn a_session_over_the_size_limit_is_a_500_and_the_stored_one_is_kept(backend: Backend) {
+    // A store that cannot tell its limit: the save itself is refused.
+    let app = app_with(&backend, SessionOptions::default(), true);
     let response = app.send("POST", "/login", None).await;
     let cookie = pair(&set_cookie(&response).unwrap());
     let response = app.send("POST", "/big/2000000", Some(&cookie)).await;

@@ -32,8 +32,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gonest_session_core::codec::{decode_data, encode_data};
 use gonest_session_core::{
-    Expiry, Result, Save, Saved, SessionRecord, SessionStore, StoreError, async_trait, data_size,
-    validate_id,
+    Expiry, Result, Save, Saved, SessionRecord, SessionStore, StoreError, StoreLimits, async_trait,
+    data_size, validate_id,
 };
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -442,5 +442,12 @@ impl SessionStore for RedisSessionStore {
         invocation.arg(ttl);
         let expires: Option<i64> = self.run(invocation.invoke_async(&mut connection)).await?;
         Ok(expires.map(|ms| time(u64::try_from(ms).unwrap_or(0))))
+    }
+
+    fn limits(&self) -> StoreLimits {
+        StoreLimits {
+            max_session_bytes: Some(self.inner.max_session_bytes),
+            max_ttl: Some(self.inner.max_ttl),
+        }
     }
 }

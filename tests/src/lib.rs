@@ -29,7 +29,7 @@ impl AppInstance {
             .unwrap();
         let app = example_app::routes()
             .merge(extra)
-            .layer(SessionLayer::new(store, SessionOptions::default()));
+            .layer(SessionLayer::new(store, SessionOptions::default()).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {

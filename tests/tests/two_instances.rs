@@ -63,12 +63,10 @@ async fn login_on_one_instance_is_seen_by_the_other_and_logout_everywhere() {
     let response = http.post(format!("{}/login", a.url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let cookie = session_cookie(&response).expect("login sets the cookie");
-    // Exactly the default options: the seed's cookie.
-    let mut attributes: Vec<&str> = cookie.split("; ").skip(1).collect();
-    attributes.sort_unstable();
+    // The default options, with a cookie that ends with the browser session (no "remember me").
     assert_eq!(
-        attributes,
-        ["HttpOnly", "Max-Age=86400", "Path=/", "SameSite=Lax"],
+        attributes(&cookie),
+        ["HttpOnly", "Path=/", "SameSite=Lax"],
         "{cookie}"
     );
     assert_eq!(id_of(&cookie).len(), 43);
@@ -90,6 +88,84 @@ async fn login_on_one_instance_is_seen_by_the_other_and_logout_everywhere() {
     );
     let response = http.get(format!("{}/profile", a.url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    daemon.stop().await.unwrap();
+}
+
+/// The attributes of a `Set-Cookie` after its `name=value`, sorted.
+fn attributes(set_cookie: &str) -> Vec<&str> {
+    let mut attributes: Vec<&str> = set_cookie.split("; ").skip(1).collect();
+    attributes.sort_unstable();
+    attributes
+}
+
+/// How long from now the daemon keeps the session with this id.
+async fn daemon_ttl(daemon: &Daemon, id: &str) -> Duration {
+    let store = gonest_session_client::RemoteSessionStore::connect(daemon.url())
+        .await
+        .unwrap();
+    let record = gonest_session::SessionStore::get(&store, id)
+        .await
+        .unwrap()
+        .expect("the session is on the daemon");
+    record
+        .expires_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remember_me_is_30_days_in_the_cookie_and_on_the_daemon_and_otherwise_a_browser_session() {
+    let daemon = Daemon::start(Config::default()).await;
+    let (a, b) = two_apps(&daemon).await;
+    let http = client();
+    let day = Duration::from_secs(24 * 3600);
+    let minute = Duration::from_secs(60);
+
+    let response = http.post(format!("{}/login", a.url)).send().await.unwrap();
+    let cookie = session_cookie(&response).unwrap();
+    assert_eq!(attributes(&cookie), ["HttpOnly", "Path=/", "SameSite=Lax"]);
+    let ttl = daemon_ttl(&daemon, &id_of(&cookie)).await;
+    assert!(ttl <= day && ttl > day - minute, "{ttl:?}");
+
+    let response = http
+        .post(format!("{}/login", b.url))
+        .json(&json!({"remember": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = session_cookie(&response).unwrap();
+    assert_eq!(
+        attributes(&cookie),
+        ["HttpOnly", "Max-Age=2592000", "Path=/", "SameSite=Lax"]
+    );
+    let ttl = daemon_ttl(&daemon, &id_of(&cookie)).await;
+    assert!(ttl <= 30 * day && ttl > 30 * day - minute, "{ttl:?}");
+    // Another instance writing the session sends the same cookie again.
+    let response = http
+        .post(format!("{}/test/set/seen", a.url))
+        .send()
+        .await
+        .unwrap();
+    let again = session_cookie(&response).unwrap();
+    assert_eq!(attributes(&again), attributes(&cookie));
+    assert_eq!(id_of(&again), id_of(&cookie));
+
+    for body in [
+        "{\"remember\": 1}",
+        "not json",
+        "{\"remember\": true, \"x\": 1}",
+    ] {
+        let response = http
+            .post(format!("{}/login", a.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(session_cookie(&response), None, "{body}");
+    }
     daemon.stop().await.unwrap();
 }
 

@@ -1,16 +1,19 @@
-//! The GoNest sessions controller as an axum app: `POST /login`, `GET /profile`,
-//! `POST /logout`. Run several instances against one `gonest-sessiond` and they share sessions.
+//! The GoNest sessions controller as an axum app: `POST /login` (with an optional
+//! `{"remember": true}`), `GET /profile`, `POST /logout`. Run several instances against one `gonest-sessiond` and they share sessions.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gonest_session::{MemorySessionStore, Session, SessionLayer, SessionOptions, SessionStore};
+use gonest_session::{
+    Expiry, InvalidOptions, MemorySessionStore, Session, SessionLayer, SessionOptions, SessionStore,
+};
 use gonest_session_client::RemoteSessionStore;
 use serde_json::{Value, json};
 
@@ -41,10 +44,13 @@ pub fn routes() -> Router {
         .route("/logout", post(logout))
 }
 
-/// The app: its routes behind the session layer.
-pub fn app(store: impl SessionStore, options: SessionOptions) -> Router {
-    routes().layer(SessionLayer::new(store, options))
+/// The app: its routes behind the session layer. Fails on options the layer refuses.
+pub fn app(store: impl SessionStore, options: SessionOptions) -> Result<Router, InvalidOptions> {
+    Ok(routes().layer(SessionLayer::new(store, options)?))
 }
+
+/// How long a "remember me" login lasts without a visit: 30 days.
+pub const REMEMBER_FOR: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// The store named on the command line: `memory`, or a daemon URL such as
 /// `http://127.0.0.1:7070`, with the daemon's token if it wants one. The daemon is connected to
@@ -110,13 +116,38 @@ impl IntoResponse for AppError {
     }
 }
 
-async fn login(session: Session) -> Result<Json<Value>, AppError> {
+/// `POST /login`'s optional JSON body.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    /// Keep the user logged in across browser restarts, for [`REMEMBER_FOR`] after the last
+    /// visit. Otherwise the cookie ends with the browser session.
+    #[serde(default)]
+    remember: bool,
+}
+
+async fn login(session: Session, body: Bytes) -> Result<Json<Value>, AppError> {
+    let login: Login = if body.iter().all(u8::is_ascii_whitespace) {
+        Login::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|_| AppError {
+            status: StatusCode::BAD_REQUEST,
+            message: "the body must be empty or {\"remember\": true|false}",
+        })?
+    };
     // A new id at login, so an id planted before it is worthless afterwards.
     session.regenerate();
+    let expiry = if login.remember {
+        Expiry::OnInactivity(REMEMBER_FOR)
+    } else {
+        Expiry::OnSessionEnd
+    };
     let stored = session
-        .set_value("user_id", 42)
+        .set_expiry(expiry)
+        .and_then(|()| session.set_value("user_id", 42))
         .and_then(|()| session.set_value("role", "admin"));
-    if stored.is_err() {
+    if let Err(err) = stored {
+        tracing::error!(%err, "could not store the login in the session");
         return Err(AppError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: "could not store the session",

@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let store = example_app::store(&cli.store, options.max_age, cli.store_token_file.as_deref())
         .with_context(|| format!("invalid --store `{}`", cli.store))?;
-    let app = example_app::app(store, options);
+    let app = example_app::app(store, options).context("invalid session options")?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
