@@ -158,6 +158,18 @@ impl RemoteSessionStore {
         Ok(())
     }
 
+    /// Runs one unary call within the timeout.
+    async fn unary<T>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.inner.timeout, call)
+            .await
+            .map_err(|_| StoreError::Timeout)?
+            .map(tonic::Response::into_inner)
+            .map_err(|status| error_from_status(&status, None))
+    }
+
     /// The daemon's counters.
     pub async fn stats(&self) -> Result<RemoteStats> {
         let mut client = self.inner.client.clone();
@@ -266,6 +278,28 @@ impl SessionStore for RemoteSessionStore {
             Answer::Touch(_) => Ok(None),
             other => Err(unexpected(&other)),
         }
+    }
+
+    async fn list_by_owner(&self, owner: &str, with_data: bool) -> Result<Vec<SessionRecord>> {
+        let mut client = self.inner.client.clone();
+        let answer = self
+            .unary(client.list_by_owner(pb::ListByOwnerRequest {
+                owner: owner.to_owned(),
+                with_data,
+            }))
+            .await?;
+        answer.sessions.into_iter().map(record_from_pb).collect()
+    }
+
+    async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
+        let mut client = self.inner.client.clone();
+        let answer = self
+            .unary(client.destroy_by_owner(pb::DestroyByOwnerRequest {
+                owner: owner.to_owned(),
+                except_ids: except.to_vec(),
+            }))
+            .await?;
+        Ok(answer.destroyed)
     }
 
     /// What the daemon said at connect (or before the first operation of a lazily connected

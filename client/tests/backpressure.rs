@@ -83,6 +83,18 @@ impl Service for Held {
     ) -> Result<Response<pb::TouchResponse>, Status> {
         Err(Status::unimplemented("pipeline only"))
     }
+    async fn list_by_owner(
+        &self,
+        _: Request<pb::ListByOwnerRequest>,
+    ) -> Result<Response<pb::ListByOwnerResponse>, Status> {
+        Err(Status::unimplemented("pipeline only"))
+    }
+    async fn destroy_by_owner(
+        &self,
+        _: Request<pb::DestroyByOwnerRequest>,
+    ) -> Result<Response<pb::DestroyByOwnerResponse>, Status> {
+        Err(Status::unimplemented("pipeline only"))
+    }
     async fn stats(
         &self,
         _: Request<pb::StatsRequest>,

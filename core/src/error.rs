@@ -39,6 +39,17 @@ pub enum StoreError {
         /// The store's limit on live sessions.
         limit: u64,
     },
+    /// The owner already has as many live sessions as the store allows; their existing sessions
+    /// can still be written. Sent as `RESOURCE_EXHAUSTED`.
+    #[error("the owner's limit of {limit} sessions is reached")]
+    TooManyOwnerSessions {
+        /// The store's limit on live sessions per owner.
+        limit: u64,
+    },
+    /// The store cannot do this (a store without an owner index asked to list by owner). Sent
+    /// as `UNIMPLEMENTED`.
+    #[error("not supported by this session store: {0}")]
+    Unsupported(String),
     /// The store refused the caller's credentials. Sent as `UNAUTHENTICATED`.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),

@@ -25,9 +25,49 @@ pub fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The longest owner a store accepts, in bytes.
+pub const MAX_OWNER_LEN: usize = 256;
+
+/// Checks that `owner` is a valid session owner: 1 to [`MAX_OWNER_LEN`] bytes of printable
+/// ASCII (0x20 to 0x7E: spaces allowed, control characters not). On the wire an empty owner
+/// means none; in Rust that is `None`.
+pub fn validate_owner(owner: &str) -> Result<()> {
+    if owner.is_empty() {
+        return Err(StoreError::invalid("owner is empty"));
+    }
+    if owner.len() > MAX_OWNER_LEN {
+        return Err(StoreError::invalid(format!(
+            "owner is {} bytes, over the limit of {MAX_OWNER_LEN}",
+            owner.len()
+        )));
+    }
+    if let Some(pos) = owner.bytes().position(|b| !(0x20..=0x7e).contains(&b)) {
+        return Err(StoreError::invalid(format!(
+            "owner has a byte outside printable ASCII at position {pos}"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_are_printable_ascii_up_to_the_limit() {
+        for good in ["42", "user 42", "a@b.c", &"x".repeat(MAX_OWNER_LEN)] {
+            assert!(validate_owner(good).is_ok(), "{good}");
+        }
+        for bad in [
+            String::new(),
+            "x".repeat(MAX_OWNER_LEN + 1),
+            "tab\t".to_owned(),
+            "nl\n".to_owned(),
+            "é".to_owned(),
+        ] {
+            assert!(validate_owner(&bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn accepts_printable_ascii_up_to_the_limit() {

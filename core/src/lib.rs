@@ -41,6 +41,7 @@ pub mod codec;
 mod error;
 mod id;
 mod memory;
+mod owners;
 mod record;
 mod snapshot;
 mod store;
@@ -49,7 +50,7 @@ mod table;
 
 pub use clock::Clock;
 pub use error::{Result, StoreError};
-pub use id::{MAX_ID_LEN, validate_id};
+pub use id::{MAX_ID_LEN, MAX_OWNER_LEN, validate_id, validate_owner};
 pub use memory::{MemorySessionStore, MemorySessionStoreBuilder, StoreStats};
 pub use record::{Expiry, Save, Saved, SessionData, SessionRecord, data_size};
 pub use snapshot::SnapshotError;

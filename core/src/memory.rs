@@ -7,11 +7,12 @@ use hashbrown::hash_table::Entry;
 use tokio::sync::Notify;
 
 use crate::codec::{decode_data, encode_into, encoded_len};
+use crate::owners::OwnerIndex;
 use crate::snapshot::{SnapshotError, SnapshotWriter};
 use crate::table::{Nanos, Record, Table};
 use crate::{
-    Clock, Expiry, Result, Save, Saved, SessionRecord, SessionStore, StoreError, data_size,
-    validate_id,
+    Clock, Expiry, Result, Save, Saved, SessionData, SessionRecord, SessionStore, StoreError,
+    data_size, validate_id, validate_owner,
 };
 
 /// An expiring, versioned, in-memory session store.
@@ -32,6 +33,8 @@ pub struct MemorySessionStore {
 pub(crate) struct Inner {
     /// Session id to record. Expired records stay until the sweeper or an access removes them.
     map: Table,
+    /// Owner to the ids of its sessions, changed with `map` under the same shard lock.
+    owners: OwnerIndex,
     /// The clock every expiry is computed and checked against.
     clock: Clock,
     /// Limits and defaults.
@@ -63,7 +66,13 @@ impl Record {
             created_at: self.created_at().into(),
             expires_at: self.expires_at().into(),
             version: self.version(),
+            owner: self.owner_string(),
         })
+    }
+
+    fn owner_string(&self) -> Option<String> {
+        let owner = std::str::from_utf8(self.owner()).ok()?;
+        (!owner.is_empty()).then(|| owner.to_owned())
     }
 
     fn saved(&self) -> Saved {
@@ -81,6 +90,7 @@ struct Config {
     max_ttl: Duration,
     max_session_bytes: usize,
     max_sessions: u64,
+    max_sessions_per_owner: u64,
     sweep_interval: Option<Duration>,
 }
 
@@ -110,6 +120,7 @@ impl Default for MemorySessionStoreBuilder {
                 max_ttl: MemorySessionStore::DEFAULT_MAX_TTL,
                 max_session_bytes: MemorySessionStore::DEFAULT_MAX_SESSION_BYTES,
                 max_sessions: 0,
+                max_sessions_per_owner: MemorySessionStore::DEFAULT_MAX_SESSIONS_PER_OWNER,
                 sweep_interval: Some(MemorySessionStore::DEFAULT_SWEEP_INTERVAL),
             },
         }
@@ -139,6 +150,14 @@ impl MemorySessionStoreBuilder {
     /// sessions still succeed at the limit.
     pub fn max_sessions(mut self, sessions: u64) -> Self {
         self.config.max_sessions = sessions;
+        self
+    }
+
+    /// The most live sessions one owner may have (default 1,000); 0 means no limit. Beyond it a
+    /// new session of that owner is [`StoreError::TooManyOwnerSessions`]; its existing sessions
+    /// can still be saved.
+    pub fn max_sessions_per_owner(mut self, sessions: u64) -> Self {
+        self.config.max_sessions_per_owner = sessions;
         self
     }
 
@@ -177,6 +196,7 @@ impl MemorySessionStoreBuilder {
         let store = MemorySessionStore {
             inner: Arc::new(Inner {
                 map: Table::new(),
+                owners: OwnerIndex::new(),
                 clock: Clock::new(),
                 config,
                 stored: AtomicU64::new(0),
@@ -212,6 +232,8 @@ impl MemorySessionStore {
     pub const MAX_TTL_CAP: Duration = Duration::from_secs(400 * 24 * 60 * 60);
     /// The default largest session: 1 MiB.
     pub const DEFAULT_MAX_SESSION_BYTES: usize = 1024 * 1024;
+    /// The default limit on one owner's live sessions: 1,000.
+    pub const DEFAULT_MAX_SESSIONS_PER_OWNER: u64 = 1000;
     /// The default sweep interval: 5 minutes.
     pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
@@ -318,6 +340,10 @@ impl MemorySessionStore {
     fn try_save(&self, save: &Save) -> Result<Saved> {
         let inner = &*self.inner;
         validate_id(&save.id)?;
+        let owner = save.owner.as_deref().filter(|owner| !owner.is_empty());
+        if let Some(owner) = owner {
+            validate_owner(owner)?;
+        }
         let size = data_size(&save.data);
         if size > inner.config.max_session_bytes {
             return Err(StoreError::TooLarge {
@@ -330,9 +356,31 @@ impl MemorySessionStore {
         let expires_at = Nanos::from(inner.expires_at(save.expiry, clock_now)?);
         let data_len = encoded_len(&save.data);
         let record = |created_at, version| {
-            Record::new(&save.id, created_at, expires_at, version, data_len, |buf| {
-                encode_into(buf, &save.data)
-            })
+            Record::new(
+                &save.id,
+                owner,
+                created_at,
+                expires_at,
+                version,
+                data_len,
+                |buf| encode_into(buf, &save.data),
+            )
+        };
+        // The check and the index update each take the owner's index lock, not together: new
+        // sessions of one owner saved at the same instant can pass the limit by as many as race,
+        // and the next one is refused.
+        let owner_room = |current: Option<&Record>| match owner {
+            Some(owner)
+                if current.is_none_or(|c| !c.is_live(now) || c.owner() != owner.as_bytes()) =>
+            {
+                let limit = inner.config.max_sessions_per_owner;
+                if inner.owners.has_room(owner, &save.id, limit, now) {
+                    Ok(())
+                } else {
+                    Err(StoreError::TooManyOwnerSessions { limit })
+                }
+            }
+            _ => Ok(()),
         };
         let check_absent = |expected: Option<u64>| match expected {
             None | Some(0) => Ok(()),
@@ -359,19 +407,26 @@ impl MemorySessionStore {
                         let Some(version) = current.version().checked_add(1) else {
                             return Err(StoreError::invalid("session version is at its maximum"));
                         };
-                        *current = record(current.created_at(), version);
+                        owner_room(Some(current))?;
+                        let old = std::mem::replace(current, record(current.created_at(), version));
+                        inner.owners.replace(Some(&old), Some(current));
                     } else {
                         // An expired record is absent: the save creates a new session in its place.
                         check_absent(save.expected_version)?;
-                        *current = record(now, 1);
+                        owner_room(None)?;
+                        let old = std::mem::replace(current, record(now, 1));
+                        inner.owners.replace(Some(&old), Some(current));
                         inner.expired_removed.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(current.saved())
                 }
                 Entry::Vacant(vacant) => {
                     check_absent(save.expected_version)?;
+                    owner_room(None)?;
                     inner.reserve_slot()?;
-                    Ok(vacant.insert(record(now, 1)).get().saved())
+                    let inserted = vacant.insert(record(now, 1));
+                    inner.owners.replace(None, Some(inserted.get()));
+                    Ok(inserted.get().saved())
                 }
             })
     }
@@ -381,7 +436,11 @@ impl MemorySessionStore {
         validate_id(id)?;
         let now = Nanos::from(self.inner.clock.now());
         let removed = self.inner.map.write(id, |entry| match entry {
-            Entry::Occupied(occupied) => Some(occupied.remove().0),
+            Entry::Occupied(occupied) => {
+                let record = occupied.remove().0;
+                self.inner.owners.replace(Some(&record), None);
+                Some(record)
+            }
             Entry::Vacant(_) => None,
         });
         // The record is dropped here, after the shard's lock is released.
@@ -398,6 +457,70 @@ impl MemorySessionStore {
         }
     }
 
+    /// The live sessions of `owner`. The same as [`SessionStore::list_by_owner`], without the
+    /// future.
+    pub fn list_by_owner_now(&self, owner: &str, with_data: bool) -> Result<Vec<SessionRecord>> {
+        validate_owner(owner)?;
+        let now = Nanos::from(self.inner.clock.now());
+        let mut sessions = Vec::new();
+        for id in self.inner.owners.ids(owner) {
+            let found = self.inner.map.read(&id, |record| match record {
+                Some(record) if record.is_live(now) && record.owner() == owner.as_bytes() => {
+                    let mut found = SessionRecord {
+                        id: id.clone(),
+                        data: SessionData::new(),
+                        created_at: record.created_at().into(),
+                        expires_at: record.expires_at().into(),
+                        version: record.version(),
+                        owner: Some(owner.to_owned()),
+                    };
+                    if with_data {
+                        found.data = decode_data(record.data())?;
+                    }
+                    Ok(Some(found))
+                }
+                _ => Ok(None),
+            })?;
+            sessions.extend(found);
+        }
+        sessions.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(sessions)
+    }
+
+    /// Destroys the sessions of `owner` but those in `except`. The same as
+    /// [`SessionStore::destroy_by_owner`], without the future.
+    ///
+    /// Every session saved with this owner before the call is in the index when it begins
+    /// (the index changes under the same lock as the session), so one pass over it reaches them
+    /// all; a session given another owner meanwhile is left alone.
+    pub fn destroy_by_owner_now(&self, owner: &str, except: &[String]) -> Result<u64> {
+        validate_owner(owner)?;
+        let now = Nanos::from(self.inner.clock.now());
+        let mut destroyed = 0;
+        for id in self.inner.owners.ids(owner) {
+            if except.contains(&id) {
+                continue;
+            }
+            let removed = self.inner.map.write(&id, |entry| match entry {
+                Entry::Occupied(occupied) if occupied.get().owner() == owner.as_bytes() => {
+                    let record = occupied.remove().0;
+                    self.inner.owners.replace(Some(&record), None);
+                    Some(record)
+                }
+                _ => None,
+            });
+            if let Some(record) = removed {
+                self.inner.stored.fetch_sub(1, Ordering::Relaxed);
+                if record.is_live(now) {
+                    destroyed += 1;
+                } else {
+                    self.inner.expired_removed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(destroyed)
+    }
+
     /// Touches a session now. The same as [`SessionStore::touch`], without the future.
     pub fn touch_now(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
         validate_id(id)?;
@@ -410,10 +533,15 @@ impl MemorySessionStore {
         let (touched, expired) = self.inner.map.write_expiring(id, at, |entry| match entry {
             Entry::Occupied(mut occupied) if occupied.get().is_live(now) => {
                 occupied.get_mut().set_expires_at(expires_at.into());
+                self.inner.owners.replace(None, Some(occupied.get()));
                 (Some(expires_at), None)
             }
             // An expired record is absent; remove it while its shard is locked anyway.
-            Entry::Occupied(occupied) => (None, Some(occupied.remove().0)),
+            Entry::Occupied(occupied) => {
+                let record = occupied.remove().0;
+                self.inner.owners.replace(Some(&record), None);
+                (None, Some(record))
+            }
             Entry::Vacant(_) => (None, None),
         });
         // A removed record is dropped here, after the shard's lock is released.
@@ -431,8 +559,12 @@ impl MemorySessionStore {
         if record.expires_at <= self.inner.clock.now() {
             return Ok(false);
         }
+        if let Some(owner) = record.owner.as_deref().filter(|owner| !owner.is_empty()) {
+            validate_owner(owner)?;
+        }
         let stored = Record::new(
             &record.id,
+            record.owner.as_deref().filter(|owner| !owner.is_empty()),
             record.created_at.into(),
             record.expires_at.into(),
             record.version,
@@ -456,6 +588,7 @@ impl MemorySessionStore {
             records.iter().try_for_each(|record| {
                 writer.record(
                     record.id(),
+                    record.owner(),
                     record.version(),
                     record.created_at().0,
                     record.expires_at().0,
@@ -480,6 +613,7 @@ impl MemorySessionStore {
             }
             let stored = Record::new(
                 &record.id,
+                record.owner.as_deref(),
                 Nanos(record.created_at),
                 Nanos(record.expires_at),
                 record.version,
@@ -531,7 +665,11 @@ impl Inner {
     /// Removes `id` if it is still expired at `now` (it may have been saved again meanwhile).
     fn remove_expired(&self, id: &str, now: Nanos) {
         let removed = self.map.write(id, |entry| match entry {
-            Entry::Occupied(occupied) if !occupied.get().is_live(now) => Some(occupied.remove().0),
+            Entry::Occupied(occupied) if !occupied.get().is_live(now) => {
+                let record = occupied.remove().0;
+                self.owners.replace(Some(&record), None);
+                Some(record)
+            }
             _ => None,
         });
         if removed.is_some() {
@@ -552,11 +690,13 @@ impl Inner {
             .map
             .write_expiring(id, expires_at, |entry| match entry {
                 Entry::Occupied(mut occupied) => {
-                    *occupied.get_mut() = record;
+                    let old = std::mem::replace(occupied.get_mut(), record);
+                    self.owners.replace(Some(&old), Some(occupied.get()));
                     false
                 }
                 Entry::Vacant(vacant) => {
-                    vacant.insert(record);
+                    let inserted = vacant.insert(record);
+                    self.owners.replace(None, Some(inserted.get()));
                     true
                 }
             });
@@ -583,7 +723,13 @@ impl Inner {
     /// Removes the records of one shard that expired by `now`; returns how many.
     pub(crate) fn sweep_shard(&self, shard: usize, now: SystemTime) -> u64 {
         let now = Nanos::from(now);
-        let removed = self.map.retain_shard(shard, |record| record.is_live(now));
+        let removed = self.map.retain_shard(shard, |record| {
+            let live = record.is_live(now);
+            if !live {
+                self.owners.replace(Some(record), None);
+            }
+            live
+        });
         self.stored.fetch_sub(removed, Ordering::Relaxed);
         self.expired_removed.fetch_add(removed, Ordering::Relaxed);
         removed
@@ -618,6 +764,14 @@ impl SessionStore for MemorySessionStore {
         self.touch_now(id, ttl)
     }
 
+    async fn list_by_owner(&self, owner: &str, with_data: bool) -> Result<Vec<SessionRecord>> {
+        self.list_by_owner_now(owner, with_data)
+    }
+
+    async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
+        self.destroy_by_owner_now(owner, except)
+    }
+
     fn limits(&self) -> crate::StoreLimits {
         crate::StoreLimits {
             max_session_bytes: Some(self.max_session_bytes()),
@@ -647,6 +801,202 @@ mod tests {
             .sweep_interval(None)
             .build()
             .unwrap()
+    }
+
+    fn ids(sessions: &[SessionRecord]) -> Vec<&str> {
+        let mut ids: Vec<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_owner_index_follows_saves_destroys_touches_expiry_and_sweeps_without_a_leak() {
+        let store = store();
+        let owned = |id: &str, owner: &str| Save::new(id, data(&[("k", "v")])).owner(owner);
+        store.save(owned("a", "u1")).await.unwrap();
+        store.save(owned("b", "u1")).await.unwrap();
+        store.save(owned("c", "u2")).await.unwrap();
+        store
+            .save(Save::new("d", SessionData::new()))
+            .await
+            .unwrap();
+        let listed = store.list_by_owner("u1", false).await.unwrap();
+        assert_eq!(ids(&listed), ["a", "b"]);
+        assert!(listed.iter().all(|s| s.data.is_empty() && s.version == 1));
+        assert_eq!(listed[0].owner.as_deref(), Some("u1"));
+        let with_data = store.list_by_owner("u1", true).await.unwrap();
+        assert_eq!(with_data[0].data, data(&[("k", "v")]));
+        assert_eq!(
+            store.get("a").await.unwrap().unwrap().owner.as_deref(),
+            Some("u1")
+        );
+        assert_eq!(store.get("d").await.unwrap().unwrap().owner, None);
+
+        // A save moves a session to another owner, or to none.
+        store.save(owned("b", "u2")).await.unwrap();
+        store
+            .save(Save::new("c", SessionData::new()))
+            .await
+            .unwrap();
+        assert_eq!(ids(&store.list_by_owner("u1", false).await.unwrap()), ["a"]);
+        assert_eq!(ids(&store.list_by_owner("u2", false).await.unwrap()), ["b"]);
+
+        // Destroy, expiry on access, and the sweeper all leave the index.
+        store.destroy("a").await.unwrap();
+        assert!(store.list_by_owner("u1", false).await.unwrap().is_empty());
+        store
+            .save(owned("e", "u3").ttl(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        store
+            .save(owned("f", "u3").ttl(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        store.touch("f", Some(HOUR)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(ids(&store.list_by_owner("u3", false).await.unwrap()), ["f"]);
+        assert_eq!(store.get("e").await.unwrap(), None);
+        tokio::time::advance(HOUR).await;
+        assert!(store.list_by_owner("u3", false).await.unwrap().is_empty());
+        assert_eq!(
+            store.sweep(),
+            4,
+            "f, and b, c and d after their default hour"
+        );
+        assert_eq!(store.inner.owners.owners(), 0, "no owner is left behind");
+        assert!(store.list_by_owner("", false).await.is_err());
+        assert!(store.save(owned("g", "tab\t")).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn destroy_by_owner_spares_the_exceptions_and_other_owners_and_blocks_versioned_saves() {
+        let store = store();
+        for id in ["a", "b", "c"] {
+            store
+                .save(Save::new(id, SessionData::new()).owner("u1"))
+                .await
+                .unwrap();
+        }
+        store
+            .save(Save::new("x", SessionData::new()).owner("u2"))
+            .await
+            .unwrap();
+        store
+            .save(
+                Save::new("old", SessionData::new())
+                    .owner("u1")
+                    .ttl(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let destroyed = store
+            .destroy_by_owner("u1", &["b".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(destroyed, 2, "live ones only: a and c");
+        assert_eq!(ids(&store.list_by_owner("u1", false).await.unwrap()), ["b"]);
+        assert!(store.get("x").await.unwrap().is_some());
+        let err = store
+            .save(Save::new("a", SessionData::new()).expected_version(1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict { actual: None, .. }),
+            "{err}"
+        );
+        assert_eq!(store.destroy_by_owner("nobody", &[]).await.unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_owner_has_at_most_its_limit_of_live_sessions() {
+        let store = MemorySessionStore::builder()
+            .max_sessions_per_owner(3)
+            .sweep_interval(None)
+            .build()
+            .unwrap();
+        let save = |id: &str, ttl: u64| {
+            Save::new(id, SessionData::new())
+                .owner("u")
+                .ttl(Duration::from_secs(ttl))
+        };
+        store.save(save("a", 10)).await.unwrap();
+        store.save(save("b", 1000)).await.unwrap();
+        store.save(save("c", 1000)).await.unwrap();
+        let err = store.save(save("d", 1000)).await.unwrap_err();
+        assert_eq!(err, StoreError::TooManyOwnerSessions { limit: 3 });
+        store
+            .save(save("a", 10))
+            .await
+            .expect("its own sessions still save");
+        store
+            .save(Save::new("d", SessionData::new()).owner("other"))
+            .await
+            .unwrap();
+        let err = store.save(save("d", 1000)).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooManyOwnerSessions { .. }),
+            "nor moved to it"
+        );
+        tokio::time::advance(Duration::from_secs(11)).await;
+        store
+            .save(save("e", 1000))
+            .await
+            .expect("an expired session does not count");
+    }
+
+    #[test]
+    fn destroy_by_owner_leaves_no_session_saved_before_it_while_more_are_saved() {
+        let store = MemorySessionStore::builder()
+            .max_sessions_per_owner(0)
+            .sweep_interval(None)
+            .build()
+            .unwrap();
+        // Savers log each session once its save has returned.
+        let saved = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+        let savers: Vec<_> = (0..3)
+            .map(|t| {
+                let (store, saved) = (store.clone(), saved.clone());
+                std::thread::spawn(move || {
+                    for i in 0..3000 {
+                        let id = format!("t{t}-{i}");
+                        store
+                            .save_now(Save::new(&id, SessionData::new()).owner("victim"))
+                            .unwrap();
+                        // Re-save the previous one too: a versioned save racing the destroy.
+                        if i > 0 {
+                            let _ = store.save_now(
+                                Save::new(format!("t{t}-{}", i - 1), SessionData::new())
+                                    .owner("victim")
+                                    .expected_version(1),
+                            );
+                        }
+                        saved.lock().push(id);
+                    }
+                })
+            })
+            .collect();
+        let mut rounds = 0;
+        loop {
+            let done = savers.iter().all(|saver| saver.is_finished());
+            let before: Vec<String> = std::mem::take(&mut *saved.lock());
+            store.destroy_by_owner_now("victim", &[]).unwrap();
+            for id in &before {
+                assert_eq!(store.get_now(id).unwrap(), None, "{id} survived");
+            }
+            rounds += 1;
+            if done {
+                break;
+            }
+        }
+        for saver in savers {
+            saver.join().unwrap();
+        }
+        assert!(
+            rounds > 1,
+            "the destroys ran while sessions were being saved"
+        );
+        assert!(store.list_by_owner_now("victim", false).unwrap().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -1172,6 +1522,7 @@ mod tests {
             created_at: now - HOUR,
             expires_at: now + HOUR,
             version: 9,
+            owner: Some("user 9".into()),
         };
         assert!(store.restore(record.clone()).unwrap());
         assert_eq!(store.get("r").await.unwrap(), Some(record.clone()));

@@ -22,6 +22,8 @@ pub struct SessionRecord {
     pub expires_at: SystemTime,
     /// How many times the session's data was saved: 1 after the first save.
     pub version: u64,
+    /// Who the session belongs to, such as a user id, as the last save set it; `None`: nobody.
+    pub owner: Option<String>,
 }
 
 /// When a saved session expires.
@@ -82,6 +84,11 @@ pub struct Save {
     pub expected_version: Option<u64>,
     /// When the session expires.
     pub expiry: Expiry,
+    /// Who the session belongs to (see [`validate_owner`](crate::validate_owner)); each save
+    /// sets it, `None` clearing it. Stores index sessions by owner, for
+    /// [`SessionStore::list_by_owner`](crate::SessionStore::list_by_owner) and
+    /// [`destroy_by_owner`](crate::SessionStore::destroy_by_owner).
+    pub owner: Option<String>,
 }
 
 impl Save {
@@ -92,7 +99,14 @@ impl Save {
             data,
             expected_version: None,
             expiry: Expiry::Default,
+            owner: None,
         }
+    }
+
+    /// Sets who the session belongs to.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
     }
 
     /// Makes the save conditional on the session being at `version` (0: absent).

@@ -1,9 +1,10 @@
 //! The snapshot file format of a [`MemorySessionStore`](crate::MemorySessionStore).
 //!
 //! ```text
-//! "GNSESS01"                                   magic and format version, 8 bytes
+//! "GNSESS02"                                   magic and format version, 8 bytes
 //! record*                                      every live session:
 //!   varint id length, id bytes
+//!   varint owner length, owner bytes           (0: no owner; absent in "GNSESS01")
 //!   u64 version, u64 created_at, u64 expires_at  (little endian; times in ns since 1970)
 //!   varint data length, data                   (the encoding of crate::codec)
 //! u64 record count                             little endian
@@ -11,14 +12,17 @@
 //! ```
 //!
 //! The count and checksum come last so records can be written while they are read from the
-//! store, without a second pass.
+//! store, without a second pass. Snapshots of the first format, "GNSESS01", written before
+//! sessions had owners, still load: their sessions have none.
 
 use std::io::{self, Write};
 
 use crate::codec::{get_varint, put_varint};
 
-/// The first bytes of every snapshot.
-pub(crate) const MAGIC: &[u8; 8] = b"GNSESS01";
+/// The first bytes of every snapshot written now.
+pub(crate) const MAGIC: &[u8; 8] = b"GNSESS02";
+/// The first bytes of a snapshot of the first format, without owners.
+pub(crate) const MAGIC_V1: &[u8; 8] = b"GNSESS01";
 
 /// Why a snapshot could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,7 @@ pub enum SnapshotError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RawRecord {
     pub(crate) id: Box<str>,
+    pub(crate) owner: Option<Box<str>>,
     pub(crate) version: u64,
     pub(crate) created_at: u64,
     pub(crate) expires_at: u64,
@@ -75,6 +80,7 @@ impl<W: Write> SnapshotWriter<W> {
     pub(crate) fn record(
         &mut self,
         id: &[u8],
+        owner: &[u8],
         version: u64,
         created_at: u64,
         expires_at: u64,
@@ -84,6 +90,8 @@ impl<W: Write> SnapshotWriter<W> {
         head.clear();
         put_varint(&mut head, id.len());
         head.extend_from_slice(id);
+        put_varint(&mut head, owner.len());
+        head.extend_from_slice(owner);
         head.extend_from_slice(&version.to_le_bytes());
         head.extend_from_slice(&created_at.to_le_bytes());
         head.extend_from_slice(&expires_at.to_le_bytes());
@@ -106,7 +114,7 @@ impl<W: Write> SnapshotWriter<W> {
 
 /// Checks a whole snapshot's magic and checksum.
 fn verify(bytes: &[u8]) -> Result<(), SnapshotError> {
-    if !bytes.starts_with(MAGIC) {
+    if !bytes.starts_with(MAGIC) && !bytes.starts_with(MAGIC_V1) {
         return Err(SnapshotError::BadMagic);
     }
     let Some((body, stored)) = bytes.split_last_chunk::<4>() else {
@@ -127,8 +135,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<RawRecord>, SnapshotError> {
 /// Parses a snapshot whose checksum was verified.
 fn parse(bytes: &[u8]) -> Result<Vec<RawRecord>, SnapshotError> {
     let malformed = |what: &str| SnapshotError::Malformed(what.to_owned());
-    let Some(body) = bytes.strip_prefix(MAGIC.as_slice()) else {
-        return Err(SnapshotError::BadMagic);
+    let (body, with_owners) = match (
+        bytes.strip_prefix(MAGIC.as_slice()),
+        bytes.strip_prefix(MAGIC_V1.as_slice()),
+    ) {
+        (Some(body), _) => (body, true),
+        (None, Some(body)) => (body, false),
+        (None, None) => return Err(SnapshotError::BadMagic),
     };
     if body.len() < 12 {
         return Err(SnapshotError::Checksum);
@@ -140,6 +153,17 @@ fn parse(bytes: &[u8]) -> Result<Vec<RawRecord>, SnapshotError> {
         let id = take(&mut records).ok_or_else(|| malformed("record id"))?;
         let id = std::str::from_utf8(id).map_err(|_| malformed("id is not UTF-8"))?;
         crate::validate_id(id).map_err(|err| SnapshotError::Malformed(err.to_string()))?;
+        let owner = if with_owners {
+            let owner = take(&mut records).ok_or_else(|| malformed("record owner"))?;
+            let owner = std::str::from_utf8(owner).map_err(|_| malformed("owner is not UTF-8"))?;
+            if !owner.is_empty() {
+                crate::validate_owner(owner)
+                    .map_err(|err| SnapshotError::Malformed(err.to_string()))?;
+            }
+            (!owner.is_empty()).then(|| owner.into())
+        } else {
+            None
+        };
         let mut fixed = [0u64; 3];
         for value in &mut fixed {
             let (word, rest) = records
@@ -152,6 +176,7 @@ fn parse(bytes: &[u8]) -> Result<Vec<RawRecord>, SnapshotError> {
         crate::codec::decode_data(data).map_err(|err| SnapshotError::Malformed(err.to_string()))?;
         out.push(RawRecord {
             id: id.into(),
+            owner,
             version: fixed[0],
             created_at: fixed[1],
             expires_at: fixed[2],
@@ -185,6 +210,7 @@ mod tests {
             writer
                 .record(
                     r.id.as_bytes(),
+                    r.owner.as_deref().unwrap_or("").as_bytes(),
                     r.version,
                     r.created_at,
                     r.expires_at,
@@ -201,6 +227,7 @@ mod tests {
         (0..3)
             .map(|i| RawRecord {
                 id: format!("id-{i}").into(),
+                owner: (i != 1).then(|| format!("user {i}").into()),
                 version: 7 + i,
                 created_at: 1_700_000_000_123_456_789 + i,
                 expires_at: 1_800_000_000_987_654_321 + i,
@@ -214,6 +241,33 @@ mod tests {
         let records = sample();
         assert_eq!(decode(&snapshot(&records)).unwrap(), records);
         assert_eq!(decode(&snapshot(&[])).unwrap(), vec![]);
+    }
+
+    /// A snapshot of the first format, as the previous version wrote it.
+    fn snapshot_v1(records: &[RawRecord]) -> Vec<u8> {
+        let mut bytes = MAGIC_V1.to_vec();
+        for r in records {
+            put_varint(&mut bytes, r.id.len());
+            bytes.extend_from_slice(r.id.as_bytes());
+            for word in [r.version, r.created_at, r.expires_at] {
+                bytes.extend_from_slice(&word.to_le_bytes());
+            }
+            put_varint(&mut bytes, r.data.len());
+            bytes.extend_from_slice(&r.data);
+        }
+        bytes.extend_from_slice(&(records.len() as u64).to_le_bytes());
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn snapshots_of_the_first_format_still_load_without_owners() {
+        let mut records = sample();
+        for record in &mut records {
+            record.owner = None;
+        }
+        assert_eq!(decode(&snapshot_v1(&records)).unwrap(), records);
     }
 
     #[test]

@@ -64,6 +64,27 @@ pub trait SessionStore: Send + Sync + 'static {
     /// no live session.
     async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>>;
 
+    /// The live sessions of `owner`, with their data if `with_data`. The default: the store
+    /// keeps no owner index ([`StoreError::Unsupported`](crate::StoreError::Unsupported)).
+    async fn list_by_owner(&self, owner: &str, with_data: bool) -> Result<Vec<SessionRecord>> {
+        let _ = (owner, with_data);
+        Err(crate::StoreError::Unsupported(
+            "listing sessions by owner".into(),
+        ))
+    }
+
+    /// Destroys every session of `owner` except those in `except`, and returns how many live
+    /// sessions it destroyed. Once it returns, no session of the owner saved before the call
+    /// began is live (except those in `except`). The default: [`StoreError::Unsupported`].
+    ///
+    /// [`StoreError::Unsupported`]: crate::StoreError::Unsupported
+    async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
+        let _ = (owner, except);
+        Err(crate::StoreError::Unsupported(
+            "destroying sessions by owner".into(),
+        ))
+    }
+
     /// The limits this store enforces, as far as it knows them now. The session layer checks its
     /// options and each change against them, so an app hears of a session that is too large or
     /// too long-lived when it makes it, not when the save fails. The default knows nothing.
@@ -94,6 +115,12 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
     }
     async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
         (**self).touch(id, ttl).await
+    }
+    async fn list_by_owner(&self, owner: &str, with_data: bool) -> Result<Vec<SessionRecord>> {
+        (**self).list_by_owner(owner, with_data).await
+    }
+    async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
+        (**self).destroy_by_owner(owner, except).await
     }
     fn limits(&self) -> StoreLimits {
         (**self).limits()

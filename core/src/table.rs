@@ -51,8 +51,10 @@ impl From<Nanos> for std::time::SystemTime {
 /// | 8..16     | `created_at`, [`Nanos`]                |
 /// | 16..24    | `version`                              |
 /// | 24..26    | id length `n` (ids are ≤ 256 bytes)    |
-/// | 26..26+n  | id                                     |
-/// | 26+n..    | data, in the [`crate::codec`] form     |
+/// | 26..28    | owner length `m` (≤ 256; 0: none)      |
+/// | 28..28+n  | id                                     |
+/// | ..+m      | owner                                  |
+/// | ..        | data, in the [`crate::codec`] form     |
 #[derive(Debug, Clone)]
 pub(crate) struct Record(Box<[u8]>);
 
@@ -60,27 +62,33 @@ const EXPIRES: Range<usize> = 0..8;
 const CREATED: Range<usize> = 8..16;
 const VERSION: Range<usize> = 16..24;
 const ID_LEN: Range<usize> = 24..26;
-const HEADER: usize = 26;
+const OWNER_LEN: Range<usize> = 26..28;
+const HEADER: usize = 28;
 
 impl Record {
     /// A record whose data is written by `write_data` into exactly `data_len` bytes.
     pub(crate) fn new(
         id: &str,
+        owner: Option<&str>,
         created_at: Nanos,
         expires_at: Nanos,
         version: u64,
         data_len: usize,
         write_data: impl FnOnce(&mut Vec<u8>),
     ) -> Self {
+        let owner = owner.unwrap_or("");
         let id_len = u16::try_from(id.len()).expect("session ids are validated to ≤ 256 bytes");
-        let mut buf = Vec::with_capacity(HEADER + id.len() + data_len);
+        let owner_len = u16::try_from(owner.len()).expect("owners are validated to ≤ 256 bytes");
+        let mut buf = Vec::with_capacity(HEADER + id.len() + owner.len() + data_len);
         buf.extend_from_slice(&expires_at.0.to_le_bytes());
         buf.extend_from_slice(&created_at.0.to_le_bytes());
         buf.extend_from_slice(&version.to_le_bytes());
         buf.extend_from_slice(&id_len.to_le_bytes());
+        buf.extend_from_slice(&owner_len.to_le_bytes());
         buf.extend_from_slice(id.as_bytes());
+        buf.extend_from_slice(owner.as_bytes());
         write_data(&mut buf);
-        debug_assert_eq!(buf.len(), HEADER + id.len() + data_len);
+        debug_assert_eq!(buf.len(), HEADER + id.len() + owner.len() + data_len);
         // `into_boxed_slice` does not reallocate when the capacity was exact.
         Self(buf.into_boxed_slice())
     }
@@ -91,10 +99,18 @@ impl Record {
         u64::from_le_bytes(bytes)
     }
 
-    fn id_end(&self) -> usize {
+    fn u16_at(&self, range: Range<usize>) -> usize {
         let mut bytes = [0; 2];
-        bytes.copy_from_slice(&self.0[ID_LEN]);
-        HEADER + usize::from(u16::from_le_bytes(bytes))
+        bytes.copy_from_slice(&self.0[range]);
+        usize::from(u16::from_le_bytes(bytes))
+    }
+
+    fn id_end(&self) -> usize {
+        HEADER + self.u16_at(ID_LEN)
+    }
+
+    fn owner_end(&self) -> usize {
+        self.id_end() + self.u16_at(OWNER_LEN)
     }
 
     /// The session id's bytes.
@@ -102,9 +118,14 @@ impl Record {
         &self.0[HEADER..self.id_end()]
     }
 
+    /// The owner's bytes; empty for none.
+    pub(crate) fn owner(&self) -> &[u8] {
+        &self.0[self.id_end()..self.owner_end()]
+    }
+
     /// The encoded data.
     pub(crate) fn data(&self) -> &[u8] {
-        &self.0[self.id_end()..]
+        &self.0[self.owner_end()..]
     }
 
     pub(crate) fn expires_at(&self) -> Nanos {
@@ -363,7 +384,7 @@ mod tests {
     use super::*;
 
     fn record(id: &str, data: &[u8]) -> Record {
-        Record::new(id, Nanos(1), Nanos(2), 3, data.len(), |buf| {
+        Record::new(id, None, Nanos(1), Nanos(2), 3, data.len(), |buf| {
             buf.extend_from_slice(data)
         })
     }
@@ -385,6 +406,14 @@ mod tests {
         assert!(!r.is_live(Nanos(u64::MAX)));
         let empty = record("a", b"");
         assert_eq!((empty.id(), empty.data()), (&b"a"[..], &b""[..]));
+        assert_eq!(empty.owner(), b"");
+        let owned = Record::new("id", Some("user 42"), Nanos(1), Nanos(2), 3, 4, |buf| {
+            buf.extend_from_slice(b"data")
+        });
+        assert_eq!(
+            (owned.id(), owned.owner(), owned.data()),
+            (&b"id"[..], &b"user 42"[..], &b"data"[..])
+        );
     }
 
     fn insert(table: &Table, id: &str) {

@@ -99,17 +99,21 @@ fn records() -> impl Strategy<Value = Vec<SessionRecord>> {
         prop_oneof![Just(u64::MAX), Just(u64::MAX - 1), Just(0), any::<u64>()],
         0u64..u64::MAX / 2,
         any::<u64>(),
+        proptest::option::of("[ -~]{1,40}"),
     )
-        .prop_map(|(id, data, version, created, expires)| SessionRecord {
-            id,
-            data,
-            created_at: UNIX_EPOCH + Duration::from_nanos(created),
-            // Live for a while from now, up to far in the future.
-            expires_at: SystemTime::now()
-                + Duration::from_secs(3600)
-                + Duration::from_nanos(expires),
-            version,
-        });
+        .prop_map(
+            |(id, data, version, created, expires, owner)| SessionRecord {
+                id,
+                owner,
+                data,
+                created_at: UNIX_EPOCH + Duration::from_nanos(created),
+                // Live for a while from now, up to far in the future.
+                expires_at: SystemTime::now()
+                    + Duration::from_secs(3600)
+                    + Duration::from_nanos(expires),
+                version,
+            },
+        );
     proptest::collection::vec(record, 0..12)
 }
 
@@ -237,6 +241,8 @@ fn store_operations_on_any_input() {
                     data,
                     expected_version,
                     expiry,
+                    // Any bytes, valid or not, from the same strategy as ids.
+                    owner: Some(id.chars().rev().collect()),
                 };
                 let _ = store.save_now(save.clone());
                 let _ = store.save_now(Save {

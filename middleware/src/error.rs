@@ -23,6 +23,9 @@ pub enum SessionError {
     /// other stacks' stores sharing the session.
     #[error("session keys beginning with `__` are reserved; `{0}` cannot be set")]
     ReservedKey(String),
+    /// The owner is not 1 to 256 bytes of printable ASCII.
+    #[error("{0}")]
+    Owner(String),
     /// The expiry is not in the future, or further out than the store keeps sessions.
     #[error("{0}")]
     Expiry(String),

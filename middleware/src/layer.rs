@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::session::{Outcome, WriteLocks};
-use crate::{InvalidOptions, Session, SessionOptions, id};
+use crate::{InvalidOptions, Session, SessionOptions, Sessions, id};
 
 /// Adds sessions to a tower stack (axum, hyper, tonic-web, ...).
 ///
@@ -130,6 +130,9 @@ where
             cookie_id(request.headers(), &options.cookie_name),
         );
         request.extensions_mut().insert(session.clone());
+        request
+            .extensions_mut()
+            .insert(Sessions::new(self.store.clone()));
 
         Box::pin(async move {
             let mut response = inner.call(request).await?;

@@ -53,6 +53,7 @@ mod id;
 mod layer;
 mod options;
 mod session;
+mod sessions;
 
 #[cfg(feature = "axum")]
 mod extract;
@@ -67,3 +68,4 @@ pub use gonest_session_core::{
 pub use layer::{SessionLayer, SessionService};
 pub use options::{SameSite, SessionOptions};
 pub use session::Session;
+pub use sessions::Sessions;

@@ -75,6 +75,10 @@ struct State {
     generation: u64,
     /// `clear` was called: a newer version's keys are removed too, before `changes` apply.
     cleared: bool,
+    /// Who the session belongs to: as stored, or as `set_owner` set it.
+    owner: Option<String>,
+    /// `set_owner` was called: this request's owner wins over a newer version's.
+    owner_changed: bool,
     /// The id a new or regenerated session will be saved under.
     new_id: Option<String>,
     /// `regenerate` was called: move the data to a new id and destroy the old one.
@@ -164,7 +168,17 @@ impl State {
     }
 
     fn touched(&self) -> bool {
-        !self.changes.is_empty() || self.regenerate || self.cleared
+        !self.changes.is_empty() || self.regenerate || self.cleared || self.owner_changed
+    }
+
+    /// Takes on a stored version: its data with this request's changes applied, and its owner
+    /// unless this request set one.
+    fn rebase(&mut self, record: SessionRecord) {
+        self.data = record.data;
+        if !self.owner_changed {
+            self.owner = record.owner;
+        }
+        self.apply_changes();
     }
 }
 
@@ -209,8 +223,7 @@ impl Session {
             state.loaded = true;
             if let Some(record) = record {
                 state.stored = Some(Stored::of(&record));
-                state.data = record.data;
-                state.apply_changes();
+                state.rebase(record);
             }
         }
         Ok(())
@@ -239,14 +252,17 @@ impl Session {
         state.regenerate = false;
         state.new_id = None;
         state.destroy = false;
+        state.owner_changed = false;
         match record {
             Some(record) => {
                 state.stored = Some(Stored::of(&record));
                 state.data = record.data;
+                state.owner = record.owner;
             }
             None => {
                 state.stored = None;
                 state.data.clear();
+                state.owner = None;
             }
         }
         Ok(())
@@ -379,6 +395,28 @@ impl Session {
         self.put(EXPIRY_KEY, expiry.to_bytes())
     }
 
+    /// Who the session belongs to, such as a user id: as stored, or as
+    /// [`set_owner`](Self::set_owner) set it.
+    pub fn owner(&self) -> Option<String> {
+        self.state().owner.clone()
+    }
+
+    /// Says who the session belongs to (`None`: nobody), so that [`Sessions`](crate::Sessions)
+    /// can list and revoke all of an owner's sessions. Set it at login, next to
+    /// [`regenerate`](Self::regenerate); it moves with the session to its new id. Refused at once
+    /// when it is not 1 to 256 bytes of printable ASCII.
+    pub fn set_owner(&self, owner: Option<&str>) -> Result<(), SessionError> {
+        if let Some(owner) = owner {
+            gonest_session_core::validate_owner(owner)
+                .map_err(|err| SessionError::Owner(err.to_string()))?;
+        }
+        let mut state = self.state();
+        state.owner = owner.map(str::to_owned);
+        state.owner_changed = true;
+        state.generation += 1;
+        Ok(())
+    }
+
     /// The session's id: the stored one, or the one a new or regenerated session will get.
     /// `None` for a session that does not exist and was not written.
     pub fn id(&self) -> Option<String> {
@@ -418,6 +456,7 @@ impl Session {
         state.data.clear();
         state.changes.clear();
         state.cleared = false;
+        state.owner_changed = false;
         state.generation += 1;
     }
 
@@ -496,7 +535,7 @@ impl Session {
             return Ok(());
         }
 
-        let (mut target, mut expected, mut data, mut expiry, regenerate, mut generation) = {
+        let (mut target, mut expected, mut data, mut expiry, mut owner, regenerate, mut generation) = {
             let mut state = self.state();
             if stored.is_none() && state.data.is_empty() {
                 // Nothing was ever written: nothing to keep, no cookie.
@@ -513,6 +552,7 @@ impl Session {
                 expected,
                 state.data.clone(),
                 expiry,
+                state.owner.clone(),
                 regenerate,
                 state.generation,
             )
@@ -542,9 +582,9 @@ impl Session {
                 };
                 let mut state = self.state();
                 expected = fresh.version;
-                state.data = fresh.data;
-                state.apply_changes();
+                state.rebase(fresh);
                 data = state.data.clone();
+                owner = state.owner.clone();
                 expiry = state.expiry(options).store_expiry(options);
                 generation = state.generation;
             }
@@ -553,6 +593,7 @@ impl Session {
                 data: data.clone(),
                 expected_version: Some(expected),
                 expiry,
+                owner: owner.clone(),
             };
             match store.save(save).await {
                 Ok(saved) => {
@@ -575,6 +616,7 @@ impl Session {
                             // the ones just saved, harmlessly) go in the next write.
                             state.changes.clear();
                             state.cleared = false;
+                            state.owner_changed = false;
                         }
                     }
                     if let (true, Some(old)) = (regenerate, &stored) {

@@ -66,6 +66,7 @@ pub fn record_to_pb(record: SessionRecord) -> pb::Session {
         created_at: Some(timestamp_to_pb(record.created_at)),
         expires_at: Some(timestamp_to_pb(record.expires_at)),
         version: record.version,
+        owner: record.owner.unwrap_or_default(),
     }
 }
 
@@ -83,6 +84,7 @@ pub fn record_from_pb(session: pb::Session) -> Result<SessionRecord> {
         id: session.id,
         data: session.data,
         version: session.version,
+        owner: (!session.owner.is_empty()).then_some(session.owner),
     })
 }
 
@@ -102,6 +104,7 @@ pub fn save_from_pb(request: pb::SaveRequest) -> Result<Save> {
         data: session.data,
         expected_version: request.expected_version,
         expiry,
+        owner: (!session.owner.is_empty()).then_some(session.owner),
     })
 }
 
@@ -119,6 +122,7 @@ pub fn save_to_pb(save: Save) -> pb::SaveRequest {
             created_at: None,
             expires_at,
             version: 0,
+            owner: save.owner.unwrap_or_default(),
         }),
         expected_version: save.expected_version,
         ttl,
@@ -134,7 +138,10 @@ pub fn status_from_error(error: &StoreError) -> Status {
     let code = match error {
         StoreError::InvalidArgument(_) => Code::InvalidArgument,
         StoreError::Conflict { .. } => Code::Aborted,
-        StoreError::TooLarge { .. } | StoreError::TooManySessions { .. } => Code::ResourceExhausted,
+        StoreError::TooLarge { .. }
+        | StoreError::TooManySessions { .. }
+        | StoreError::TooManyOwnerSessions { .. } => Code::ResourceExhausted,
+        StoreError::Unsupported(_) => Code::Unimplemented,
         StoreError::Unauthenticated(_) => Code::Unauthenticated,
         StoreError::Unavailable(_) => Code::Unavailable,
         StoreError::Timeout => Code::DeadlineExceeded,
@@ -153,6 +160,9 @@ pub fn status_from_error(error: &StoreError) -> Status {
             vec![("size", *size as u64), ("limit", *limit as u64)],
         ),
         StoreError::TooManySessions { limit } => info("SESSION_LIMIT", vec![("limit", *limit)]),
+        StoreError::TooManyOwnerSessions { limit } => {
+            info("OWNER_SESSION_LIMIT", vec![("limit", *limit)])
+        }
         StoreError::Conflict { expected, actual } => info(
             "VERSION_CONFLICT",
             std::iter::once(("expected", *expected))
@@ -192,11 +202,20 @@ pub fn error_from_status(status: &Status, expected_version: Option<u64>) -> Stor
                 limit: usize::try_from(limit).unwrap_or(usize::MAX),
             },
             (Some("SESSION_LIMIT"), _, Some(limit)) => StoreError::TooManySessions { limit },
+            (Some("OWNER_SESSION_LIMIT"), _, Some(limit)) => {
+                StoreError::TooManyOwnerSessions { limit }
+            }
             _ => StoreError::Internal(format!("resource exhausted: {message}")),
         },
         Code::Unauthenticated | Code::PermissionDenied => StoreError::Unauthenticated(message),
         Code::Unavailable | Code::Cancelled => StoreError::Unavailable(message),
         Code::DeadlineExceeded => StoreError::Timeout,
+        Code::Unimplemented => StoreError::Unsupported(
+            message
+                .strip_prefix("not supported by this session store: ")
+                .unwrap_or(&message)
+                .to_owned(),
+        ),
         _ => StoreError::Internal(format!("{}: {message}", status.code())),
     }
 }
@@ -240,6 +259,8 @@ mod tests {
                 limit: 1_048_576,
             },
             StoreError::TooManySessions { limit: 10 },
+            StoreError::TooManyOwnerSessions { limit: 1000 },
+            StoreError::Unsupported("listing sessions by owner".into()),
             StoreError::Unauthenticated("unauthenticated: missing token".into()),
             StoreError::Timeout,
         ] {
@@ -251,7 +272,9 @@ mod tests {
             let piped = error_from_status(&error_from_pb(answer), Some(3));
             if !matches!(
                 error,
-                StoreError::Unauthenticated(_) | StoreError::InvalidArgument(_)
+                StoreError::Unauthenticated(_)
+                    | StoreError::InvalidArgument(_)
+                    | StoreError::Unsupported(_)
             ) {
                 assert_eq!(piped, error, "through a Pipeline answer");
             }

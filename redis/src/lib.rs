@@ -19,8 +19,13 @@
 //!
 //! # In Redis
 //! - One key per session, `PREFIX + id` (prefix `gonest:sess:` unless set), holding one binary
-//!   value: the version, `created_at` and `expires_at` (milliseconds since 1970) as three
-//!   little-endian u64, then the data in `gonest_session_core::codec`'s form.
+//!   value: the version and `created_at` (milliseconds since 1970) as little-endian u64,
+//!   `expires_at` (ms) as a little-endian 48-bit integer, the owner's length as a little-endian
+//!   u16, the owner, then the data in `gonest_session_core::codec`'s form. (Values written before
+//!   owners existed have a 64-bit `expires_at` whose top 16 bits are zero, so they read as
+//!   sessions without an owner.)
+//! - A set per owner, `OWNER_PREFIX + owner` (`gonest:owner:` unless set), holding the ids of
+//!   its sessions; it expires after the longest-lived of them.
 //! - Expiry is Redis's own: each key expires at its session's `expires_at` (`PXAT`), so a
 //!   session past its expiry is gone for every command.
 //! - Each operation touches that one key and is atomic: Get is a `GET`, Destroy a `DEL`, Save
@@ -33,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gonest_session_core::codec::{decode_data, encode_data};
 use gonest_session_core::{
     Expiry, Result, Save, Saved, SessionRecord, SessionStore, StoreError, StoreLimits, async_trait,
-    data_size, validate_id,
+    data_size, validate_id, validate_owner,
 };
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -41,42 +46,68 @@ use redis::cluster_async::ClusterConnection;
 /// The key prefix sessions are kept under unless set otherwise.
 pub const DEFAULT_PREFIX: &str = "gonest:sess:";
 
-/// Bytes before the data in a stored value: version, `created_at`, `expires_at`.
+/// The key prefix owners' sets are kept under unless set otherwise.
+pub const DEFAULT_OWNER_PREFIX: &str = "gonest:owner:";
+
+/// Bytes before the owner in a stored value: version, `created_at`, `expires_at`, owner length.
 const HEADER: usize = 24;
 
+/// How much longer than its sessions an owner's set lives, so that it never expires first.
+const OWNER_SET_MARGIN_MS: u64 = 60_000;
+
 /// Saves a session: `KEYS[1]` the key; `ARGV[1]` the expected version (empty: any);
-/// `ARGV[2]` the TTL in milliseconds; `ARGV[3]` the encoded data. Returns
-/// `{version, created_at, expires_at}`, or `{-1, current version}` (0: absent) on a conflict.
+/// `ARGV[2]` the TTL in milliseconds; `ARGV[3]` the encoded data; `ARGV[4]` the owner (empty:
+/// none). Returns `{version, created_at, expires_at, previous owner}`, or
+/// `{-1, current version}` (0: absent) on a conflict.
 const SAVE: &str = r"
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local current = redis.call('GET', KEYS[1])
-local version, created = 0, now
+local version, created, previous = 0, now, ''
 if current then
   version, created = struct.unpack('<I8I8', current)
+  local length = struct.unpack('<I2', current, 23)
+  previous = string.sub(current, 25, 24 + length)
 end
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= version then
   return {-1, version}
 end
 version = version + 1
 local expires = now + tonumber(ARGV[2])
-redis.call('SET', KEYS[1], struct.pack('<I8I8I8', version, created, expires) .. ARGV[3],
-  'PXAT', expires)
-return {version, created, expires}
+local head = struct.pack('<I8I8', version, created)
+  .. string.sub(struct.pack('<I8', expires), 1, 6) .. struct.pack('<I2', #ARGV[4])
+redis.call('SET', KEYS[1], head .. ARGV[4] .. ARGV[3], 'PXAT', expires)
+return {version, created, expires, previous}
 ";
 
-/// Touches a session: `KEYS[1]` the key; `ARGV[1]` the TTL in milliseconds. Returns the new
-/// `expires_at`, or nothing when there is no session.
+/// Destroys a session if it belongs to an owner: `KEYS[1]` the key; `ARGV[1]` the owner.
+/// Returns 1 if it destroyed it.
+const DESTROY_IF_OWNED: &str = r"
+local current = redis.call('GET', KEYS[1])
+if not current then
+  return 0
+end
+local length = struct.unpack('<I2', current, 23)
+if string.sub(current, 25, 24 + length) ~= ARGV[1] then
+  return 0
+end
+return redis.call('DEL', KEYS[1])
+";
+
+/// Touches a session: `KEYS[1]` the key; `ARGV[1]` the TTL in milliseconds. Returns
+/// `{expires_at, owner}`, or nothing when there is no session.
 const TOUCH: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local current = redis.call('GET', KEYS[1])
+if not current then
   return false
 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local expires = now + tonumber(ARGV[1])
-redis.call('SETRANGE', KEYS[1], 16, struct.pack('<I8', expires))
+redis.call('SETRANGE', KEYS[1], 16, string.sub(struct.pack('<I8', expires), 1, 6))
 redis.call('PEXPIREAT', KEYS[1], expires)
-return expires
+local length = struct.unpack('<I2', current, 23)
+return {expires, string.sub(current, 25, 24 + length)}
 ";
 
 /// A [`SessionStore`] on Redis or Valkey. Cheap to clone; clones share one connection, which
@@ -89,6 +120,9 @@ pub struct RedisSessionStore {
 
 struct Inner {
     prefix: String,
+    owner_prefix: String,
+    max_sessions_per_owner: u64,
+    destroy_if_owned: redis::Script,
     default_ttl: Duration,
     max_ttl: Duration,
     max_session_bytes: usize,
@@ -162,6 +196,8 @@ impl std::fmt::Debug for RedisSessionStore {
 pub struct RedisSessionStoreBuilder {
     url: String,
     prefix: String,
+    owner_prefix: String,
+    max_sessions_per_owner: u64,
     default_ttl: Duration,
     max_ttl: Duration,
     max_session_bytes: usize,
@@ -172,6 +208,19 @@ impl RedisSessionStoreBuilder {
     /// The prefix of every session's key (default `gonest:sess:`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// The prefix of every owner's set of session ids (default `gonest:owner:`). Keep it apart
+    /// from [`prefix`](Self::prefix): ids may contain `:`.
+    pub fn owner_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.owner_prefix = prefix.into();
+        self
+    }
+
+    /// The most live sessions one owner may have (default 1,000); 0 means no limit.
+    pub fn max_sessions_per_owner(mut self, sessions: u64) -> Self {
+        self.max_sessions_per_owner = sessions;
         self
     }
 
@@ -245,12 +294,18 @@ impl RedisSessionStoreBuilder {
         let connection = tokio::time::timeout(self.timeout, connecting)
             .await
             .map_err(|_| StoreError::Unavailable("redis did not answer in time".into()))??;
+        if self.owner_prefix == self.prefix {
+            return Err(StoreError::invalid(
+                "the owner prefix must differ from the session prefix",
+            ));
+        }
         let save = redis::Script::new(SAVE);
         let touch = redis::Script::new(TOUCH);
+        let destroy_if_owned = redis::Script::new(DESTROY_IF_OWNED);
         // Loaded now rather than on first use: a script Redis does not know is sent again after
         // loading it, behind any command sent meanwhile on the same connection.
         let mut loading = connection.clone();
-        for script in [&save, &touch] {
+        for script in [&save, &touch, &destroy_if_owned] {
             let loaded = tokio::time::timeout(
                 self.timeout,
                 script.prepare_invoke().load_async(&mut loading),
@@ -266,6 +321,9 @@ impl RedisSessionStoreBuilder {
             connection,
             inner: Arc::new(Inner {
                 prefix: self.prefix,
+                owner_prefix: self.owner_prefix,
+                max_sessions_per_owner: self.max_sessions_per_owner,
+                destroy_if_owned,
                 default_ttl: self.default_ttl,
                 max_ttl: self.max_ttl,
                 max_session_bytes: self.max_session_bytes,
@@ -290,6 +348,8 @@ impl RedisSessionStore {
         RedisSessionStoreBuilder {
             url: url.into(),
             prefix: DEFAULT_PREFIX.to_owned(),
+            owner_prefix: DEFAULT_OWNER_PREFIX.to_owned(),
+            max_sessions_per_owner: 1000,
             default_ttl: Duration::from_secs(24 * 3600),
             max_ttl: Duration::from_secs(30 * 24 * 3600),
             max_session_bytes: 1 << 20,
@@ -314,6 +374,90 @@ impl RedisSessionStore {
 
     fn key(&self, id: &str) -> String {
         format!("{}{id}", self.inner.prefix)
+    }
+
+    fn owner_key(&self, owner: &str) -> String {
+        format!("{}{owner}", self.inner.owner_prefix)
+    }
+
+    /// Adds `id` to `owner`'s set and keeps the set alive `ttl` ms (and a margin) at least.
+    /// Refuses a new session beyond the owner's limit, after dropping the set's stale ids.
+    async fn index(&self, owner: &str, id: &str, ttl: u64) -> Result<()> {
+        let key = self.owner_key(owner);
+        let limit = self.inner.max_sessions_per_owner;
+        let mut connection = self.connection.clone();
+        if limit != 0 {
+            let (member, count): (bool, u64) = self
+                .run(
+                    redis::pipe()
+                        .cmd("SISMEMBER")
+                        .arg(&key)
+                        .arg(id)
+                        .cmd("SCARD")
+                        .arg(&key)
+                        .query_async(&mut connection),
+                )
+                .await?;
+            if !member && count >= limit && self.live_of(owner).await?.len() as u64 >= limit {
+                return Err(StoreError::TooManyOwnerSessions { limit });
+            }
+        }
+        let ttl = ttl.saturating_add(OWNER_SET_MARGIN_MS);
+        let () = self
+            .run(
+                redis::pipe()
+                    .cmd("SADD")
+                    .arg(&key)
+                    .arg(id)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(ttl)
+                    .arg("NX")
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(ttl)
+                    .arg("GT")
+                    .ignore()
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The live sessions of `owner`; ids in its set that no longer are (expired, destroyed or
+    /// given to another owner) are removed from the set.
+    async fn live_of(&self, owner: &str) -> Result<Vec<SessionRecord>> {
+        let key = self.owner_key(owner);
+        let mut connection = self.connection.clone();
+        let ids: Vec<String> = self
+            .run(
+                redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        let mut live = Vec::new();
+        let mut stale = Vec::new();
+        for id in ids {
+            match self.get(&id).await {
+                Ok(Some(record)) if record.owner.as_deref() == Some(owner) => live.push(record),
+                Ok(_) | Err(StoreError::InvalidArgument(_)) => stale.push(id),
+                Err(err) => return Err(err),
+            }
+        }
+        if !stale.is_empty() {
+            let () = self
+                .run(
+                    redis::cmd("SREM")
+                        .arg(&key)
+                        .arg(&stale)
+                        .query_async(&mut connection),
+                )
+                .await?;
+        }
+        Ok(live)
     }
 
     /// Runs `command` within the timeout, mapping Redis's failures to store errors.
@@ -361,12 +505,19 @@ fn record(id: &str, value: &[u8]) -> Result<SessionRecord> {
             "a value under the session prefix is not a session".into(),
         ));
     }
+    let owner_len = usize::from(u16::from_le_bytes([value[22], value[23]]));
+    let Some(owner) = value.get(HEADER..HEADER + owner_len) else {
+        return Err(StoreError::Internal("a stored session is cut short".into()));
+    };
+    let owner = std::str::from_utf8(owner)
+        .map_err(|_| StoreError::Internal("a stored owner is not UTF-8".into()))?;
     Ok(SessionRecord {
         id: id.to_owned(),
         version: u64_at(value, 0),
         created_at: time(u64_at(value, 8)),
-        expires_at: time(u64_at(value, 16)),
-        data: decode_data(&value[HEADER..])?,
+        expires_at: time(u64_at(value, 16) & ((1 << 48) - 1)),
+        data: decode_data(&value[HEADER + owner_len..])?,
+        owner: (!owner.is_empty()).then(|| owner.to_owned()),
     })
 }
 
@@ -395,6 +546,13 @@ impl SessionStore for RedisSessionStore {
             });
         }
         let ttl = self.ttl_millis(save.expiry)?;
+        let owner = save.owner.as_deref().filter(|owner| !owner.is_empty());
+        if let Some(owner) = owner {
+            validate_owner(owner)?;
+            // Indexed before the session is written: once a save has answered, its session is
+            // in its owner's set, where DestroyByOwner will find it.
+            self.index(owner, &save.id, ttl).await?;
+        }
         let expected = save
             .expected_version
             .map_or_else(String::new, |v| v.to_string());
@@ -403,18 +561,42 @@ impl SessionStore for RedisSessionStore {
         invocation
             .arg(expected)
             .arg(ttl)
-            .arg(&*encode_data(&save.data));
-        let answer: Vec<i64> = self.run(invocation.invoke_async(&mut connection)).await?;
+            .arg(&*encode_data(&save.data))
+            .arg(owner.unwrap_or(""));
+        let answer: Vec<redis::Value> = self.run(invocation.invoke_async(&mut connection)).await?;
+        let int = |value: &redis::Value| match value {
+            redis::Value::Int(int) => Some(*int),
+            _ => None,
+        };
         match answer.as_slice() {
-            [-1, actual] => Err(StoreError::Conflict {
+            [flag, actual] if int(flag) == Some(-1) => Err(StoreError::Conflict {
                 expected: save.expected_version.unwrap_or(0),
-                actual: u64::try_from(*actual).ok().filter(|&v| v != 0),
+                actual: int(actual)
+                    .and_then(|v| u64::try_from(v).ok())
+                    .filter(|&v| v != 0),
             }),
-            [version, created, expires] => Ok(Saved {
-                version: u64::try_from(*version).unwrap_or(0),
-                created_at: time(u64::try_from(*created).unwrap_or(0)),
-                expires_at: time(u64::try_from(*expires).unwrap_or(0)),
-            }),
+            [version, created, expires, previous] => {
+                let previous: String = redis::from_redis_value(previous)
+                    .map_err(|err| StoreError::Internal(format!("redis: {err}")))?;
+                if !previous.is_empty() && Some(previous.as_str()) != owner {
+                    // Best effort: a stale id left in the previous owner's set is skipped and
+                    // removed when that set is next read.
+                    let _: Result<()> = self
+                        .run(
+                            redis::cmd("SREM")
+                                .arg(self.owner_key(&previous))
+                                .arg(&save.id)
+                                .query_async(&mut connection),
+                        )
+                        .await;
+                }
+                let millis = |value| int(value).and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+                Ok(Saved {
+                    version: millis(version),
+                    created_at: time(millis(created)),
+                    expires_at: time(millis(expires)),
+                })
+            }
             other => Err(StoreError::Internal(format!(
                 "unexpected answer from the save script: {other:?}"
             ))),
@@ -440,8 +622,81 @@ impl SessionStore for RedisSessionStore {
         let mut connection = self.connection.clone();
         let mut invocation = self.inner.touch.key(self.key(id));
         invocation.arg(ttl);
-        let expires: Option<i64> = self.run(invocation.invoke_async(&mut connection)).await?;
-        Ok(expires.map(|ms| time(u64::try_from(ms).unwrap_or(0))))
+        let touched: Option<(i64, String)> =
+            self.run(invocation.invoke_async(&mut connection)).await?;
+        let Some((expires, owner)) = touched else {
+            return Ok(None);
+        };
+        if !owner.is_empty() {
+            // The owner's set must outlive the session it now holds longer.
+            let () = self
+                .run(
+                    redis::cmd("PEXPIRE")
+                        .arg(self.owner_key(&owner))
+                        .arg(ttl.saturating_add(OWNER_SET_MARGIN_MS))
+                        .arg("GT")
+                        .query_async(&mut connection),
+                )
+                .await
+                .map(|_: i64| ())?;
+        }
+        Ok(Some(time(u64::try_from(expires).unwrap_or(0))))
+    }
+
+    async fn list_by_owner(&self, owner: &str, with_data: bool) -> Result<Vec<SessionRecord>> {
+        validate_owner(owner)?;
+        let mut sessions = self.live_of(owner).await?;
+        if !with_data {
+            for session in &mut sessions {
+                session.data.clear();
+            }
+        }
+        sessions.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(sessions)
+    }
+
+    /// Every session saved with this owner is in its set before its save answers, so one pass
+    /// over the set reaches all those saved before the call. Each is destroyed by a script that
+    /// checks, atomically on the session's key, that it still belongs to the owner. The set
+    /// itself is another key (in Redis Cluster, another slot): it is cleaned afterwards, not
+    /// atomically with the sessions.
+    async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
+        validate_owner(owner)?;
+        let key = self.owner_key(owner);
+        let mut connection = self.connection.clone();
+        let ids: Vec<String> = self
+            .run(
+                redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        let mut destroyed = 0;
+        let mut gone = Vec::new();
+        for id in ids {
+            if except.contains(&id) {
+                continue;
+            }
+            if validate_id(&id).is_ok() {
+                let mut invocation = self.inner.destroy_if_owned.key(self.key(&id));
+                invocation.arg(owner);
+                let removed: u64 = self.run(invocation.invoke_async(&mut connection)).await?;
+                destroyed += removed;
+            }
+            gone.push(id);
+        }
+        if !gone.is_empty() {
+            let () = self
+                .run(
+                    redis::cmd("SREM")
+                        .arg(&key)
+                        .arg(&gone)
+                        .query_async(&mut connection),
+                )
+                .await
+                .map(|_: i64| ())?;
+        }
+        Ok(destroyed)
     }
 
     fn limits(&self) -> StoreLimits {

@@ -310,3 +310,183 @@ async fn on_a_cluster_sessions_spread_over_the_masters_and_compare_and_swap_hold
     assert!(store.destroy("s0").await.unwrap());
     assert_eq!(store.get("s0").await.unwrap(), None);
 }
+
+fn owned(id: &str, owner: &str) -> Save {
+    Save::new(id, data(&[("k", "v")])).owner(owner)
+}
+
+fn ids(sessions: &[gonest_session_core::SessionRecord]) -> Vec<&str> {
+    let mut ids: Vec<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn sessions_are_listed_and_destroyed_by_owner_and_stale_ids_are_dropped() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    for (id, owner) in [("a", "u1"), ("b", "u1"), ("c", "u1"), ("x", "u2")] {
+        store.save(owned(id, owner)).await.unwrap();
+    }
+    let listed = store.list_by_owner("u1", false).await.unwrap();
+    assert_eq!(ids(&listed), ["a", "b", "c"]);
+    assert!(
+        listed
+            .iter()
+            .all(|s| s.data.is_empty() && s.owner.as_deref() == Some("u1"))
+    );
+    let with_data = store.list_by_owner("u1", true).await.unwrap();
+    assert_eq!(with_data[0].data, data(&[("k", "v")]));
+    assert_eq!(
+        store.get("a").await.unwrap().unwrap().owner.as_deref(),
+        Some("u1")
+    );
+
+    // Moved to another owner, destroyed, expired: gone from the listing.
+    store.save(owned("b", "u2")).await.unwrap();
+    store.destroy("c").await.unwrap();
+    store
+        .save(owned("d", "u1").ttl(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    gone(&store, "d").await;
+    assert_eq!(ids(&store.list_by_owner("u1", false).await.unwrap()), ["a"]);
+    assert_eq!(
+        ids(&store.list_by_owner("u2", false).await.unwrap()),
+        ["b", "x"]
+    );
+
+    store.save(owned("e", "u2")).await.unwrap();
+    let destroyed = store
+        .destroy_by_owner("u2", &["x".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(destroyed, 2, "b and e");
+    assert_eq!(ids(&store.list_by_owner("u2", false).await.unwrap()), ["x"]);
+    let err = store
+        .save(owned("b", "u2").expected_version(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { actual: None, .. }),
+        "{err}"
+    );
+    assert!(store.list_by_owner("", false).await.is_err());
+    assert!(store.save(owned("f", "bad\nowner")).await.is_err());
+
+    // A session written before owners existed reads as one without an owner.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let expires = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 60_000;
+    let mut old = Vec::new();
+    for word in [4u64, 1_700_000_000_000, expires] {
+        old.extend_from_slice(&word.to_le_bytes());
+    }
+    old.extend_from_slice(&gonest_session_core::codec::encode_data(&data(&[(
+        "k", "v",
+    )])));
+    let () = redis::cmd("SET")
+        .arg("gonest:sess:old")
+        .arg(old)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let record = store.get("old").await.unwrap().unwrap();
+    assert_eq!((record.version, record.owner), (4, None));
+    assert_eq!(record.data, data(&[("k", "v")]));
+    let saved = store
+        .save(owned("old", "u3").expected_version(4))
+        .await
+        .unwrap();
+    assert_eq!(saved.version, 5);
+    assert_eq!(
+        ids(&store.list_by_owner("u3", false).await.unwrap()),
+        ["old"]
+    );
+}
+
+#[tokio::test]
+async fn an_owner_has_at_most_its_limit_of_live_sessions() {
+    let redis = RedisServer::start().await;
+    let store = RedisSessionStore::builder(redis.url())
+        .max_sessions_per_owner(2)
+        .connect()
+        .await
+        .unwrap();
+    store
+        .save(owned("a", "u").ttl(Duration::from_millis(50)))
+        .await
+        .unwrap();
+    store.save(owned("b", "u")).await.unwrap();
+    let err = store.save(owned("c", "u")).await.unwrap_err();
+    assert_eq!(err, StoreError::TooManyOwnerSessions { limit: 2 });
+    store
+        .save(owned("b", "u"))
+        .await
+        .expect("its own sessions still save");
+    gone(&store, "a").await;
+    store
+        .save(owned("c", "u"))
+        .await
+        .expect("an expired one does not count");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_destroy_by_owner_leaves_no_session_saved_before_it_while_more_are_saved() {
+    let cluster = gonest_session_testing::RedisCluster::start().await;
+    let store = RedisSessionStore::builder(cluster.url())
+        .max_sessions_per_owner(0)
+        .connect()
+        .await
+        .unwrap();
+    let saved = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let savers: Vec<_> = (0..4)
+        .map(|t| {
+            let (store, saved) = (store.clone(), saved.clone());
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    let id = format!("t{t}-{i}");
+                    store.save(owned(&id, "victim")).await.unwrap();
+                    if i > 0 {
+                        // A versioned re-save racing the destroy: lands before it or is refused.
+                        let _ = store
+                            .save(owned(&format!("t{t}-{}", i - 1), "victim").expected_version(1))
+                            .await;
+                    }
+                    saved.lock().unwrap().push(id);
+                }
+            })
+        })
+        .collect();
+    let mut rounds = 0;
+    loop {
+        let done = savers.iter().all(|saver| saver.is_finished());
+        let before: Vec<String> = std::mem::take(&mut *saved.lock().unwrap());
+        store.destroy_by_owner("victim", &[]).await.unwrap();
+        for id in &before {
+            assert_eq!(store.get(id).await.unwrap(), None, "{id} survived");
+        }
+        rounds += 1;
+        if done {
+            break;
+        }
+    }
+    for saver in savers {
+        saver.await.unwrap();
+    }
+    assert!(
+        rounds > 1,
+        "the destroys ran while sessions were being saved"
+    );
+    assert!(
+        store
+            .list_by_owner("victim", false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -71,6 +71,28 @@ impl Backend {
         }
     }
 
+    pub(crate) async fn list_by_owner(
+        &self,
+        owner: &str,
+        with_data: bool,
+    ) -> Result<Vec<SessionRecord>> {
+        match self {
+            Self::Memory(store) => store.list_by_owner_now(owner, with_data),
+            Self::Redis(store) => {
+                unavailable_on_timeout(store.list_by_owner(owner, with_data).await)
+            }
+        }
+    }
+
+    pub(crate) async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
+        match self {
+            Self::Memory(store) => store.destroy_by_owner_now(owner, except),
+            Self::Redis(store) => {
+                unavailable_on_timeout(store.destroy_by_owner(owner, except).await)
+            }
+        }
+    }
+
     /// The counters `Stats` reports. On Redis, the daemon counts nothing: the sessions and their
     /// expiry are Redis's.
     pub(crate) async fn stats(&self) -> StoreStats {

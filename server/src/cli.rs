@@ -46,6 +46,15 @@ pub struct Cli {
     #[arg(long, env = "GONEST_SESSIOND_MAX_SESSIONS", default_value_t = 0)]
     pub max_sessions: u64,
 
+    /// Most live sessions of one owner (0: no limit); a new session of that owner beyond it is
+    /// RESOURCE_EXHAUSTED, while its existing sessions stay writable.
+    #[arg(
+        long,
+        env = "GONEST_SESSIOND_MAX_SESSIONS_PER_OWNER",
+        default_value_t = 1000
+    )]
+    pub max_sessions_per_owner: u64,
+
     /// How long in-flight calls may run on after SIGTERM or Ctrl-C before the daemon exits anyway.
     #[arg(long, env = "GONEST_SESSIOND_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -161,6 +170,7 @@ impl Cli {
             sweep_interval: self.sweep_interval,
             max_session_bytes: self.max_session_bytes,
             max_sessions: self.max_sessions,
+            max_sessions_per_owner: self.max_sessions_per_owner,
             shutdown_timeout: self.shutdown_timeout,
             shutdown_drain: self.shutdown_drain,
             metrics_listen: self.metrics_listen,

@@ -31,6 +31,8 @@ pub struct Config {
     pub max_session_bytes: usize,
     /// Most sessions held at once; 0 for no limit.
     pub max_sessions: u64,
+    /// Most live sessions of one owner; 0 for no limit.
+    pub max_sessions_per_owner: u64,
     /// How long in-flight calls may run on once shutdown starts.
     pub shutdown_timeout: Duration,
     /// How long health reports `NOT_SERVING` before the listener closes, so load balancers and
@@ -134,6 +136,7 @@ impl Default for Config {
             sweep_interval: MemorySessionStore::DEFAULT_SWEEP_INTERVAL,
             max_session_bytes: MemorySessionStore::DEFAULT_MAX_SESSION_BYTES,
             max_sessions: 0,
+            max_sessions_per_owner: MemorySessionStore::DEFAULT_MAX_SESSIONS_PER_OWNER,
             shutdown_timeout: Duration::from_secs(10),
             shutdown_drain: Duration::ZERO,
             tokens: Tokens::default(),
@@ -164,6 +167,7 @@ pub async fn run(
                 .max_ttl(config.max_ttl)
                 .max_session_bytes(config.max_session_bytes)
                 .max_sessions(config.max_sessions)
+                .max_sessions_per_owner(config.max_sessions_per_owner)
                 .sweep_interval(Some(config.sweep_interval))
                 .build()
                 .context("invalid store settings")?;
@@ -182,6 +186,7 @@ pub async fn run(
                 .default_ttl(config.default_ttl)
                 .max_ttl(config.max_ttl)
                 .max_session_bytes(config.max_session_bytes)
+                .max_sessions_per_owner(config.max_sessions_per_owner)
                 .connect()
                 .await
                 .map_err(|err| anyhow::anyhow!("cannot use the redis backend: {err}"))?;

@@ -158,6 +158,43 @@ impl SessionService {
         })
     }
 
+    async fn list_by_owner(
+        &self,
+        request: pb::ListByOwnerRequest,
+    ) -> Result<pb::ListByOwnerResponse, StoreError> {
+        let sessions = self
+            .store
+            .list_by_owner(&request.owner, request.with_data)
+            .await?;
+        let size: usize = sessions
+            .iter()
+            .map(|session| gonest_session_core::data_size(&session.data))
+            .sum();
+        if size > MAX_LIST_DATA_BYTES {
+            // RESOURCE_EXHAUSTED: list them without data and Get them one by one.
+            return Err(StoreError::TooLarge {
+                size,
+                limit: MAX_LIST_DATA_BYTES,
+            });
+        }
+        Ok(pb::ListByOwnerResponse {
+            sessions: sessions.into_iter().map(record_to_pb).collect(),
+        })
+    }
+
+    async fn destroy_by_owner(
+        &self,
+        request: pb::DestroyByOwnerRequest,
+    ) -> Result<pb::DestroyByOwnerResponse, StoreError> {
+        let destroyed = self
+            .write(
+                self.store
+                    .destroy_by_owner(&request.owner, &request.except_ids),
+            )
+            .await?;
+        Ok(pb::DestroyByOwnerResponse { destroyed })
+    }
+
     /// Answers one `Pipeline` message: its operation, then those of its batch, in order. A
     /// failure becomes an inline `Error`.
     ///
@@ -292,6 +329,10 @@ fn answer_budget<T>(request: &Request<T>) -> Option<Arc<AnswerBudget>> {
         .map(|info| info.budget.clone())
 }
 
+/// The most session data one `ListByOwner` answer carries (with `with_data`): 1,000 sessions
+/// of 64 KiB.
+const MAX_LIST_DATA_BYTES: usize = 64 << 20;
+
 /// The response stream of `Pipeline`.
 pub type PipelineStream = Pin<Box<dyn Stream<Item = Result<pb::PipelineResponse, Status>> + Send>>;
 
@@ -344,6 +385,39 @@ impl pb::session_store_server::SessionStore for SessionService {
         self.run("touch", SessionService::touch(self, request))
             .await
             .map(Response::new)
+    }
+
+    async fn list_by_owner(
+        &self,
+        request: Request<pb::ListByOwnerRequest>,
+    ) -> Result<Response<pb::ListByOwnerResponse>, Status> {
+        let _call = self.in_flight.start();
+        let budget = answer_budget(&request);
+        let request = request.into_inner();
+        let list = self.run(
+            "list_by_owner",
+            SessionService::list_by_owner(self, request),
+        );
+        let size = |answer: &Result<pb::ListByOwnerResponse, Status>| {
+            answer.as_ref().map_or(0, prost::Message::encoded_len)
+        };
+        self.budgeted(budget.as_deref(), list, size)
+            .await
+            .map(Response::new)
+    }
+
+    async fn destroy_by_owner(
+        &self,
+        request: Request<pb::DestroyByOwnerRequest>,
+    ) -> Result<Response<pb::DestroyByOwnerResponse>, Status> {
+        let _call = self.in_flight.start();
+        let request = request.into_inner();
+        self.run(
+            "destroy_by_owner",
+            SessionService::destroy_by_owner(self, request),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn stats(
