@@ -537,7 +537,7 @@ impl Session {
 
         let (mut target, mut expected, mut data, mut expiry, mut owner, regenerate, mut generation) = {
             let mut state = self.state();
-            if stored.is_none() && state.data.is_empty() {
+            if stored.is_none() && state.data.is_empty() && state.owner.is_none() {
                 // Nothing was ever written: nothing to keep, no cookie.
                 return Ok(());
             }

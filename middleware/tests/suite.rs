@@ -11,7 +11,7 @@ use axum::http::{Request, Response, StatusCode, header};
 use axum::routing::{get, post};
 use gonest_session::{
     Expiry, InvalidOptions, MemorySessionStore, SameSite, Save, Session, SessionError,
-    SessionLayer, SessionOptions, SessionRecord, SessionStore, StoreError, StoreLimits,
+    SessionLayer, SessionOptions, SessionRecord, SessionStore, Sessions, StoreError, StoreLimits,
 };
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::{Saved, async_trait};
@@ -49,6 +49,18 @@ impl SessionStore for Counting {
     ) -> Result<Option<SystemTime>, StoreError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.store.touch(id, ttl).await
+    }
+    async fn list_by_owner(
+        &self,
+        owner: &str,
+        with_data: bool,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.store.list_by_owner(owner, with_data).await
+    }
+    async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64, StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.store.destroy_by_owner(owner, except).await
     }
     fn limits(&self) -> StoreLimits {
         if self.hide_limits {
@@ -239,6 +251,39 @@ fn app_with(backend: &Backend, options: SessionOptions, hide_limits: bool) -> Ap
                     session.set_value("after", "later").unwrap();
                     Ok::<_, (StatusCode, String)>(format!("landed={landed}"))
                 }
+            }),
+        )
+        .route(
+            "/own/{owner}",
+            post(|session: Session, axum::extract::Path(owner): axum::extract::Path<String>| async move {
+                session.regenerate();
+                session.set_owner(Some(&owner)).map_err(refused)?;
+                Ok::<_, (StatusCode, String)>("owned")
+            }),
+        )
+        .route(
+            "/mine",
+            get(|session: Session, sessions: Sessions| async move {
+                let owner = session.owner().unwrap_or_default();
+                let listed = sessions.list(&owner).await.unwrap();
+                let current = session.id();
+                let mut ids: Vec<String> = listed
+                    .iter()
+                    .map(|s| {
+                        let mark = if Some(&s.id) == current.as_ref() { "*" } else { "" };
+                        format!("{}{mark}", &s.id[..6])
+                    })
+                    .collect();
+                ids.sort();
+                format!("{owner}:{}", ids.join(","))
+            }),
+        )
+        .route(
+            "/revoke-others",
+            post(|session: Session, sessions: Sessions| async move {
+                let owner = session.owner().unwrap();
+                let except: Vec<String> = session.id().into_iter().collect();
+                sessions.revoke(&owner, &except).await.unwrap().to_string()
             }),
         )
         .route(
@@ -549,7 +594,68 @@ suite!(
     reload_drops_unsaved_changes,
     a_flash_message_is_read_once,
     a_max_age_over_the_stores_max_ttl_is_refused,
+    an_owner_lists_and_revokes_its_other_sessions,
 );
+
+async fn an_owner_lists_and_revokes_its_other_sessions(backend: Backend) {
+    let first = app(&backend, SessionOptions::default());
+    let second = app(&backend, SessionOptions::default());
+    // Three devices of user 42, on two instances; one of someone else.
+    let mut devices = Vec::new();
+    for (i, app) in [&first, &second, &first].into_iter().enumerate() {
+        let planted =
+            pair(&set_cookie(&app.send("POST", &format!("/set/n/{i}"), None).await).unwrap());
+        let response = app.send("POST", "/own/42", Some(&planted)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        devices.push(pair(&set_cookie(&response).unwrap()));
+    }
+    let other = pair(&set_cookie(&first.send("POST", "/own/7", None).await).unwrap());
+    let record = first.store.get(&id_of(&devices[0])).await.unwrap().unwrap();
+    assert_eq!(
+        record.owner.as_deref(),
+        Some("42"),
+        "the owner moved with regenerate"
+    );
+    assert_eq!(record.data["n"], b"\"0\"", "and so did the data");
+
+    let listing = text(second.send("GET", "/mine", Some(&devices[1])).await).await;
+    let (owner, ids) = listing.split_once(':').unwrap();
+    assert_eq!(owner, "42");
+    assert_eq!(ids.split(',').count(), 3, "{listing}");
+    assert_eq!(
+        ids.matches('*').count(),
+        1,
+        "the caller's own is marked: {listing}"
+    );
+
+    // A later save by a request that never touched the owner keeps it.
+    first
+        .send("POST", "/set/color/red", Some(&devices[2]))
+        .await;
+    let response = second
+        .send("POST", "/revoke-others", Some(&devices[1]))
+        .await;
+    assert_eq!(text(response).await, "2");
+    for device in [&devices[0], &devices[2]] {
+        for app in [&first, &second] {
+            let response = app.send("GET", "/peek", Some(device)).await;
+            assert_eq!(text(response).await, "nobody");
+        }
+    }
+    let response = first.send("GET", "/mine", Some(&devices[1])).await;
+    assert_eq!(
+        text(response).await.matches('*').count(),
+        1,
+        "the caller stays"
+    );
+    let response = first.send("GET", "/mine", Some(&other)).await;
+    assert!(
+        text(response).await.starts_with("7:"),
+        "other owners are untouched"
+    );
+    let response = first.send("POST", "/own/bad%0Aowner", None).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
 
 /// The attributes of a `Set-Cookie` after its `name=value`, sorted.
 fn attributes(set_cookie: &str) -> Vec<String> {

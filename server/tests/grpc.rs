@@ -40,6 +40,135 @@ async fn stored(client: &mut SessionStoreClient<Channel>, id: &str) -> Option<pb
     client.get(get(id)).await.unwrap().into_inner().session
 }
 
+fn owned(id: &str, owner: &str) -> pb::SaveRequest {
+    let mut request = save(id, &[("k", "v")], None);
+    request.session.as_mut().unwrap().owner = owner.to_owned();
+    request
+}
+
+fn ids(sessions: &[pb::Session]) -> Vec<&str> {
+    let mut ids: Vec<&str> = sessions.iter().map(|s| s.id.as_str()).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Sessions saved through `a` are listed and destroyed by owner through `b`.
+async fn owners_over_the_wire(
+    mut a: SessionStoreClient<Channel>,
+    mut b: SessionStoreClient<Channel>,
+) {
+    for (id, owner) in [
+        ("s1", "user 42"),
+        ("s2", "user 42"),
+        ("s3", "user 42"),
+        ("s4", "7"),
+    ] {
+        a.save(owned(id, owner)).await.unwrap();
+    }
+    let list = |with_data| pb::ListByOwnerRequest {
+        owner: "user 42".into(),
+        with_data,
+    };
+    let listed = b.list_by_owner(list(false)).await.unwrap().into_inner();
+    assert_eq!(ids(&listed.sessions), ["s1", "s2", "s3"]);
+    for session in &listed.sessions {
+        assert!(session.data.is_empty(), "data only if asked");
+        assert_eq!((session.owner.as_str(), session.version), ("user 42", 1));
+        assert!(session.created_at.is_some() && session.expires_at.is_some());
+    }
+    let listed = b.list_by_owner(list(true)).await.unwrap().into_inner();
+    assert_eq!(listed.sessions[0].data["k"], b"v");
+    assert_eq!(stored(&mut b, "s1").await.unwrap().owner, "user 42");
+
+    // An older client's save, without an owner, clears it.
+    a.save(save("s3", &[("k", "v")], None)).await.unwrap();
+    let destroyed = b
+        .destroy_by_owner(pb::DestroyByOwnerRequest {
+            owner: "user 42".into(),
+            except_ids: vec!["s2".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(destroyed.destroyed, 1, "s1 only");
+    assert_eq!(stored(&mut a, "s1").await, None);
+    assert!(stored(&mut a, "s2").await.is_some());
+    assert!(
+        stored(&mut a, "s3").await.is_some(),
+        "no longer the owner's"
+    );
+    let status = a
+        .save(save("s1", &[("k", "late")], Some(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Aborted,
+        "a destroyed session is not revived"
+    );
+
+    for bad in ["", "tab\there", &"x".repeat(257)] {
+        let status = b
+            .list_by_owner(pb::ListByOwnerRequest {
+                owner: bad.into(),
+                with_data: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+        let status = b
+            .destroy_by_owner(pb::DestroyByOwnerRequest {
+                owner: bad.into(),
+                except_ids: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+    }
+    let status = a.save(owned("s9", "bad\u{7f}")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn owners_are_listed_and_destroyed_over_the_wire() {
+    let daemon = Daemon::start(Config::default()).await;
+    owners_over_the_wire(daemon.client(), daemon.client()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_are_shared_by_two_daemons_on_one_redis() {
+    let redis = gonest_session_testing::RedisServer::start().await;
+    let config = || Config {
+        backend: gonest_sessiond::StoreBackend::Redis(redis.url()),
+        ..Config::default()
+    };
+    let (a, b) = (Daemon::start(config()).await, Daemon::start(config()).await);
+    owners_over_the_wire(a.client(), b.client()).await;
+}
+
+#[tokio::test]
+async fn an_owner_beyond_its_limit_is_resource_exhausted_with_the_limit() {
+    let daemon = Daemon::start(Config {
+        max_sessions_per_owner: 2,
+        ..Config::default()
+    })
+    .await;
+    let mut client = daemon.client();
+    client.save(owned("a", "u")).await.unwrap();
+    client.save(owned("b", "u")).await.unwrap();
+    let status = client.save(owned("c", "u")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let error = gonest_session_proto::error_from_status(&status, None);
+    assert_eq!(
+        error,
+        gonest_session_core::StoreError::TooManyOwnerSessions { limit: 2 }
+    );
+    client
+        .save(owned("a", "u"))
+        .await
+        .expect("its own sessions stay writable");
+}
+
 #[tokio::test]
 async fn save_get_touch_destroy_round_trip() {
     let daemon = Daemon::start(Config::default()).await;

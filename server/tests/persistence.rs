@@ -20,13 +20,18 @@ fn data(i: usize) -> SessionData {
 async fn save_many(store: &RemoteSessionStore, count: usize) -> Vec<SessionRecord> {
     for i in 0..count {
         let id = format!("session-{i:05}");
-        store
-            .save(Save::new(&id, data(i)).ttl(Duration::from_secs(3600)))
-            .await
-            .unwrap();
+        let mut save = Save::new(&id, data(i)).ttl(Duration::from_secs(3600));
+        if i % 2 == 0 {
+            save = save.owner(format!("user {}", i % 7));
+        }
+        store.save(save).await.unwrap();
         if i % 3 == 0 {
-            // A second save, so versions differ from 1.
-            store.save(Save::new(&id, data(i + 1))).await.unwrap();
+            // A second save, so versions differ from 1 (and half of these lose their owner).
+            let mut save = Save::new(&id, data(i + 1));
+            if i % 4 == 0 {
+                save = save.owner(format!("user {}", i % 7));
+            }
+            store.save(save).await.unwrap();
         }
     }
     let mut records = Vec::new();
@@ -52,6 +57,25 @@ async fn assert_all_back(url: &str, records: &[SessionRecord]) {
         store.stats().await.unwrap().live_sessions,
         records.len() as u64
     );
+    // The owner index is rebuilt from the snapshot.
+    for user in 0..7 {
+        let owner = format!("user {user}");
+        let mut listed: Vec<String> = store
+            .list_by_owner(&owner, false)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        listed.sort();
+        let expected: Vec<String> = records
+            .iter()
+            .filter(|r| r.owner.as_deref() == Some(owner.as_str()))
+            .map(|r| r.id.clone())
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(listed, expected, "{owner}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,6 +170,86 @@ async fn remember_me_is_30_days_in_the_cookie_and_on_the_daemon_and_otherwise_a_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_everywhere_ends_the_users_other_devices_on_every_instance() {
+    let daemon = Daemon::start(Config::default()).await;
+    let (a, b) = two_apps(&daemon).await;
+    // Three devices (cookie jars) of user 42, logged in on either instance.
+    let devices = [client(), client(), client()];
+    for (device, app) in devices.iter().zip([&a, &b, &a]) {
+        let response = device
+            .post(format!("{}/login", app.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let response = devices[1]
+        .get(format!("{}/sessions", a.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let listed: Value = response.json().await.unwrap();
+    let listed = listed["sessions"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|s| s["current"] == json!(true))
+            .count(),
+        1
+    );
+    for session in &listed {
+        assert_eq!(
+            session["id"].as_str().unwrap().len(),
+            8,
+            "ids are shortened"
+        );
+        assert!(session["expires_at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    let response = devices[1]
+        .post(format!("{}/logout-everywhere", b.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"destroyed": 2})
+    );
+    for (i, device) in devices.iter().enumerate() {
+        for app in [&a, &b] {
+            let response = device
+                .get(format!("{}/profile", app.url))
+                .send()
+                .await
+                .unwrap();
+            let expected = if i == 1 {
+                StatusCode::OK
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            assert_eq!(response.status(), expected, "device {i} on {}", app.url);
+        }
+    }
+    let response = devices[1]
+        .get(format!("{}/sessions", b.url))
+        .send()
+        .await
+        .unwrap();
+    let listed: Value = response.json().await.unwrap();
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 1);
+    let response = client()
+        .get(format!("{}/sessions", a.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_changes_the_id_and_the_old_id_stops_working() {
     let daemon = Daemon::start(Config::default()).await;
     let (a, b) = two_apps(&daemon).await;

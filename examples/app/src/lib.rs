@@ -1,5 +1,7 @@
 //! The GoNest sessions controller as an axum app: `POST /login` (with an optional
-//! `{"remember": true}`), `GET /profile`, `POST /logout`. Run several instances against one `gonest-sessiond` and they share sessions.
+//! `{"remember": true}`), `GET /profile`, `POST /logout`, and the user's devices:
+//! `GET /sessions`, `POST /logout-everywhere`. Run several instances against one
+//! `gonest-sessiond` and they share sessions.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gonest_session::{
-    Expiry, InvalidOptions, MemorySessionStore, Session, SessionLayer, SessionOptions, SessionStore,
+    Expiry, InvalidOptions, MemorySessionStore, Session, SessionLayer, SessionOptions,
+    SessionStore, Sessions, StoreError,
 };
 use gonest_session_client::RemoteSessionStore;
 use serde_json::{Value, json};
@@ -42,6 +45,8 @@ pub fn routes() -> Router {
         .route("/login", post(login))
         .route("/profile", get(profile))
         .route("/logout", post(logout))
+        .route("/sessions", get(list_sessions))
+        .route("/logout-everywhere", post(logout_everywhere))
 }
 
 /// The app: its routes behind the session layer. Fails on options the layer refuses.
@@ -116,6 +121,9 @@ impl IntoResponse for AppError {
     }
 }
 
+/// The user every login logs in (the seed's controller has no user database).
+const USER_ID: u64 = 42;
+
 /// `POST /login`'s optional JSON body.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,7 +152,9 @@ async fn login(session: Session, body: Bytes) -> Result<Json<Value>, AppError> {
     };
     let stored = session
         .set_expiry(expiry)
-        .and_then(|()| session.set_value("user_id", 42))
+        // The owner is the user: "your devices" and "log out everywhere" find sessions by it.
+        .and_then(|()| session.set_owner(Some(&USER_ID.to_string())))
+        .and_then(|()| session.set_value("user_id", USER_ID))
         .and_then(|()| session.set_value("role", "admin"));
     if let Err(err) = stored {
         tracing::error!(%err, "could not store the login in the session");
@@ -163,8 +173,60 @@ async fn profile(session: Session) -> Result<Json<Value>, AppError> {
     Ok(Json(json!({ "user_id": user_id })))
 }
 
+/// The logged-in user's owner name, or a 401.
+fn logged_in(session: &Session) -> Result<String, AppError> {
+    let _: u64 = session
+        .get_value("user_id")
+        .ok_or(AppError::unauthorized("not logged in"))?;
+    session
+        .owner()
+        .ok_or(AppError::unauthorized("not logged in"))
+}
+
+/// A store failure, answered 503 like the layer's own.
+fn unavailable(err: StoreError) -> AppError {
+    tracing::error!(%err, "the session store failed");
+    AppError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "session store unavailable",
+    }
+}
+
+/// `GET /sessions`: the caller's sessions ("your devices"), ids shortened to 8 characters.
+async fn list_sessions(session: Session, sessions: Sessions) -> Result<Json<Value>, AppError> {
+    let owner = logged_in(&session)?;
+    let current = session.id();
+    let listed = sessions.list(&owner).await.map_err(unavailable)?;
+    let rfc3339 = |time: std::time::SystemTime| humantime::format_rfc3339_seconds(time).to_string();
+    let listed: Vec<Value> = listed
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id.chars().take(8).collect::<String>(),
+                "created_at": rfc3339(s.created_at),
+                "expires_at": rfc3339(s.expires_at),
+                "current": Some(&s.id) == current.as_ref(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "sessions": listed })))
+}
+
+/// `POST /logout-everywhere`: destroys the caller's other sessions; the caller stays logged in.
+async fn logout_everywhere(session: Session, sessions: Sessions) -> Result<Json<Value>, AppError> {
+    let owner = logged_in(&session)?;
+    let except: Vec<String> = session.id().into_iter().collect();
+    let destroyed = sessions
+        .revoke(&owner, &except)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(json!({ "destroyed": destroyed })))
+}
+
 async fn logout(session: Session) -> Json<Value> {
     session.delete("user_id");
     session.delete("role");
+    // Not the user's any more: "log out everywhere" has nothing left to find here.
+    let _ = session.set_owner(None);
     Json(json!({ "status": "logged out" }))
 }
