@@ -2,7 +2,7 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p gonest-sessiond -p example-app \
+RUN cargo build --release --locked -p gonest-sessiond -p gonest-sessionctl -p example-app \
     && mkdir /data
 
 # The example app: docker build --target example-app .
@@ -16,6 +16,8 @@ ENTRYPOINT ["/usr/local/bin/example-app"]
 # The daemon (the default target): listens on all interfaces, keeps snapshots in /data.
 FROM gcr.io/distroless/cc-debian12:nonroot AS sessiond
 COPY --from=build /src/target/release/gonest-sessiond /usr/local/bin/gonest-sessiond
+# The operator's CLI: docker compose exec sessiond gonest-sessionctl stats
+COPY --from=build /src/target/release/gonest-sessionctl /usr/local/bin/gonest-sessionctl
 COPY --from=build --chown=65532:65532 /data /data
 ENV GONEST_SESSIOND_LISTEN=0.0.0.0:7070
 EXPOSE 7070
