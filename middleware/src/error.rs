@@ -48,6 +48,9 @@ pub enum InvalidOptions {
     /// `SameSite=None` is only honoured on a `Secure` cookie.
     #[error("SameSite=None requires secure: true; browsers reject it otherwise")]
     SameSiteNoneWithoutSecure,
+    /// A cookie secret is empty.
+    #[error("a cookie secret is empty; an empty secret signs nothing")]
+    EmptySecret,
     /// The cookie name is empty or not a valid cookie name.
     #[error("cookie name `{0}` is not a valid cookie name")]
     CookieName(String),

@@ -31,6 +31,19 @@ pub(crate) fn is_well_formed(value: &str) -> bool {
             .is_ok_and(|b| b.len() == ID_BYTES)
 }
 
+/// Characters of an express-session id: uid-safe's 24 bytes in unpadded base64url.
+const EXPRESS_ID_LEN: usize = 32;
+
+/// Whether a value from a cookie whose signature verified has the form of an id this crate or
+/// express-session issues.
+pub(crate) fn is_well_formed_signed(value: &str) -> bool {
+    is_well_formed(value)
+        || (value.len() == EXPRESS_ID_LEN
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::session::{Outcome, WriteLocks};
-use crate::{InvalidOptions, Session, SessionOptions, Sessions, id};
+use crate::{InvalidOptions, Session, SessionOptions, Sessions};
 
 /// Adds sessions to a tower stack (axum, hyper, tonic-web, ...).
 ///
@@ -89,17 +89,17 @@ impl<S: std::fmt::Debug> std::fmt::Debug for SessionService<S> {
     }
 }
 
-/// The session id in the request's cookies, if one has the form of an id this crate issues.
-fn cookie_id(headers: &HeaderMap, name: &str) -> Option<String> {
+/// The session id in the request's cookies, if one carries an id as `options` say (the bare
+/// form this crate issues, or a signed one that verifies).
+fn cookie_id(headers: &HeaderMap, options: &SessionOptions) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(cookie::Cookie::split_parse)
         .filter_map(Result::ok)
-        .filter(|cookie| cookie.name() == name)
-        .map(|cookie| cookie.value().to_owned())
-        .find(|value| id::is_well_formed(value))
+        .filter(|cookie| cookie.name() == options.cookie_name)
+        .find_map(|cookie| options.id_in_cookie(cookie.value()))
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
@@ -127,7 +127,7 @@ where
             self.store.clone(),
             options.clone(),
             self.write_locks.clone(),
-            cookie_id(request.headers(), &options.cookie_name),
+            cookie_id(request.headers(), &options),
         );
         request.extensions_mut().insert(session.clone());
         request
@@ -191,6 +191,7 @@ fn failure_status(err: &StoreError) -> StatusCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id;
 
     #[test]
     fn only_well_formed_ids_are_taken_from_cookies() {
@@ -200,12 +201,26 @@ mod tests {
             COOKIE,
             HeaderValue::from_static("other=1; gonest.sid=bogus"),
         );
-        assert_eq!(cookie_id(&headers, "gonest.sid"), None);
+        let options = SessionOptions::default();
+        let other = SessionOptions {
+            cookie_name: "other.sid".into(),
+            ..Default::default()
+        };
+        assert_eq!(cookie_id(&headers, &options), None);
         headers.append(
             COOKIE,
             HeaderValue::from_str(&format!("gonest.sid={good}")).unwrap(),
         );
-        assert_eq!(cookie_id(&headers, "gonest.sid"), Some(good.clone()));
-        assert_eq!(cookie_id(&headers, "other.sid"), None);
+        assert_eq!(cookie_id(&headers, &options), Some(good.clone()));
+        assert_eq!(cookie_id(&headers, &other), None);
+        let signed = SessionOptions {
+            secret: vec!["k".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            cookie_id(&headers, &signed),
+            None,
+            "a bare id is not signed"
+        );
     }
 }

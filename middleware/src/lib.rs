@@ -54,6 +54,7 @@ mod layer;
 mod options;
 mod session;
 mod sessions;
+mod signing;
 
 #[cfg(feature = "axum")]
 mod extract;

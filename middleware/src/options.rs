@@ -15,7 +15,7 @@ pub use cookie::SameSite;
 /// let options = SessionOptions { secure: true, ..Default::default() };
 /// assert_eq!(options.cookie_name, "gonest.sid");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionOptions {
     /// Name of the session cookie.
     pub cookie_name: String,
@@ -38,6 +38,29 @@ pub struct SessionOptions {
     /// When true, every request that loads a session extends it by `max_age` (a Touch) and
     /// re-sends the cookie, so active users stay logged in.
     pub rolling: bool,
+    /// Secrets to sign the cookie with, as express-session does (its `secret` option): the
+    /// cookie carries `s:` + id + `.` + HMAC-SHA256 signature, and a cookie whose signature does
+    /// not verify with any of them is no session. The first signs; list older ones after it
+    /// while rotating. Empty (the default): unsigned cookies holding the bare id.
+    pub secret: Vec<String>,
+}
+
+impl std::fmt::Debug for SessionOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionOptions")
+            .field("cookie_name", &self.cookie_name)
+            .field("max_age", &self.max_age)
+            .field("session_end_ttl", &self.session_end_ttl)
+            .field("secure", &self.secure)
+            .field("http_only", &self.http_only)
+            .field("same_site", &self.same_site)
+            .field("path", &self.path)
+            .field("domain", &self.domain)
+            .field("rolling", &self.rolling)
+            // Never the secrets themselves.
+            .field("secret", &format_args!("[{} redacted]", self.secret.len()))
+            .finish()
+    }
 }
 
 impl Default for SessionOptions {
@@ -52,6 +75,7 @@ impl Default for SessionOptions {
             path: "/".to_owned(),
             domain: None,
             rolling: false,
+            secret: Vec::new(),
         }
     }
 }
@@ -60,6 +84,17 @@ impl SessionOptions {
     /// The store TTL of a session that ends with the browser's session.
     pub(crate) fn session_end_ttl(&self) -> Duration {
         self.session_end_ttl.unwrap_or(self.max_age)
+    }
+
+    /// The session id a cookie value carries, if it is one: with secrets, a signed value whose
+    /// signature verifies (ids of this crate's form or express-session's); without, a bare id of
+    /// this crate's form.
+    pub(crate) fn id_in_cookie(&self, value: &str) -> Option<String> {
+        if self.secret.is_empty() {
+            crate::id::is_well_formed(value).then(|| value.to_owned())
+        } else {
+            crate::signing::unsign(value, &self.secret)
+        }
     }
 
     /// Refuses options whose cookie browsers would drop, and lifetimes `limits` say the store
@@ -81,6 +116,9 @@ impl SessionOptions {
         if self.same_site == SameSite::None && !self.secure {
             return Err(InvalidOptions::SameSiteNoneWithoutSecure);
         }
+        if self.secret.iter().any(String::is_empty) {
+            return Err(InvalidOptions::EmptySecret);
+        }
         for (what, ttl) in [
             ("max_age", self.max_age),
             ("session_end_ttl", self.session_end_ttl()),
@@ -101,7 +139,11 @@ impl SessionOptions {
         let seconds = |ttl: Duration| {
             cookie::time::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
         };
-        let mut builder = self.cookie(id.to_owned());
+        let value = match self.secret.first() {
+            Some(secret) => crate::signing::sign(id, secret),
+            None => id.to_owned(),
+        };
+        let mut builder = self.cookie(value);
         match expiry {
             Expiry::OnSessionEnd => {}
             Expiry::OnInactivity(ttl) => builder = builder.max_age(seconds(ttl)),

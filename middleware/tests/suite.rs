@@ -595,7 +595,66 @@ suite!(
     a_flash_message_is_read_once,
     a_max_age_over_the_stores_max_ttl_is_refused,
     an_owner_lists_and_revokes_its_other_sessions,
+    signed_cookies_verify_rotate_and_refuse_tampering_without_asking_the_store,
 );
+
+async fn signed_cookies_verify_rotate_and_refuse_tampering_without_asking_the_store(
+    backend: Backend,
+) {
+    let signed = |secrets: &[&str]| SessionOptions {
+        secret: secrets.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    };
+    let old = app(&backend, signed(&["old secret"]));
+    let cookie = pair(&set_cookie(&old.send("POST", "/login", None).await).unwrap());
+    let value = cookie.strip_prefix("gonest.sid=").unwrap();
+    assert!(value.starts_with("s%3A"), "express-session's form: {value}");
+    let id = value[4..].split('.').next().unwrap().to_owned();
+    assert!(old.store.get(&id).await.unwrap().is_some());
+    assert_eq!(
+        text(old.send("GET", "/peek", Some(&cookie)).await).await,
+        "alice"
+    );
+
+    // Rotation: the new secret signs, the old one still verifies.
+    let rotated = app(&backend, signed(&["new secret", "old secret"]));
+    let response = rotated.send("POST", "/set/k/v", Some(&cookie)).await;
+    let resigned = pair(&set_cookie(&response).unwrap());
+    assert_ne!(resigned, cookie, "re-signed with the new secret");
+    assert!(resigned.contains(&id), "same session");
+    let new_only = app(&backend, signed(&["new secret"]));
+    assert_eq!(
+        text(new_only.send("GET", "/peek", Some(&resigned)).await).await,
+        "alice"
+    );
+    assert_eq!(
+        text(new_only.send("GET", "/peek", Some(&cookie)).await).await,
+        "nobody"
+    );
+
+    // Tampered, unsigned or signed with another secret: no session, and the store is not asked.
+    let unsigned = format!("gonest.sid={id}");
+    let mut tampered = cookie.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    for bad in [tampered, unsigned, cookie.replace(&id[..6], "AAAAAA")] {
+        let calls = old.calls();
+        let response = old.send("GET", "/peek", Some(&bad)).await;
+        assert_eq!(text(response).await, "nobody", "{bad}");
+        assert_eq!(
+            old.calls(),
+            calls,
+            "an unverified cookie never reaches the store"
+        );
+    }
+    assert!(
+        SessionLayer::new(
+            MemorySessionStore::new(Duration::from_secs(60)),
+            signed(&[""])
+        )
+        .is_err()
+    );
+}
 
 async fn an_owner_lists_and_revokes_its_other_sessions(backend: Backend) {
     let first = app(&backend, SessionOptions::default());

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,6 +38,16 @@ pub struct Cli {
     /// Mark the session cookie Secure (serve over HTTPS when set).
     #[arg(long, env = "EXAMPLE_APP_SECURE")]
     pub secure: bool,
+    /// Sign the session cookie as express-session does, with these secrets (comma-separated;
+    /// the first signs), so an express app with the same secret shares the login. Prefer the
+    /// environment variable: a command line is visible to other users.
+    #[arg(
+        long,
+        env = "EXAMPLE_APP_COOKIE_SECRET",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub cookie_secret: Vec<String>,
 }
 
 /// The controller's routes, without the session layer (tests add routes of their own).
@@ -47,6 +58,7 @@ pub fn routes() -> Router {
         .route("/logout", post(logout))
         .route("/sessions", get(list_sessions))
         .route("/logout-everywhere", post(logout_everywhere))
+        .route("/data/{key}", get(get_data).put(put_data))
 }
 
 /// The app: its routes behind the session layer. Fails on options the layer refuses.
@@ -221,6 +233,33 @@ async fn logout_everywhere(session: Session, sessions: Sessions) -> Result<Json<
         .await
         .map_err(unavailable)?;
     Ok(Json(json!({ "destroyed": destroyed })))
+}
+
+/// `GET /data/{key}`: one value of the session, as JSON; 404 when it has none.
+async fn get_data(
+    session: Session,
+    axum::extract::Path(key): axum::extract::Path<String>,
+) -> Result<Json<Value>, AppError> {
+    session.get_value(&key).map(Json).ok_or(AppError {
+        status: StatusCode::NOT_FOUND,
+        message: "no such key in the session",
+    })
+}
+
+/// `PUT /data/{key}` with a JSON body: stores it in the session under `key`.
+async fn put_data(
+    session: Session,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    Json(value): Json<Value>,
+) -> Result<Json<Value>, AppError> {
+    session.set_value(&key, value).map_err(|err| {
+        tracing::debug!(%err, "value refused");
+        AppError {
+            status: StatusCode::BAD_REQUEST,
+            message: "the session refused the value",
+        }
+    })?;
+    Ok(Json(json!({ "status": "stored" })))
 }
 
 async fn logout(session: Session) -> Json<Value> {

@@ -16,6 +16,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let options = SessionOptions {
         secure: cli.secure,
+        secret: cli.cookie_secret.clone(),
         ..Default::default()
     };
     let store = example_app::store(&cli.store, options.max_age, cli.store_token_file.as_deref())
