@@ -1,0 +1,194 @@
+'use strict';
+
+// One login across two stacks: the real gonest-sessiond, the Rust example-app and this express
+// app, all on 127.0.0.1 with ports chosen by the OS. The binaries come from GONEST_BIN_DIR
+// (default: the workspace's target/debug; build them with
+// `cargo build -p gonest-sessiond -p example-app`).
+
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const path = require('node:path');
+const { createApp } = require('../app');
+
+const BIN_DIR = process.env.GONEST_BIN_DIR || path.join(__dirname, '..', '..', '..', 'target', 'debug');
+const SECRET = 'a shared secret: long and random in production';
+
+const children = [];
+
+/** Starts a binary and resolves with the address it logs once it listens. */
+function start(binary, args, env = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(path.join(BIN_DIR, binary), args, {
+      env: { ...process.env, RUST_LOG: 'info', ...env },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    children.push(child);
+    let seen = '';
+    const timer = setTimeout(() => reject(new Error(`${binary} did not start: ${seen}`)), 30000);
+    child.stderr.on('data', (chunk) => {
+      // Without the terminal colours the log may carry.
+      seen += chunk.toString().replace(/\x1b\[[0-9;]*m/g, '');
+      const match = seen.match(/listening addr=(\S+)/);
+      if (match) {
+        clearTimeout(timer);
+        resolve({ child, addr: match[1] });
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`${binary} exited with ${code}: ${seen}`)));
+  });
+}
+
+function stop(child) {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null) return resolve();
+    child.once('exit', resolve);
+    child.kill('SIGKILL');
+  });
+}
+
+let daemon;
+let rust;
+let node;
+let nodeServer;
+let nodeStore;
+
+before(async () => {
+  daemon = await start('gonest-sessiond', ['--listen', '127.0.0.1:0', '--shutdown-drain', '0s']);
+  const rustApp = await start(
+    'example-app',
+    ['--listen', '127.0.0.1:0', '--store', `http://${daemon.addr}`],
+    { EXAMPLE_APP_COOKIE_SECRET: SECRET },
+  );
+  rust = `http://${rustApp.addr}`;
+  const { app, store } = createApp({ daemonUrl: `http://${daemon.addr}`, secret: [SECRET], timeout: 1500 });
+  nodeStore = store;
+  await new Promise((resolve) => {
+    nodeServer = app.listen(0, '127.0.0.1', resolve);
+  });
+  node = `http://127.0.0.1:${nodeServer.address().port}`;
+});
+
+after(async () => {
+  if (nodeServer) nodeServer.close();
+  if (nodeStore) nodeStore.close();
+  await Promise.all(children.map(stop));
+});
+
+/** The session cookie a response sets (`gonest.sid=...`), if any. */
+function setCookie(response) {
+  const all = response.headers.getSetCookie ? response.headers.getSetCookie() : [response.headers.get('set-cookie') || ''];
+  const cookie = all.find((c) => c.startsWith('gonest.sid='));
+  return cookie && cookie.split(';')[0];
+}
+
+async function call(base, method, route, cookie, body) {
+  const headers = {};
+  if (cookie) headers.cookie = cookie;
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const response = await fetch(`${base}${route}`, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: response.status, cookie: setCookie(response), json: await response.json() };
+}
+
+async function login(base) {
+  const response = await call(base, 'POST', '/login');
+  assert.equal(response.status, 200);
+  assert.ok(response.cookie, 'login sets the cookie');
+  return response.cookie;
+}
+
+test('a login on Node is seen on Rust, keys travel both ways, a logout on Rust ends it on Node', async () => {
+  const cookie = await login(node);
+  assert.match(cookie, /^gonest\.sid=s%3A[A-Za-z0-9_-]{32}\./, 'express-session\'s signed cookie');
+  assert.deepEqual((await call(rust, 'GET', '/profile', cookie)).json, { user_id: 42 });
+
+  const stored = await call(rust, 'PUT', '/data/color', cookie, 'blue');
+  assert.equal(stored.status, 200);
+  assert.deepEqual((await call(node, 'GET', '/data/color', cookie)).json, 'blue');
+  await call(node, 'PUT', '/data/size', cookie, { eu: 42 });
+  assert.deepEqual((await call(rust, 'GET', '/data/size', cookie)).json, { eu: 42 });
+
+  assert.equal((await call(rust, 'POST', '/logout', cookie)).status, 200);
+  const profile = await call(node, 'GET', '/profile', cookie);
+  assert.equal(profile.status, 401);
+  assert.deepEqual(profile.json, { statusCode: 401, message: 'not logged in' });
+});
+
+test('a login on Rust is seen on Node, and Rust\'s own entries survive a Node save', async () => {
+  const cookie = await login(rust);
+  assert.match(cookie, /^gonest\.sid=s%3A[A-Za-z0-9_-]{43}\./);
+  assert.deepEqual((await call(node, 'GET', '/profile', cookie)).json, { user_id: 42 });
+  await call(node, 'PUT', '/data/color', cookie, 'green');
+  // The Rust login's owner and expiry are still there: "your devices" lists it.
+  const listed = await call(rust, 'GET', '/sessions', cookie);
+  assert.equal(listed.status, 200);
+  assert.equal(listed.json.sessions.length >= 1, true);
+  assert.deepEqual((await call(rust, 'GET', '/data/color', cookie)).json, 'green');
+});
+
+test('50 concurrent requests alternating between the stacks, each setting its own key, all land', async () => {
+  const cookie = await login(node);
+  const requests = [];
+  for (let i = 0; i < 50; i += 1) {
+    const base = i % 2 === 0 ? node : rust;
+    requests.push(call(base, 'PUT', `/data/k${i}`, cookie, i));
+  }
+  for (const response of await Promise.all(requests)) {
+    assert.equal(response.status, 200, JSON.stringify(response.json));
+  }
+  for (let i = 0; i < 50; i += 1) {
+    const base = i % 2 === 0 ? rust : node;
+    assert.deepEqual((await call(base, 'GET', `/data/k${i}`, cookie)).json, i, `k${i}`);
+  }
+});
+
+test('a tampered signature is no session on either stack', async () => {
+  const cookie = await login(node);
+  const last = cookie.at(-1);
+  const tampered = cookie.slice(0, -1) + (last === 'A' ? 'B' : 'A');
+  for (const base of [node, rust]) {
+    assert.equal((await call(base, 'GET', '/profile', tampered)).status, 401, base);
+    assert.equal((await call(base, 'GET', '/profile', cookie)).status, 200, base);
+  }
+  const unsigned = `gonest.sid=${decodeURIComponent(cookie.split('=')[1]).slice(2).split('.')[0]}`;
+  for (const base of [node, rust]) {
+    assert.equal((await call(base, 'GET', '/profile', unsigned)).status, 401, base);
+  }
+});
+
+test('with the daemon down Node answers 503 within the timeout, and works again once it is back', async () => {
+  const cookie = await login(node);
+  const addr = daemon.addr;
+  await stop(daemon.child);
+  const started = Date.now();
+  const down = await call(node, 'GET', '/profile', cookie);
+  assert.equal(down.status, 503);
+  assert.ok(Date.now() - started < 2500, `answered after ${Date.now() - started} ms`);
+  assert.equal((await call(node, 'POST', '/login')).status, 503);
+
+  daemon = await start('gonest-sessiond', ['--listen', addr, '--shutdown-drain', '0s']);
+  // The daemon keeps sessions in memory: users log in again, on the same store, no restart.
+  const deadline = Date.now() + 5000;
+  let again;
+  do {
+    again = await call(node, 'POST', '/login');
+  } while (again.status !== 200 && Date.now() < deadline);
+  assert.equal(again.status, 200);
+  assert.deepEqual((await call(rust, 'GET', '/profile', again.cookie)).json, { user_id: 42 });
+});
+
+test('a session destroyed meanwhile is not revived by a slow save', async () => {
+  const cookie = await login(node);
+  const sid = decodeURIComponent(cookie.split('=')[1]).slice(2).split('.')[0];
+  const get = () => new Promise((resolve, reject) => nodeStore.get(sid, (e, s) => (e ? reject(e) : resolve(s))));
+  const slow = await get();
+  await new Promise((resolve, reject) => nodeStore.destroy(sid, (e) => (e ? reject(e) : resolve())));
+  slow.late = true;
+  await new Promise((resolve, reject) => nodeStore.set(sid, slow, (e) => (e ? reject(e) : resolve())));
+  assert.equal(await get(), null);
+  assert.equal((await call(rust, 'GET', '/profile', cookie)).status, 401);
+});
