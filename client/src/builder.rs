@@ -88,11 +88,38 @@ impl RemoteSessionStoreBuilder {
         self
     }
 
-    fn endpoint(&self) -> Result<Endpoint> {
-        let endpoint = Endpoint::from_shared(self.url.clone()).map_err(|err| {
-            StoreError::invalid(format!("invalid daemon url `{}`: {err}", self.url))
-        })?;
-        let endpoint = if self.url.starts_with("https://") {
+    /// The daemon URLs: `url` split at commas.
+    fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect()
+    }
+
+    /// The channel to the daemon, or spread over the daemons when several are given: each new
+    /// stream and call goes to a ready one (tower's power-of-two-choices balancer), so when one
+    /// daemon goes away its streams reopen on the others.
+    /// The channel connects on first use.
+    fn channel(&self) -> Result<Channel> {
+        let urls = self.urls();
+        match urls.as_slice() {
+            [] => Err(StoreError::invalid("no daemon url given")),
+            [url] => Ok(self.endpoint(url)?.connect_lazy()),
+            urls => {
+                let endpoints = urls
+                    .iter()
+                    .map(|url| self.endpoint(url))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Channel::balance_list(endpoints.into_iter()))
+            }
+        }
+    }
+
+    fn endpoint(&self, url: &str) -> Result<Endpoint> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|err| StoreError::invalid(format!("invalid daemon url `{url}`: {err}")))?;
+        let endpoint = if url.starts_with("https://") {
             let tls = match &self.ca_certificate {
                 Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
                 None => ClientTlsConfig::new().with_webpki_roots(),
@@ -113,11 +140,25 @@ impl RemoteSessionStoreBuilder {
     }
 
     /// Connects now, failing with [`StoreError::Unavailable`] if the daemon cannot be reached.
+    ///
+    /// Several daemons sharing one Redis backend may be given, comma-separated
+    /// (`http://10.0.0.1:7070,http://10.0.0.2:7070`): operations are spread over those that are
+    /// up, and go on through the others while one is down. Then `connect` succeeds once any of
+    /// them answers.
     pub async fn connect(self) -> Result<RemoteSessionStore> {
         self.auth()?;
-        let channel = self.endpoint()?.connect().await.map_err(|err| {
-            StoreError::Unavailable(format!("cannot connect to {}: {err}", self.url))
-        })?;
+        if self.urls().len() > 1 {
+            let store = self.clone().with_channel(self.channel()?)?;
+            store.learn_limits().await.map_err(|err| {
+                StoreError::Unavailable(format!("no daemon of {} answered: {err}", self.url))
+            })?;
+            return Ok(store);
+        }
+        let url = self.urls().first().copied().unwrap_or_default().to_owned();
+        let channel =
+            self.endpoint(&url)?.connect().await.map_err(|err| {
+                StoreError::Unavailable(format!("cannot connect to {url}: {err}"))
+            })?;
         let store = self.with_channel(channel)?;
         // Best effort: a store that could not learn the daemon's limits now asks again before
         // its first save, and the daemon checks sizes itself anyway.
@@ -127,7 +168,7 @@ impl RemoteSessionStoreBuilder {
 
     /// Returns at once and connects on first use, so an app can start before its daemon.
     pub fn connect_lazy(self) -> Result<RemoteSessionStore> {
-        let channel = self.endpoint()?.connect_lazy();
+        let channel = self.channel()?;
         self.with_channel(channel)
     }
 

@@ -224,3 +224,62 @@ async fn a_session_over_4_mib_reads_back() {
     assert_eq!(store.get("big").await.unwrap().unwrap().data, data);
     daemon.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_daemons_on_one_redis_one_going_away_is_survived() {
+    let redis = gonest_session_testing::RedisServer::start().await;
+    let config = || Config {
+        backend: gonest_sessiond::StoreBackend::Redis(redis.url()),
+        ..Config::default()
+    };
+    let (a, b) = (Daemon::start(config()).await, Daemon::start(config()).await);
+    let urls = format!("{},{}", a.url(), b.url());
+    let store = RemoteSessionStore::builder(&urls)
+        .streams(4)
+        .connect()
+        .await
+        .unwrap();
+    for i in 0..50 {
+        store
+            .save(Save::new(format!("s{i}"), data(&[("n", "1")])))
+            .await
+            .unwrap();
+    }
+    // Both daemons are up.
+    let served = |daemon: &Daemon| {
+        let mut client = daemon.client();
+        async move {
+            client
+                .stats(gonest_session_proto::pb::StatsRequest {})
+                .await
+                .is_ok()
+        }
+    };
+    assert!(served(&a).await && served(&b).await);
+
+    a.stop().await.unwrap();
+    // The streams on `a` reopen on `b`: within seconds, and then every operation succeeds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.get("s0").await.is_err() {
+        assert!(Instant::now() < deadline, "no failover to the other daemon");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..200 {
+        let id = format!("s{}", i % 50);
+        let record = store
+            .get(&id)
+            .await
+            .unwrap()
+            .expect("saved through either daemon");
+        store
+            .save(Save::new(&id, record.data).expected_version(record.version))
+            .await
+            .unwrap();
+    }
+    // A list with none reachable fails to connect, clearly.
+    let err = RemoteSessionStore::connect("http://127.0.0.1:1,http://127.0.0.1:2")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    b.stop().await.unwrap();
+}

@@ -28,7 +28,9 @@ pub struct Cli {
     /// Address to serve HTTP on.
     #[arg(long, env = "EXAMPLE_APP_LISTEN", default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
-    /// Where sessions live: `memory`, or a gonest-sessiond URL such as http://127.0.0.1:7070.
+    /// Where sessions live: `memory`, or a gonest-sessiond URL such as http://127.0.0.1:7070, or
+    /// several daemons sharing one Redis, comma-separated (operations go on through the others
+    /// while one is down).
     #[arg(long, env = "EXAMPLE_APP_STORE", default_value = "memory")]
     pub store: String,
     /// The daemon's token file, in the daemon's own format (one token per line, `#` comments);
