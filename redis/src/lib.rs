@@ -357,6 +357,52 @@ impl RedisSessionStore {
         }
     }
 
+    /// Puts a session into Redis exactly as it was, keeping its version, `created_at`,
+    /// `expires_at` and owner, as when importing a memory daemon's snapshot. Only if Redis has no
+    /// session with this id: one there is newer than any snapshot, and is kept. Returns whether
+    /// it was put (`false`: one was there, or it had expired).
+    pub async fn restore(&self, record: &SessionRecord) -> Result<bool> {
+        validate_id(&record.id)?;
+        let owner = record.owner.as_deref().unwrap_or("");
+        if !owner.is_empty() {
+            validate_owner(owner)?;
+        }
+        let millis = |time: SystemTime| {
+            time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            })
+        };
+        let expires = millis(record.expires_at);
+        let now = millis(SystemTime::now());
+        if expires <= now || expires >= 1 << 48 {
+            return Ok(false);
+        }
+        let owner_len = u16::try_from(owner.len()).unwrap_or(0);
+        let mut value = Vec::new();
+        value.extend_from_slice(&record.version.to_le_bytes());
+        value.extend_from_slice(&millis(record.created_at).to_le_bytes());
+        value.extend_from_slice(&expires.to_le_bytes()[..6]);
+        value.extend_from_slice(&owner_len.to_le_bytes());
+        value.extend_from_slice(owner.as_bytes());
+        value.extend_from_slice(&encode_data(&record.data));
+        if !owner.is_empty() {
+            self.index(owner, &record.id, expires - now).await?;
+        }
+        let mut connection = self.connection.clone();
+        let put: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.key(&record.id))
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PXAT")
+                    .arg(expires)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(put.is_some())
+    }
+
     /// Asks Redis for a `PONG`, within the timeout.
     pub async fn ping(&self) -> Result<()> {
         let mut connection = self.connection.clone();

@@ -120,6 +120,15 @@ pub struct Cli {
 /// Helpers run instead of the daemon.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
+    /// Copy the sessions of a memory daemon's snapshot (`--data-dir`'s `sessions.snapshot`) into
+    /// the Redis of `--backend`, keeping each session's version, times and owner, so a move from
+    /// the memory backend to Redis logs nobody out. A session Redis already has is kept as it
+    /// is; expired ones are skipped. Prints the counts; exit 0 when done.
+    Import {
+        /// The snapshot file.
+        #[arg(long)]
+        from_snapshot: std::path::PathBuf,
+    },
     /// Ask a running daemon's grpc.health.v1 service whether it is serving: exit 0 when it is,
     /// 1 otherwise (for container health checks; needs no shell tools).
     Health {
@@ -215,12 +224,12 @@ fn parse_backend(text: &str) -> Result<StoreBackend, String> {
     let scheme = text.split_once("://").map(|(scheme, _)| scheme);
     match (text, scheme) {
         ("memory", _) => Ok(StoreBackend::Memory),
-        (_, Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster")) => {
+        (_, Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "unix")) => {
             Ok(StoreBackend::Redis(text.to_owned()))
         }
         _ => Err(
-            "write `memory`, or a Redis URL: redis://host:port, rediss://host:port or \
-             redis+cluster://host:port,host:port"
+            "write `memory`, or a Redis URL: redis://host:port, rediss://host:port, \
+             redis+cluster://host:port,host:port or unix:///path/to/redis.sock"
                 .to_owned(),
         ),
     }

@@ -28,6 +28,7 @@ mod budget;
 mod cli;
 mod draining;
 mod health;
+mod import;
 mod incoming;
 pub mod logging;
 mod memory_usage;
@@ -41,6 +42,7 @@ pub use auth::Tokens;
 pub use backend::Backend;
 pub use cli::{Cli, Command, LogFormat};
 pub use health::check as check_health;
+pub use import::{ImportCounts, import_snapshot};
 pub use persistence::Persistence;
 pub use server::{
     Config, MAX_STREAMS_PER_CONNECTION, StoreBackend, TlsFiles, default_max_connections, run,

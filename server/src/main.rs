@@ -17,6 +17,15 @@ fn main() -> ExitCode {
         return health(addr, *timeout);
     }
     logging::init(cli.log_format);
+    if let Some(Command::Import { from_snapshot }) = &cli.command {
+        return match import(&cli, from_snapshot) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match serve(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -48,6 +57,24 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", cli.listen))?;
         gonest_sessiond::run(listener, config, shutdown::signal()).await
     })
+}
+
+/// Copies the sessions of the snapshot at `path` into the Redis of `--backend`.
+fn import(cli: &Cli, path: &std::path::Path) -> anyhow::Result<()> {
+    let config = cli.config()?;
+    let gonest_sessiond::StoreBackend::Redis(url) = &config.backend else {
+        anyhow::bail!("import needs a Redis --backend to copy the snapshot into");
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let counts = runtime.block_on(gonest_sessiond::import_snapshot(path, url, &config))?;
+    println!(
+        "{{\"imported\":{},\"already_in_redis\":{},\"expired\":{}}}",
+        counts.imported, counts.already_there, counts.expired
+    );
+    Ok(())
 }
 
 /// Exit 0 when the daemon at `addr` is serving, 1 otherwise.

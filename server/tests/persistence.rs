@@ -214,3 +214,92 @@ async fn idle_peers_do_not_hold_shutdown_and_the_final_snapshot_is_written() {
     assert_all_back(&daemon.url(), &records).await;
     let _ = daemon.child.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_imported_into_redis_keeps_every_session_and_what_redis_had() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let daemon = Process::start(&["--data-dir", data_dir]).await;
+    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
+    let records = save_many(&store, 200).await;
+    drop(store);
+    let (status, log) = daemon.terminate().await;
+    assert!(status.success(), "{log:#?}");
+
+    let redis = gonest_session_testing::RedisServer::start().await;
+    let target = gonest_session_redis::RedisSessionStore::connect(redis.url())
+        .await
+        .unwrap();
+    // A session Redis already has (written after the move began) is newer: it is kept.
+    target
+        .save(Save::new("session-00007", data(7000)))
+        .await
+        .unwrap();
+    let snapshot = dir.path().join("sessions.snapshot");
+    let run = |args: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gonest-sessiond"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let import = vec![
+        "--backend".to_owned(),
+        redis.url(),
+        "import".to_owned(),
+        "--from-snapshot".to_owned(),
+        snapshot.to_str().unwrap().to_owned(),
+    ];
+    let output = run(import.clone());
+    assert!(output.status.success(), "{output:?}");
+    let counts: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        counts,
+        serde_json::json!({"imported": 199, "already_in_redis": 1, "expired": 0})
+    );
+    let millis =
+        |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    for record in &records {
+        let back = target.get(&record.id).await.unwrap().unwrap();
+        if record.id == "session-00007" {
+            assert_eq!(back.data, data(7000), "what redis had is kept");
+            continue;
+        }
+        assert_eq!(
+            (&back.data, back.version, &back.owner),
+            (&record.data, record.version, &record.owner),
+            "{}",
+            record.id
+        );
+        assert_eq!(millis(back.created_at), millis(record.created_at));
+        assert_eq!(millis(back.expires_at), millis(record.expires_at));
+    }
+    let owned = target.list_by_owner("user 3", false).await.unwrap();
+    assert!(!owned.is_empty());
+    // Again: nothing is overwritten.
+    let output = run(import);
+    let counts: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(counts["imported"], 0);
+    // Without a Redis backend, or with a damaged snapshot: refused, nothing written.
+    let output = run(vec![
+        "import".to_owned(),
+        "--from-snapshot".to_owned(),
+        snapshot.to_str().unwrap().to_owned(),
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Redis --backend"));
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    bytes[20] ^= 0xff;
+    std::fs::write(&snapshot, bytes).unwrap();
+    let output = run(vec![
+        "--backend".to_owned(),
+        redis.url(),
+        "import".to_owned(),
+        "--from-snapshot".to_owned(),
+        snapshot.to_str().unwrap().to_owned(),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("checksum"),
+        "{output:?}"
+    );
+}
