@@ -17,9 +17,13 @@ fn names<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
     found
 }
 
-/// Every `--flag` in `text`.
+/// Every `--flag` in `text`, but on lines that run another program (Valkey's own flags).
 fn flags(text: &str) -> Vec<&str> {
-    text.split(|c: char| c.is_whitespace() || c == '"' || c == '[' || c == ']' || c == ',')
+    text.lines()
+        .filter(|line| !line.contains("valkey-server"))
+        .flat_map(|line| {
+            line.split(|c: char| c.is_whitespace() || c == '"' || c == '[' || c == ']' || c == ',')
+        })
         .filter(|word| word.starts_with("--") && word.len() > 2)
         .map(|word| word.split('=').next().unwrap_or(word))
         .collect()
