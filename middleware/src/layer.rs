@@ -60,10 +60,10 @@ impl SessionLayer {
 }
 
 impl<S> Layer<S> for SessionLayer {
-    type Service = SessionService<S>;
+    type Service = SessionMiddleware<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SessionService {
+        SessionMiddleware {
             inner,
             store: self.store.clone(),
             options: self.options.clone(),
@@ -74,16 +74,16 @@ impl<S> Layer<S> for SessionLayer {
 
 /// The service [`SessionLayer`] wraps around an inner service.
 #[derive(Clone)]
-pub struct SessionService<S> {
+pub struct SessionMiddleware<S> {
     inner: S,
     store: Arc<dyn SessionStore>,
     options: Arc<SessionOptions>,
     write_locks: Arc<WriteLocks>,
 }
 
-impl<S: std::fmt::Debug> std::fmt::Debug for SessionService<S> {
+impl<S: std::fmt::Debug> std::fmt::Debug for SessionMiddleware<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionService")
+        f.debug_struct("SessionMiddleware")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
@@ -102,7 +102,7 @@ fn cookie_id(headers: &HeaderMap, options: &SessionOptions) -> Option<String> {
         .find_map(|cookie| options.id_in_cookie(cookie.value()))
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionMiddleware<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,

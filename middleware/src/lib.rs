@@ -66,7 +66,7 @@ pub use extract::SessionRejection;
 pub use gonest_session_core::{
     MemorySessionStore, Save, SessionData, SessionRecord, SessionStore, StoreError, StoreLimits,
 };
-pub use layer::{SessionLayer, SessionService};
+pub use layer::{SessionLayer, SessionMiddleware};
 pub use options::{SameSite, SessionOptions};
 pub use session::Session;
 pub use sessions::Sessions;
