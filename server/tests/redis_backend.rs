@@ -286,3 +286,57 @@ async fn health_status(
         .into_inner()
         .status
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_failing_over_loses_no_login_and_the_daemon_carries_on() {
+    let cluster = gonest_session_testing::RedisCluster::start_with_replicas().await;
+    let daemon = Daemon::start(Config {
+        backend: StoreBackend::Redis(cluster.url()),
+        ..Config::default()
+    })
+    .await;
+    let mut client = daemon.client();
+    let owned = |id: &str, value: &str, expected: Option<u64>| {
+        let mut request = save(id, value, expected);
+        request.session.as_mut().unwrap().owner = "42".into();
+        request
+    };
+    for i in 0..200 {
+        client
+            .save(owned(&format!("s{i}"), "1", Some(0)))
+            .await
+            .unwrap();
+    }
+
+    let promoted = cluster.fail_over().await;
+    assert!(cluster.cli(promoted, "ROLE").starts_with("master"));
+
+    // Every login is still there, at its version; writes go on (the client follows the new
+    // master; a call during the switch may be UNAVAILABLE and is tried again).
+    for i in 0..200 {
+        let id = format!("s{i}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let session = loop {
+            match client.get(get(&id)).await {
+                Ok(answer) => break answer.into_inner().session.expect("no login lost"),
+                Err(status) if status.code() == Code::Unavailable => {
+                    assert!(tokio::time::Instant::now() < deadline, "{status}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(status) => panic!("{status}"),
+            }
+        };
+        assert_eq!((session.version, session.owner.as_str()), (1, "42"));
+        client.save(owned(&id, "2", Some(1))).await.unwrap();
+    }
+    let listed = client
+        .list_by_owner(pb::ListByOwnerRequest {
+            owner: "42".into(),
+            with_data: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.sessions.len(), 200);
+    assert!(listed.sessions.iter().all(|s| s.version == 2));
+}

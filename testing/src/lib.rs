@@ -194,10 +194,24 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three nodes and makes them one cluster.
     pub async fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("gonest-cluster-{}", std::process::id()));
+        Self::start_nodes(3, 0).await
+    }
+
+    /// Starts six nodes: three masters, each with one replica.
+    pub async fn start_with_replicas() -> Self {
+        Self::start_nodes(6, 1).await
+    }
+
+    async fn start_nodes(count: usize, replicas: usize) -> Self {
+        static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "gonest-cluster-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir).expect("a directory for the cluster");
         let mut nodes = Vec::new();
-        for port in free_cluster_ports(3) {
+        for port in free_cluster_ports(count) {
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("a directory for a node");
             let child = std::process::Command::new("redis-server")
@@ -228,7 +242,7 @@ impl RedisCluster {
         let created = std::process::Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("cannot run redis-cli: install it (apt-get install redis-tools)");
         assert!(
@@ -272,6 +286,40 @@ impl RedisCluster {
             .output()
             .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
             .unwrap_or_default()
+    }
+
+    /// Has a replica take over from its master (`CLUSTER FAILOVER`, the graceful, lossless
+    /// kind), and waits until it is a master and the cluster is whole. Returns its port.
+    pub async fn fail_over(&self) -> u16 {
+        let port = self
+            .ports()
+            .find(|&port| self.cli(port, "ROLE").starts_with("slave"))
+            .expect("a cluster started with replicas");
+        // Only a replica in sync can take over.
+        self.wait_for(port, "INFO replication", "master_link_status:up")
+            .await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.cli(port, "ROLE").starts_with("master") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica {port} did not take over"
+            );
+            // Asked again now and then: a request made before every node knew the replica
+            // times out without a word.
+            let answer = self.cli(port, "CLUSTER FAILOVER");
+            assert!(answer.contains("OK"), "CLUSTER FAILOVER: {answer}");
+            for _ in 0..40 {
+                if self.cli(port, "ROLE").starts_with("master") {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        for port in self.ports() {
+            self.wait_for(port, "CLUSTER INFO", "cluster_state:ok")
+                .await;
+        }
+        port
     }
 
     /// Keys held by each master.
