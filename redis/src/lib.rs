@@ -119,6 +119,8 @@ pub struct RedisSessionStore {
 }
 
 struct Inner {
+    /// Replicas each write must reach before it is acknowledged, and how long to wait for them.
+    wait_replicas: Option<(u32, Duration)>,
     prefix: String,
     owner_prefix: String,
     max_sessions_per_owner: u64,
@@ -194,6 +196,7 @@ impl std::fmt::Debug for RedisSessionStore {
 /// Options of a [`RedisSessionStore`]; from [`RedisSessionStore::builder`].
 #[derive(Debug, Clone)]
 pub struct RedisSessionStoreBuilder {
+    wait_replicas: Option<(u32, Duration)>,
     url: String,
     prefix: String,
     owner_prefix: String,
@@ -215,6 +218,18 @@ impl RedisSessionStoreBuilder {
     /// from [`prefix`](Self::prefix): ids may contain `:`.
     pub fn owner_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.owner_prefix = prefix.into();
+        self
+    }
+
+    /// Acknowledges a write only once `replicas` replicas have it too (Redis's `WAIT`, within
+    /// `timeout`), so that a primary crashing and a replica taking over loses no acknowledged
+    /// login. A write fewer replicas confirm in time fails as [`StoreError::Unavailable`]: it is
+    /// on the primary, and may or may not survive a failover. Each write then waits for a round
+    /// trip to the replicas, and writes of one store (one connection) wait in turn. Standalone
+    /// primaries only (Redis Cluster routes no `WAIT` to a key's node); 0, the default, waits
+    /// for none.
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = (replicas > 0).then_some((replicas, timeout));
         self
     }
 
@@ -294,6 +309,11 @@ impl RedisSessionStoreBuilder {
         let connection = tokio::time::timeout(self.timeout, connecting)
             .await
             .map_err(|_| StoreError::Unavailable("redis did not answer in time".into()))??;
+        if self.wait_replicas.is_some() && cluster_nodes(&self.url).is_some() {
+            return Err(StoreError::invalid(
+                "waiting for replicas works with a standalone primary, not Redis Cluster",
+            ));
+        }
         if self.owner_prefix == self.prefix {
             return Err(StoreError::invalid(
                 "the owner prefix must differ from the session prefix",
@@ -320,6 +340,7 @@ impl RedisSessionStoreBuilder {
         Ok(RedisSessionStore {
             connection,
             inner: Arc::new(Inner {
+                wait_replicas: self.wait_replicas,
                 prefix: self.prefix,
                 owner_prefix: self.owner_prefix,
                 max_sessions_per_owner: self.max_sessions_per_owner,
@@ -347,6 +368,7 @@ impl RedisSessionStore {
     pub fn builder(url: impl Into<String>) -> RedisSessionStoreBuilder {
         RedisSessionStoreBuilder {
             url: url.into(),
+            wait_replicas: None,
             prefix: DEFAULT_PREFIX.to_owned(),
             owner_prefix: DEFAULT_OWNER_PREFIX.to_owned(),
             max_sessions_per_owner: 1000,
@@ -420,6 +442,33 @@ impl RedisSessionStore {
 
     fn key(&self, id: &str) -> String {
         format!("{}{id}", self.inner.prefix)
+    }
+
+    /// With [`wait_for_replicas`](RedisSessionStoreBuilder::wait_for_replicas), waits until
+    /// enough replicas have every write made so far on this connection.
+    async fn replicated(&self) -> Result<()> {
+        let Some((replicas, timeout)) = self.inner.wait_replicas else {
+            return Ok(());
+        };
+        let mut connection = self.connection.clone();
+        let millis = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let acked: u64 = self
+            .run(
+                redis::cmd("WAIT")
+                    .arg(replicas)
+                    .arg(millis)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        if acked < u64::from(replicas) {
+            return Err(StoreError::Unavailable(format!(
+                "the write reached {acked} of {replicas} replicas within {millis} ms; it may be \
+                 lost if the primary fails"
+            )));
+        }
+        Ok(())
     }
 
     fn owner_key(&self, owner: &str) -> String {
@@ -637,6 +686,7 @@ impl SessionStore for RedisSessionStore {
                         .await;
                 }
                 let millis = |value| int(value).and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+                self.replicated().await?;
                 Ok(Saved {
                     version: millis(version),
                     created_at: time(millis(created)),
@@ -659,6 +709,7 @@ impl SessionStore for RedisSessionStore {
                     .query_async(&mut connection),
             )
             .await?;
+        self.replicated().await?;
         Ok(removed > 0)
     }
 
@@ -686,6 +737,7 @@ impl SessionStore for RedisSessionStore {
                 .await
                 .map(|_: i64| ())?;
         }
+        self.replicated().await?;
         Ok(Some(time(u64::try_from(expires).unwrap_or(0))))
     }
 
@@ -742,6 +794,7 @@ impl SessionStore for RedisSessionStore {
                 .await
                 .map(|_: i64| ())?;
         }
+        self.replicated().await?;
         Ok(destroyed)
     }
 

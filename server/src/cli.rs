@@ -55,6 +55,16 @@ pub struct Cli {
     )]
     pub max_sessions_per_owner: u64,
 
+    /// With a Redis backend (standalone primary): acknowledge a write only once this many
+    /// replicas have it (Redis's WAIT), so a failover loses no acknowledged login; a write fewer
+    /// replicas confirm within --redis-wait-timeout is UNAVAILABLE. 0: do not wait.
+    #[arg(long, env = "GONEST_SESSIOND_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// How long a write waits for --redis-wait-replicas.
+    #[arg(long, env = "GONEST_SESSIOND_REDIS_WAIT_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    pub redis_wait_timeout: Duration,
+
     /// How long in-flight calls may run on after SIGTERM or Ctrl-C before the daemon exits anyway.
     #[arg(long, env = "GONEST_SESSIOND_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -180,6 +190,8 @@ impl Cli {
             max_session_bytes: self.max_session_bytes,
             max_sessions: self.max_sessions,
             max_sessions_per_owner: self.max_sessions_per_owner,
+            redis_wait_replicas: self.redis_wait_replicas,
+            redis_wait_timeout: self.redis_wait_timeout,
             shutdown_timeout: self.shutdown_timeout,
             shutdown_drain: self.shutdown_drain,
             metrics_listen: self.metrics_listen,

@@ -33,6 +33,10 @@ pub struct Config {
     pub max_sessions: u64,
     /// Most live sessions of one owner; 0 for no limit.
     pub max_sessions_per_owner: u64,
+    /// With a Redis backend: replicas each write must reach before it is acknowledged (0: none).
+    pub redis_wait_replicas: u32,
+    /// How long a write waits for them.
+    pub redis_wait_timeout: Duration,
     /// How long in-flight calls may run on once shutdown starts.
     pub shutdown_timeout: Duration,
     /// How long health reports `NOT_SERVING` before the listener closes, so load balancers and
@@ -137,6 +141,8 @@ impl Default for Config {
             max_session_bytes: MemorySessionStore::DEFAULT_MAX_SESSION_BYTES,
             max_sessions: 0,
             max_sessions_per_owner: MemorySessionStore::DEFAULT_MAX_SESSIONS_PER_OWNER,
+            redis_wait_replicas: 0,
+            redis_wait_timeout: Duration::from_millis(500),
             shutdown_timeout: Duration::from_secs(10),
             shutdown_drain: Duration::ZERO,
             tokens: Tokens::default(),
@@ -162,6 +168,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = match &config.backend {
         StoreBackend::Memory => {
+            anyhow::ensure!(
+                config.redis_wait_replicas == 0,
+                "--redis-wait-replicas belongs to a Redis backend"
+            );
             let store = MemorySessionStore::builder()
                 .default_ttl(config.default_ttl)
                 .max_ttl(config.max_ttl)
@@ -187,6 +197,7 @@ pub async fn run(
                 .max_ttl(config.max_ttl)
                 .max_session_bytes(config.max_session_bytes)
                 .max_sessions_per_owner(config.max_sessions_per_owner)
+                .wait_for_replicas(config.redis_wait_replicas, config.redis_wait_timeout)
                 .connect()
                 .await
                 .map_err(|err| anyhow::anyhow!("cannot use the redis backend: {err}"))?;

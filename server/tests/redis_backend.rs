@@ -340,3 +340,54 @@ async fn a_redis_cluster_failing_over_loses_no_login_and_the_daemon_carries_on()
     assert_eq!(listed.sessions.len(), 200);
     assert!(listed.sessions.iter().all(|s| s.version == 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_replicas_a_write_is_acknowledged_only_once_a_replica_has_it() {
+    let primary = RedisServer::start_primary().await;
+    let mut replica = RedisServer::start_replica_of(&primary).await;
+    let daemon = Daemon::start(Config {
+        redis_wait_replicas: 1,
+        redis_wait_timeout: Duration::from_millis(300),
+        ..on(&primary)
+    })
+    .await;
+    let mut client = daemon.client();
+    let on_replica = gonest_session_redis::RedisSessionStore::connect(replica.url())
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let id = format!("s{i}");
+        client.save(save(&id, "1", Some(0))).await.unwrap();
+        // Acknowledged: the replica has it already, with no waiting.
+        let copy = gonest_session_core::SessionStore::get(&on_replica, &id)
+            .await
+            .unwrap();
+        assert_eq!(copy.map(|s| s.version), Some(1), "{id}");
+    }
+
+    // No replica to confirm: the write is UNAVAILABLE, within the wait and the call budget.
+    replica.kill();
+    let started = tokio::time::Instant::now();
+    let status = client.save(save("late", "1", None)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("0 of 1 replicas"),
+        "{}",
+        status.message()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Refused where it cannot hold: with the memory backend.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = Config {
+        redis_wait_replicas: 1,
+        ..Config::default()
+    };
+    let err = gonest_sessiond::run(listener, config, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("--redis-wait-replicas"),
+        "{err:#}"
+    );
+}

@@ -99,11 +99,55 @@ pub struct RedisServer {
     child: std::process::Child,
     dir: std::path::PathBuf,
     socket: std::path::PathBuf,
+    /// A loopback TCP port too, for replicas (0: none).
+    port: u16,
 }
 
 impl RedisServer {
     /// Starts one and waits until it answers `PING`.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a primary that replicas can reach: it also listens on a loopback TCP port.
+    pub async fn start_primary() -> Self {
+        let port = free_cluster_ports(1)[0];
+        let mut server = Self::start_with(&["--port".to_owned(), port.to_string()]).await;
+        server.port = port;
+        server
+    }
+
+    /// Starts a replica of `primary` (from [`start_primary`](Self::start_primary)) and waits
+    /// until it is in sync.
+    pub async fn start_replica_of(primary: &RedisServer) -> Self {
+        assert!(primary.port != 0, "a primary from start_primary");
+        let replica = Self::start_with(&[
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            primary.port.to_string(),
+        ])
+        .await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let info = std::process::Command::new("redis-cli")
+                .arg("-s")
+                .arg(&replica.socket)
+                .args(["INFO", "replication"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                return replica;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica not in sync: {info}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn start_with(extra: &[String]) -> Self {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -113,15 +157,25 @@ impl RedisServer {
         ));
         std::fs::create_dir_all(&dir).expect("a directory for redis");
         let socket = dir.join("redis.sock");
-        let child = Self::spawn(&dir, &socket);
-        let server = Self { child, dir, socket };
+        let child = Self::spawn(&dir, &socket, extra);
+        let server = Self {
+            child,
+            dir,
+            socket,
+            port: 0,
+        };
         server.wait_until_ready().await;
         server
     }
 
-    fn spawn(dir: &std::path::Path, socket: &std::path::Path) -> std::process::Child {
+    fn spawn(
+        dir: &std::path::Path,
+        socket: &std::path::Path,
+        extra: &[String],
+    ) -> std::process::Child {
         std::process::Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .args(extra)
             .arg("--unixsocket")
             .arg(socket)
             .arg("--dir")
@@ -164,7 +218,12 @@ impl RedisServer {
     /// Starts it again after [`kill`](Self::kill), on the same socket, and waits until it
     /// answers.
     pub async fn start_again(&mut self) {
-        self.child = Self::spawn(&self.dir, &self.socket);
+        let port = (self.port != 0).then(|| ["--port".to_owned(), self.port.to_string()]);
+        self.child = Self::spawn(
+            &self.dir,
+            &self.socket,
+            port.as_ref().map_or(&[], |p| &p[..]),
+        );
         self.wait_until_ready().await;
     }
 
