@@ -1,4 +1,6 @@
-//! Every RPC and every error code of `gonest.session.v1.SessionStore` over a real tonic client.
+//! Every RPC and every error code of `gonest.session.v1.SessionStore` over a real tonic client:
+//! one contract, run against the memory backend and against a daemon on Redis (the `memory` and
+//! `redis` modules at the end), then what only the memory backend has.
 
 mod common;
 
@@ -8,9 +10,83 @@ use common::Daemon;
 use gonest_session_proto::pb::session_store_client::SessionStoreClient;
 use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Result as Answer};
 use gonest_session_proto::{duration_to_pb, timestamp_from_pb, timestamp_to_pb};
+use gonest_session_testing::RedisServer;
 use gonest_sessiond::Config;
 use tonic::Code;
 use tonic::transport::Channel;
+
+/// Where the daemon under test keeps its sessions; a Redis backend brings its own `redis-server`,
+/// stopped when this is dropped.
+struct Store {
+    redis: Option<RedisServer>,
+}
+
+impl Store {
+    fn memory() -> Self {
+        Self { redis: None }
+    }
+
+    async fn redis() -> Self {
+        Self {
+            redis: Some(RedisServer::start().await),
+        }
+    }
+
+    /// The daemon's default configuration on this backend.
+    fn config(&self) -> Config {
+        match &self.redis {
+            None => Config::default(),
+            Some(redis) => Config {
+                backend: gonest_sessiond::StoreBackend::Redis(redis.url()),
+                ..Config::default()
+            },
+        }
+    }
+}
+
+/// Runs each named `async fn(Store)` once per backend, as `memory::name` and `redis::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Store::memory()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Store::redis().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    owners_are_listed_and_destroyed_over_the_wire,
+    an_owner_beyond_its_limit_is_resource_exhausted_with_the_limit,
+    save_get_touch_destroy_round_trip,
+    an_absolute_expires_at_is_used_when_no_ttl_is_given,
+    version_conflicts_are_aborted_and_change_nothing,
+    bad_input_is_invalid_argument_with_a_clear_message,
+    an_oversized_session_is_resource_exhausted_and_the_stored_one_stays_writable,
+    pipeline_applies_in_order_and_answers_errors_inline,
+    many_pipeline_streams_run_at_once_and_keep_their_own_order,
+    a_long_pipeline_with_batches_keeps_its_order,
+    a_batch_of_saves_is_applied_in_its_order,
+    health_says_serving_and_reflection_lists_the_service,
+    shutdown_ends_open_pipeline_streams_and_returns,
+    health_turns_not_serving_when_shutdown_starts,
+    an_oversized_pipeline_op_is_answered_inline_and_the_stream_goes_on,
+    sessions_over_4_mib_save_and_read_back_when_the_limit_allows,
+    garbage_protobuf_is_the_callers_fault,
+    refusals_carry_their_figures_as_error_details,
+    a_batch_is_applied_in_order_and_answered_in_one_message,
+);
 
 fn session(id: &str, pairs: &[(&str, &str)]) -> pb::Session {
     pb::Session {
@@ -129,9 +205,8 @@ async fn owners_over_the_wire(
     assert_eq!(status.code(), Code::InvalidArgument);
 }
 
-#[tokio::test]
-async fn owners_are_listed_and_destroyed_over_the_wire() {
-    let daemon = Daemon::start(Config::default()).await;
+async fn owners_are_listed_and_destroyed_over_the_wire(store: Store) {
+    let daemon = Daemon::start(store.config()).await;
     owners_over_the_wire(daemon.client(), daemon.client()).await;
 }
 
@@ -146,11 +221,10 @@ async fn owners_are_shared_by_two_daemons_on_one_redis() {
     owners_over_the_wire(a.client(), b.client()).await;
 }
 
-#[tokio::test]
-async fn an_owner_beyond_its_limit_is_resource_exhausted_with_the_limit() {
+async fn an_owner_beyond_its_limit_is_resource_exhausted_with_the_limit(store: Store) {
     let daemon = Daemon::start(Config {
         max_sessions_per_owner: 2,
-        ..Config::default()
+        ..store.config()
     })
     .await;
     let mut client = daemon.client();
@@ -169,9 +243,8 @@ async fn an_owner_beyond_its_limit_is_resource_exhausted_with_the_limit() {
         .expect("its own sessions stay writable");
 }
 
-#[tokio::test]
-async fn save_get_touch_destroy_round_trip() {
-    let daemon = Daemon::start(Config::default()).await;
+async fn save_get_touch_destroy_round_trip(store: Store) {
+    let daemon = Daemon::start(store.config()).await;
     let mut client = daemon.client();
 
     let absent = client.get(get("abc")).await.unwrap().into_inner();
@@ -251,20 +324,27 @@ async fn save_get_touch_destroy_round_trip() {
     daemon.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn an_absolute_expires_at_is_used_when_no_ttl_is_given() {
-    let daemon = Daemon::start(Config::default()).await;
+async fn an_absolute_expires_at_is_used_when_no_ttl_is_given(store: Store) {
+    let daemon = Daemon::start(store.config()).await;
     let mut client = daemon.client();
     let at = SystemTime::now() + Duration::from_secs(7200);
     let mut request = save("abs", &[], None);
     request.session.as_mut().unwrap().expires_at = Some(timestamp_to_pb(at));
     let saved = client.save(request).await.unwrap().into_inner();
-    assert_eq!(timestamp_from_pb(&saved.expires_at.unwrap()).unwrap(), at);
+    let expires_at = timestamp_from_pb(&saved.expires_at.unwrap()).unwrap();
+    // Redis keeps expiry in whole milliseconds on its own clock (the daemon sends what is left).
+    let tolerance = match store.redis {
+        None => Duration::ZERO,
+        Some(_) => Duration::from_millis(50),
+    };
+    let off = expires_at
+        .duration_since(at)
+        .unwrap_or_else(|early| early.duration());
+    assert!(off <= tolerance, "{expires_at:?} for {at:?}");
 }
 
-#[tokio::test]
-async fn version_conflicts_are_aborted_and_change_nothing() {
-    let daemon = Daemon::start(Config::default()).await;
+async fn version_conflicts_are_aborted_and_change_nothing(store: Store) {
+    let daemon = Daemon::start(store.config()).await;
     let mut client = daemon.client();
     client
         .save(save("s", &[("k", "v1")], Some(0)))
@@ -291,12 +371,11 @@ async fn version_conflicts_are_aborted_and_change_nothing() {
     assert_eq!(stored(&mut client, "new").await, None);
 }
 
-#[tokio::test]
-async fn bad_input_is_invalid_argument_with_a_clear_message() {
+async fn bad_input_is_invalid_argument_with_a_clear_message(store: Store) {
     let daemon = Daemon::start(Config {
         max_ttl: Duration::from_secs(3600),
         default_ttl: Duration::from_secs(600),
-        ..Config::default()
+        ..store.config()
     })
     .await;
     let mut client = daemon.client();
@@ -375,12 +454,12 @@ async fn bad_input_is_invalid_argument_with_a_clear_message() {
     assert_eq!(stored(&mut client, "ok").await, None);
 }
 
-#[tokio::test]
-async fn limits_are_resource_exhausted_and_existing_sessions_stay_writable() {
+async fn an_oversized_session_is_resource_exhausted_and_the_stored_one_stays_writable(
+    store: Store,
+) {
     let daemon = Daemon::start(Config {
         max_session_bytes: 100,
-        max_sessions: 2,
-        ..Config::default()
+        ..store.config()
     })
     .await;
     let mut client = daemon.client();
@@ -395,7 +474,31 @@ async fn limits_are_resource_exhausted_and_existing_sessions_stay_writable() {
         "{}",
         status.message()
     );
+    assert_eq!(stored(&mut client, "a").await, None, "nothing stored");
 
+    client.save(save("a", &[("k", "1")], None)).await.unwrap();
+    let status = client
+        .save(save("a", &[("k", &big)], None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let got = stored(&mut client, "a").await.unwrap();
+    assert_eq!((got.version, &got.data["k"][..]), (1, &b"1"[..]), "kept");
+
+    let updated = client.save(save("a", &[("k", "2")], None)).await.unwrap();
+    assert_eq!(updated.into_inner().version, 2);
+    let got = stored(&mut client, "a").await.unwrap();
+    assert_eq!(got.data["k"], b"2");
+}
+
+#[tokio::test]
+async fn the_session_limit_is_resource_exhausted_and_existing_sessions_stay_writable() {
+    let daemon = Daemon::start(Config {
+        max_sessions: 2,
+        ..Config::default()
+    })
+    .await;
+    let mut client = daemon.client();
     client.save(save("a", &[("k", "1")], None)).await.unwrap();
     client.save(save("b", &[("k", "1")], None)).await.unwrap();
     let status = client
@@ -408,16 +511,10 @@ async fn limits_are_resource_exhausted_and_existing_sessions_stay_writable() {
         "{}",
         status.message()
     );
-    let status = client
-        .save(save("a", &[("k", &big)], None))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(stored(&mut client, "c").await, None);
 
     let updated = client.save(save("a", &[("k", "2")], None)).await.unwrap();
     assert_eq!(updated.into_inner().version, 2);
-    let got = stored(&mut client, "a").await.unwrap();
-    assert_eq!(got.data["k"], b"2");
 
     let stats = client
         .stats(pb::StatsRequest {})
@@ -436,9 +533,8 @@ fn op(tag: u64, op: Op) -> pb::PipelineRequest {
     }
 }
 
-#[tokio::test]
-async fn pipeline_applies_in_order_and_answers_errors_inline() {
-    let daemon = Daemon::start(Config::default()).await;
+async fn pipeline_applies_in_order_and_answers_errors_inline(store: Store) {
+    let daemon = Daemon::start(store.config()).await;
     let mut client = daemon.client();
     let requests = vec![
         op(10, Op::Save(save("p", &[("n", "1")], Some(0)))),
@@ -487,10 +583,9 @@ async fn pipeline_applies_in_order_and_answers_errors_inline() {
     assert!(matches!(&results[8], Answer::Get(g) if g.session.is_none()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_pipeline_streams_run_at_once_and_keep_their_own_order() {
+async fn many_pipeline_streams_run_at_once_and_keep_their_own_order(store: Store) {
     use futures_util::StreamExt;
-    let daemon = Daemon::start(Config::default()).await;
+    let daemon = Daemon::start(store.config()).await;
     let streams = (0..16).map(|s| {
         let mut client = daemon.client();
         tokio::spawn(async move {
@@ -524,24 +619,21 @@ async fn many_pipeline_streams_run_at_once_and_keep_their_own_order() {
         total += task.await.unwrap();
     }
     assert_eq!(total, 16 * 200);
-    let stats = daemon
-        .client()
-        .stats(pb::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(stats.live_sessions, 16);
+    let mut client = daemon.client();
+    for s in 0..16 {
+        let got = stored(&mut client, &format!("stream-{s}")).await.unwrap();
+        assert_eq!((got.version, &got.data["i"][..]), (200, &b"199"[..]));
+    }
 }
 
-#[tokio::test]
-async fn health_says_serving_and_reflection_lists_the_service() {
+async fn health_says_serving_and_reflection_lists_the_service(store: Store) {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
 
-    let daemon = Daemon::start(Config::default()).await;
+    let daemon = Daemon::start(store.config()).await;
     let mut health = HealthClient::new(daemon.channel.clone());
     for service in ["", "gonest.session.v1.SessionStore"] {
         let answer = health
@@ -593,9 +685,8 @@ async fn health_says_serving_and_reflection_lists_the_service() {
     );
 }
 
-#[tokio::test]
-async fn shutdown_ends_open_pipeline_streams_and_returns() {
-    let daemon = Daemon::start(Config::default()).await;
+async fn shutdown_ends_open_pipeline_streams_and_returns(store: Store) {
+    let daemon = Daemon::start(store.config()).await;
     let mut client = daemon.client();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut answers = client
@@ -616,6 +707,100 @@ async fn shutdown_ends_open_pipeline_streams_and_returns() {
     let end = answers.message().await;
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
     drop(tx);
+}
+
+/// Each save expects the version the one before it left, so any reordering is a conflict.
+async fn a_long_pipeline_with_batches_keeps_its_order(store: Store) {
+    use futures_util::StreamExt;
+    use pb::pipeline_request::Op;
+    let daemon = Daemon::start(store.config()).await;
+    let mut requests = Vec::new();
+    for n in 0..200u64 {
+        let op = Op::Save(save("ordered", &[("k", &n.to_string())], Some(n)));
+        let request = pb::PipelineRequest {
+            tag: n,
+            op: Some(op),
+            batch: Vec::new(),
+        };
+        // Every fifth message carries a batch of three gets, answered together.
+        requests.push(if n % 5 == 0 {
+            pb::PipelineRequest {
+                batch: (0..3)
+                    .map(|i| pb::PipelineRequest {
+                        tag: 1000 + n * 3 + i,
+                        op: Some(Op::Get(get("ordered"))),
+                        batch: Vec::new(),
+                    })
+                    .collect(),
+                ..request
+            }
+        } else {
+            request
+        });
+    }
+    let answers: Vec<pb::PipelineResponse> = daemon
+        .client()
+        .pipeline(futures_util::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|answer| answer.unwrap())
+        .collect()
+        .await;
+    assert_eq!(answers.len(), 200);
+    for (n, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.tag, n as u64);
+        match &answer.result {
+            Some(pb::pipeline_response::Result::Save(saved)) => {
+                assert_eq!(saved.version, n as u64 + 1)
+            }
+            other => panic!("save {n}: {other:?}"),
+        }
+        for get in &answer.batch {
+            let Some(pb::pipeline_response::Result::Get(got)) = &get.result else {
+                panic!("{get:?}");
+            };
+            assert_eq!(got.session.as_ref().unwrap().version, n as u64 + 1);
+        }
+    }
+    daemon.stop().await.unwrap();
+}
+
+async fn a_batch_of_saves_is_applied_in_its_order(store: Store) {
+    use futures_util::StreamExt;
+    use pb::pipeline_request::Op;
+    let daemon = Daemon::start(store.config()).await;
+    let batch = (0..200u64)
+        .map(|n| pb::PipelineRequest {
+            tag: n + 1,
+            op: Some(Op::Save(save("batched", &[("k", &n.to_string())], Some(n)))),
+            batch: Vec::new(),
+        })
+        .collect();
+    let envelope = pb::PipelineRequest {
+        tag: 0,
+        op: None,
+        batch,
+    };
+    let answers: Vec<pb::PipelineResponse> = daemon
+        .client()
+        .pipeline(futures_util::stream::iter([envelope]))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|answer| answer.unwrap())
+        .collect()
+        .await;
+    let versions: Vec<u64> = answers[0]
+        .batch
+        .iter()
+        .map(|answer| match &answer.result {
+            Some(pb::pipeline_response::Result::Save(saved)) => saved.version,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(versions, (1..=200).collect::<Vec<u64>>());
+    daemon.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -658,10 +843,9 @@ async fn a_connection_that_sends_nothing_is_closed() {
     client.get(get("still-serving")).await.unwrap();
 }
 
-#[tokio::test]
-async fn health_turns_not_serving_when_shutdown_starts() {
+async fn health_turns_not_serving_when_shutdown_starts(store: Store) {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let daemon = Daemon::start(Config::default()).await;
+    let daemon = Daemon::start(store.config()).await;
     let mut health = HealthClient::new(daemon.channel.clone());
     let mut watch = health
         .watch(HealthCheckRequest {
@@ -699,12 +883,11 @@ fn big_save(id: &str, bytes: usize) -> pb::SaveRequest {
     }
 }
 
-#[tokio::test]
-async fn an_oversized_pipeline_op_is_answered_inline_and_the_stream_goes_on() {
+async fn an_oversized_pipeline_op_is_answered_inline_and_the_stream_goes_on(store: Store) {
     use futures_util::StreamExt;
     let daemon = Daemon::start(Config {
         max_session_bytes: 64 * 1024,
-        ..Config::default()
+        ..store.config()
     })
     .await;
     let mut client = daemon.client();
@@ -733,11 +916,10 @@ async fn an_oversized_pipeline_op_is_answered_inline_and_the_stream_goes_on() {
     assert!(matches!(&answers[3], Answer::Save(s) if s.version == 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_over_4_mib_save_and_read_back_when_the_limit_allows() {
+async fn sessions_over_4_mib_save_and_read_back_when_the_limit_allows(store: Store) {
     let daemon = Daemon::start(Config {
         max_session_bytes: 16 << 20,
-        ..Config::default()
+        ..store.config()
     })
     .await;
     // A plain generated client: unary calls, its default 4 MiB limit on what it reads raised.
@@ -753,9 +935,8 @@ async fn sessions_over_4_mib_save_and_read_back_when_the_limit_allows() {
     assert_eq!(stored(&mut client, "big").await.unwrap().version, 1);
 }
 
-#[tokio::test]
-async fn garbage_protobuf_is_the_callers_fault() {
-    let daemon = Daemon::start(Config::default()).await;
+async fn garbage_protobuf_is_the_callers_fault(store: Store) {
+    let daemon = Daemon::start(store.config()).await;
     let mut grpc = tonic::client::Grpc::new(daemon.channel.clone());
     grpc.ready().await.unwrap();
     // Bytes that do not decode as a GetRequest: field 1 says 100 bytes follow, 2 do.
@@ -771,12 +952,11 @@ async fn garbage_protobuf_is_the_callers_fault() {
     assert!(status.message().contains("malformed"), "{status:?}");
 }
 
-#[tokio::test]
-async fn refusals_carry_their_figures_as_error_details() {
+async fn refusals_carry_their_figures_as_error_details(store: Store) {
     use tonic_types::StatusExt;
     let daemon = Daemon::start(Config {
         max_session_bytes: 10,
-        ..Config::default()
+        ..store.config()
     })
     .await;
     let mut client = daemon.client();
@@ -849,10 +1029,9 @@ impl tonic::codec::Decoder for RawCodec {
     }
 }
 
-#[tokio::test]
-async fn a_batch_is_applied_in_order_and_answered_in_one_message() {
+async fn a_batch_is_applied_in_order_and_answered_in_one_message(store: Store) {
     use futures_util::StreamExt;
-    let daemon = Daemon::start(Config::default()).await;
+    let daemon = Daemon::start(store.config()).await;
     let mut client = daemon.client();
     let stats = client
         .stats(pb::StatsRequest {})
