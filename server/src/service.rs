@@ -195,38 +195,70 @@ impl SessionService {
         Ok(pb::DestroyByOwnerResponse { destroyed })
     }
 
-    /// Answers one `Pipeline` message: its operation, then those of its batch, in order. A
-    /// failure becomes an inline `Error`.
+    /// Answers one `Pipeline` message: its operation, then those of its batch, in order, each
+    /// answer produced under the connection's `budget`. A failure becomes an inline `Error`.
     ///
-    /// One after another, each awaited before the next starts: that is what keeps a Redis
-    /// backend applying them in order (commands started together on one connection were seen
-    /// to reach Redis out of order under load).
-    async fn answer(&self, request: pb::PipelineRequest) -> pb::PipelineResponse {
-        if request.batch.is_empty() {
-            return self.apply(request.tag, request.op).await;
-        }
-        let mut response = match request.op {
-            Some(op) => self.apply(request.tag, Some(op)).await,
-            None => pb::PipelineResponse {
-                tag: request.tag,
-                ..Default::default()
-            },
+    /// A batch is answered in parts of about [`BATCH_PART_BYTES`]: however many operations a
+    /// batch holds, and however large the sessions they read, no answer the daemon holds is
+    /// larger than that and one session. Operations are applied one after another, each
+    /// awaited before the next starts, which keeps a Redis backend applying them in order.
+    fn answers(
+        &self,
+        request: pb::PipelineRequest,
+        budget: Option<Arc<AnswerBudget>>,
+    ) -> impl Stream<Item = pb::PipelineResponse> + Send + use<> {
+        let batch = Batch {
+            tag: request.tag,
+            own: Some(request.op),
+            rest: request.batch.into_iter(),
         };
-        let mut answers = Vec::with_capacity(request.batch.len());
-        for request in request.batch {
-            answers.push(if request.batch.is_empty() {
-                self.apply(request.tag, request.op).await
+        let service = self.clone();
+        futures_util::stream::unfold(Some(batch), move |batch| {
+            let (service, budget) = (service.clone(), budget.clone());
+            async move {
+                let mut batch = batch?;
+                let part = service.next_part(&mut batch);
+                let part = service
+                    .budgeted(budget.as_deref(), part, prost::Message::encoded_len)
+                    .await;
+                let more = batch.rest.len() > 0;
+                Some((part, more.then_some(batch)))
+            }
+        })
+    }
+
+    /// The next answer of `batch`: the message's own operation first, then as many of the
+    /// batch's operations as fit in [`BATCH_PART_BYTES`] (at least one).
+    async fn next_part(&self, batch: &mut Batch) -> pb::PipelineResponse {
+        let mut part = match batch.own.take() {
+            // A message that carries only a batch has no answer of its own but its tag.
+            Some(None) if batch.rest.len() > 0 => None,
+            Some(op) => Some(self.apply(batch.tag, op).await),
+            None => None,
+        }
+        .unwrap_or(pb::PipelineResponse {
+            tag: batch.tag,
+            ..Default::default()
+        });
+        let mut bytes = 0;
+        while bytes < BATCH_PART_BYTES {
+            let Some(element) = batch.rest.next() else {
+                break;
+            };
+            let answer = if element.batch.is_empty() {
+                self.apply(element.tag, element.op).await
             } else {
                 let refused = self
                     .run("pipeline", async {
                         Err::<(), _>(StoreError::invalid("batches do not nest"))
                     })
                     .await;
-                error_answer(request.tag, &refused.unwrap_err())
-            });
+                error_answer(element.tag, &refused.unwrap_err())
+            };
+            bytes += prost::Message::encoded_len(&answer);
+            part.batch.push(answer);
         }
-        response.batch = answers;
-        response
+        part
     }
 
     /// Applies one pipelined operation; a failure becomes an inline `Error`.
@@ -300,6 +332,19 @@ impl SessionService {
         }
     }
 }
+
+/// What is left to answer of one `Pipeline` message.
+struct Batch {
+    tag: u64,
+    /// The message's own operation, until it is answered.
+    own: Option<Option<pb::pipeline_request::Op>>,
+    /// The operations of its batch not yet applied.
+    rest: std::vec::IntoIter<pb::PipelineRequest>,
+}
+
+/// A batch's answers go back in messages of about this many bytes; see
+/// [`SessionService::answers`].
+pub(crate) const BATCH_PART_BYTES: usize = 1 << 20;
 
 /// The answer of a failed pipelined operation.
 fn error_answer(tag: u64, status: &Status) -> pb::PipelineResponse {
@@ -456,17 +501,14 @@ impl pb::session_store_server::SessionStore for SessionService {
         };
         // While the connection's answers are not being taken, the next operation waits for the
         // budget before it is applied, and the stream reads no further requests.
-        let answer = move |item: Result<pb::PipelineRequest, Status>| {
-            let (service, budget) = (service.clone(), budget.clone());
-            async move {
-                let op = item?;
-                let answer = service.answer(op);
-                Ok(service
-                    .budgeted(budget.as_deref(), answer, prost::Message::encoded_len)
-                    .await)
-            }
+        let answer = move |item: Result<pb::PipelineRequest, Status>| match item {
+            Ok(request) => service
+                .answers(request, budget.clone())
+                .map(Ok)
+                .left_stream(),
+            Err(status) => futures_util::stream::once(async { Err(status) }).right_stream(),
         };
-        let answers: PipelineStream = Box::pin(request.into_inner().then(answer));
+        let answers: PipelineStream = Box::pin(request.into_inner().flat_map(answer));
         let answers = answers.take_until(Box::pin(stopped)).inspect(move |_| {
             let _counted = &call;
         });

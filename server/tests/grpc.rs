@@ -86,6 +86,7 @@ on_both_backends!(
     garbage_protobuf_is_the_callers_fault,
     refusals_carry_their_figures_as_error_details,
     a_batch_is_applied_in_order_and_answered_in_one_message,
+    a_batch_with_large_answers_comes_back_in_parts_in_order,
 );
 
 fn session(id: &str, pairs: &[(&str, &str)]) -> pb::Session {
@@ -1086,4 +1087,50 @@ async fn a_batch_is_applied_in_order_and_answered_in_one_message(store: Store) {
         matches!(results[3], Answer::Error(e) if e.code == Code::InvalidArgument as i32 && e.message.contains("nest"))
     );
     assert!(matches!(&answers[1].result, Some(Answer::Destroy(d)) if d.existed));
+}
+
+async fn a_batch_with_large_answers_comes_back_in_parts_in_order(store: Store) {
+    use futures_util::StreamExt;
+    let daemon = Daemon::start(store.config()).await;
+    let mut client = daemon.client().max_decoding_message_size(usize::MAX);
+    client.save(big_save("big", 300 << 10)).await.unwrap();
+    // Ten Gets of a 300 KiB session, then a save: 3 MB of answers.
+    let mut batch: Vec<_> = (1..=10).map(|tag| op(tag, Op::Get(get("big")))).collect();
+    batch.push(op(11, Op::Save(save("after", &[], Some(0)))));
+    let envelope = pb::PipelineRequest {
+        tag: 77,
+        op: Some(Op::Get(get("after"))),
+        batch,
+    };
+    let answers: Vec<pb::PipelineResponse> = client
+        .pipeline(futures_util::stream::iter([envelope]))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|answer| answer.unwrap())
+        .collect()
+        .await;
+    assert!(answers.len() >= 3, "{} parts", answers.len());
+    assert!(answers.iter().all(|part| part.tag == 77));
+    assert!(
+        matches!(&answers[0].result, Some(Answer::Get(g)) if g.session.is_none()),
+        "the envelope's own op first, before the batch's save"
+    );
+    assert!(answers[1..].iter().all(|part| part.result.is_none()));
+    for part in &answers {
+        let bytes: usize = part.batch.iter().map(prost::Message::encoded_len).sum();
+        assert!(
+            bytes < (1 << 20) + (300 << 10) + 1024,
+            "a part of {bytes} bytes"
+        );
+    }
+    let inner: Vec<&pb::PipelineResponse> = answers.iter().flat_map(|part| &part.batch).collect();
+    let tags: Vec<u64> = inner.iter().map(|answer| answer.tag).collect();
+    assert_eq!(tags, (1..=11).collect::<Vec<u64>>());
+    for answer in &inner[..10] {
+        assert!(
+            matches!(&answer.result, Some(Answer::Get(g)) if g.session.as_ref().unwrap().data["blob"].len() == 300 << 10)
+        );
+    }
+    assert!(matches!(&inner[10].result, Some(Answer::Save(s)) if s.version == 1));
 }

@@ -123,7 +123,8 @@ fn rss(pid: u32) -> u64 {
 }
 
 /// One connection that opens as many `Pipeline` streams as the daemon allows (up to 256), asks
-/// each for `gets` Gets of session `id`, and never reads an answer. Its HTTP/2 connection is
+/// each for `gets` Gets of session `id` (as many messages, or as one batch), and never reads an
+/// answer. Its HTTP/2 connection is
 /// driven (so the daemon sees its window updates and pings answered) until dropped.
 struct NeverReads {
     _streams: Vec<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)>,
@@ -131,7 +132,7 @@ struct NeverReads {
 }
 
 impl NeverReads {
-    async fn open(addr: &str, id: &str, gets: u64) -> Self {
+    async fn open(addr: &str, id: &str, gets: u64, batched: bool) -> Self {
         use bytes::BufMut;
         use prost::Message;
         let tcp = TcpStream::connect(addr).await.unwrap();
@@ -139,19 +140,28 @@ impl NeverReads {
         let connection = tokio::spawn(async move {
             let _ = connection.await;
         });
+        let requests = (1..=gets).map(|tag| pb::PipelineRequest {
+            tag,
+            op: Some(pb::pipeline_request::Op::Get(pb::GetRequest {
+                id: id.into(),
+            })),
+            batch: Vec::new(),
+        });
+        let messages: Vec<pb::PipelineRequest> = if batched {
+            vec![pb::PipelineRequest {
+                tag: 0,
+                op: None,
+                batch: requests.collect(),
+            }]
+        } else {
+            requests.collect()
+        };
         let mut body = bytes::BytesMut::new();
-        for tag in 0..gets {
-            let request = pb::PipelineRequest {
-                tag,
-                op: Some(pb::pipeline_request::Op::Get(pb::GetRequest {
-                    id: id.into(),
-                })),
-                batch: Vec::new(),
-            }
-            .encode_to_vec();
+        for message in messages {
+            let message = message.encode_to_vec();
             body.put_u8(0);
-            body.put_u32(u32::try_from(request.len()).unwrap());
-            body.put_slice(&request);
+            body.put_u32(u32::try_from(message.len()).unwrap());
+            body.put_slice(&message);
         }
         let body = body.freeze();
         let mut streams = Vec::new();
@@ -190,6 +200,19 @@ impl Drop for NeverReads {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_nobody_reads_cost_bounded_memory_which_is_returned() {
+    never_reading_peers(40, false).await;
+}
+
+/// One batch of many Gets of a large session is answered in parts, each under the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_large_answers_nobody_reads_costs_bounded_memory() {
+    never_reading_peers(100, true).await;
+}
+
+/// Three connections that never read ask for `gets` Gets of a 1 MiB session on every stream
+/// they may open: the daemon's memory stays bounded, a normal client is served meanwhile, and
+/// the memory is returned once they go.
+async fn never_reading_peers(gets: u64, batched: bool) {
     const MIB: u64 = 1 << 20;
     let daemon = Process::start(&[]).await;
     let pid = daemon.child.id().unwrap();
@@ -219,7 +242,7 @@ async fn answers_nobody_reads_cost_bounded_memory_which_is_returned() {
     let addr = daemon.addr.clone();
     let mut attackers = Vec::new();
     for _ in 0..3 {
-        attackers.push(NeverReads::open(&addr, "big", 40).await);
+        attackers.push(NeverReads::open(&addr, "big", gets, batched).await);
     }
     // Sample the daemon's memory while the attack runs; a normal client is served meanwhile.
     let mut peak = 0;
