@@ -34,6 +34,10 @@ pub struct ThroughputArgs {
     /// Redis, such as redis://127.0.0.1:6379, to run the same workload against.
     #[arg(long)]
     pub redis: Option<String>,
+    /// Redis again, through `RedisSessionStore` (the session contract, as an app without the
+    /// daemon uses it): redis://…, rediss://…, redis+cluster://…
+    #[arg(long)]
+    pub redis_store: Option<String>,
     /// The load: callers, mix, keys and streams.
     #[command(flatten)]
     pub load: LoadArgs,

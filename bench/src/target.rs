@@ -1,10 +1,11 @@
-//! The two stores under test, behind one interface.
+//! The stores under test, behind one interface.
 
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::{Expiry, Save, SessionData, SessionStore};
+use gonest_session_redis::RedisSessionStore;
 use redis::aio::MultiplexedConnection;
 
 use crate::cli::Mix;
@@ -25,6 +26,8 @@ pub(crate) enum Target {
     Sessiond(RemoteSessionStore),
     /// Redis through one multiplexed connection shared by every caller.
     Redis(MultiplexedConnection),
+    /// Redis through `RedisSessionStore`, as an app uses it without the daemon.
+    RedisStore(RedisSessionStore),
 }
 
 impl Target {
@@ -57,17 +60,39 @@ impl Target {
         Ok(Self::Redis(connection))
     }
 
+    pub(crate) async fn redis_store(url: &str) -> anyhow::Result<Self> {
+        let store = RedisSessionStore::builder(url)
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach Redis at {url} for RedisSessionStore"))?;
+        Ok(Self::RedisStore(store))
+    }
+
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Sessiond(_) => "sessiond",
             Self::Redis(_) => "redis",
+            Self::RedisStore(_) => "redis-store",
+        }
+    }
+
+    /// The target as a `SessionStore`, unless it is raw Redis.
+    fn store(&self) -> Option<&dyn SessionStore> {
+        match self {
+            Self::Sessiond(store) => Some(store),
+            Self::RedisStore(store) => Some(store),
+            Self::Redis(_) => None,
         }
     }
 
     /// Reads one session; `Ok(true)` if it was there.
     pub(crate) async fn get(&mut self, id: &str) -> anyhow::Result<bool> {
+        if let Some(store) = self.store() {
+            return Ok(store.get(id).await?.is_some());
+        }
         match self {
-            Self::Sessiond(store) => Ok(store.get(id).await?.is_some()),
+            Self::Sessiond(_) | Self::RedisStore(_) => unreachable!("a SessionStore"),
             Self::Redis(connection) => {
                 let value: Option<Vec<u8>> = redis::cmd("GET")
                     .arg(redis_key(id))
@@ -110,17 +135,19 @@ impl Target {
         value: &[u8],
         lifetime: Lifetime,
     ) -> anyhow::Result<()> {
+        if let Some(store) = self.store() {
+            let mut data = SessionData::with_capacity(1);
+            data.insert("data".to_owned(), value.to_vec());
+            let mut save = Save::new(id, data);
+            save.expiry = match lifetime {
+                Lifetime::Ttl(ttl) => Expiry::Ttl(ttl),
+                Lifetime::Until(at) => Expiry::At(at),
+            };
+            store.save(save).await?;
+            return Ok(());
+        }
         match self {
-            Self::Sessiond(store) => {
-                let mut data = SessionData::with_capacity(1);
-                data.insert("data".to_owned(), value.to_vec());
-                let mut save = Save::new(id, data);
-                save.expiry = match lifetime {
-                    Lifetime::Ttl(ttl) => Expiry::Ttl(ttl),
-                    Lifetime::Until(at) => Expiry::At(at),
-                };
-                store.save(save).await?;
-            }
+            Self::Sessiond(_) | Self::RedisStore(_) => unreachable!("a SessionStore"),
             Self::Redis(connection) => {
                 let (option, millis) = match lifetime {
                     Lifetime::Ttl(ttl) => ("PX", ttl.as_millis()),
@@ -148,6 +175,7 @@ impl Target {
     pub(crate) async fn resident_bytes(&mut self) -> anyhow::Result<u64> {
         match self {
             Self::Sessiond(store) => Ok(store.stats().await?.resident_memory_bytes),
+            Self::RedisStore(_) => anyhow::bail!("measure Redis's memory with --redis"),
             Self::Redis(connection) => {
                 let info: String = redis::cmd("INFO")
                     .arg("memory")
@@ -201,15 +229,20 @@ pub(crate) fn session_id(n: usize) -> String {
     format!("bench-{n:09}")
 }
 
-/// Connects to the targets named on the command line, the daemon first.
+/// Connects to the targets named on the command line: the daemon, then `RedisSessionStore`,
+/// then raw Redis.
 pub(crate) async fn connect(
     sessiond: Option<&str>,
+    redis_store: Option<&str>,
     redis: Option<&str>,
     streams: usize,
 ) -> anyhow::Result<Vec<Target>> {
     let mut targets = Vec::new();
     if let Some(url) = sessiond {
         targets.push(Target::sessiond(url, streams).await?);
+    }
+    if let Some(url) = redis_store {
+        targets.push(Target::redis_store(url).await?);
     }
     if let Some(url) = redis {
         targets.push(Target::redis(url).await?);

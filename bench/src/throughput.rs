@@ -15,6 +15,7 @@ const TTL: Duration = Duration::from_secs(3600);
 pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
     let targets = target::connect(
         args.sessiond.as_deref(),
+        args.redis_store.as_deref(),
         args.redis.as_deref(),
         args.load.streams,
     )
@@ -38,6 +39,7 @@ pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
         let url = match &target {
             Target::Sessiond(_) => args.sessiond.as_deref(),
             Target::Redis(_) => args.redis.as_deref(),
+            Target::RedisStore(_) => args.redis_store.as_deref(),
         };
         let server = url.and_then(port_of).and_then(Process::listening_on);
         let outcome = run_one(target, &args, server).await?;
@@ -47,31 +49,41 @@ pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
         }
         outcomes.push(outcome);
     }
-    if let [sessiond, redis] = outcomes.as_slice() {
-        println!(
-            "ratio sessiond/redis p50: {:.2}",
-            sessiond.p50_ms() / redis.p50_ms()
-        );
-        println!(
-            "ratio sessiond/redis ops/s: {:.2}",
-            sessiond.ops_per_second() / redis.ops_per_second()
-        );
-        if let (Some(ours), Some(theirs)) = (&sessiond.cpu, &redis.cpu) {
-            if let (Some((_, ours_server, _)), Some((_, theirs_server, _))) =
-                (&ours.server, &theirs.server)
-            {
-                println!(
-                    "ratio sessiond/redis server CPU per op: {:.2}",
-                    ours_server / theirs_server
-                );
-            }
-            println!(
-                "ratio sessiond/redis load generator CPU per op: {:.2}",
-                ours.client.0 / theirs.client.0
-            );
+    // Raw Redis, when it ran, is the yardstick of every other target.
+    if let Some((redis, others)) = outcomes.split_last()
+        && redis.name == "redis"
+    {
+        for ours in others {
+            print_ratios(ours, redis);
         }
     }
     Ok(())
+}
+
+fn print_ratios(ours: &Outcome, redis: &Outcome) {
+    let name = ours.name;
+    println!(
+        "ratio {name}/redis p50: {:.2}",
+        ours.p50_ms() / redis.p50_ms()
+    );
+    println!(
+        "ratio {name}/redis ops/s: {:.2}",
+        ours.ops_per_second() / redis.ops_per_second()
+    );
+    if let (Some(ours), Some(theirs)) = (&ours.cpu, &redis.cpu) {
+        if let (Some((_, ours_server, _)), Some((_, theirs_server, _))) =
+            (&ours.server, &theirs.server)
+        {
+            println!(
+                "ratio {name}/redis server CPU per op: {:.2}",
+                ours_server / theirs_server
+            );
+        }
+        println!(
+            "ratio {name}/redis load generator CPU per op: {:.2}",
+            ours.client.0 / theirs.client.0
+        );
+    }
 }
 
 /// The port of a URL such as `http://127.0.0.1:7070` or `redis://host:6379/0`.

@@ -62,6 +62,49 @@ async fn throughput_runs_against_the_daemon() {
     assert_eq!(figure(line, "errors:"), 0.0, "{line}");
 }
 
+/// The three Redis-side targets in one run: the daemon on Redis, `RedisSessionStore`, raw Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_runs_the_daemon_on_redis_the_redis_store_and_redis_in_one_run() {
+    let redis = gonest_session_testing::RedisServer::start().await;
+    let daemon = Daemon::start(gonest_sessiond::Config {
+        backend: gonest_sessiond::StoreBackend::Redis(redis.url()),
+        ..gonest_sessiond::Config::default()
+    })
+    .await;
+    let url = daemon.url();
+    let output = bench(&[
+        "throughput",
+        "--sessiond",
+        &url,
+        "--redis-store",
+        &redis.url(),
+        "--redis",
+        &redis.url(),
+        "--clients",
+        "4",
+        "--keys",
+        "100",
+        "--duration",
+        "1s",
+    ])
+    .await;
+    let stdout = succeeded(&output);
+    for name in ["sessiond", "redis-store", "redis"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} line in {stdout}"));
+        assert!(figure(line, "ops/s:") > 100.0, "{line}");
+        assert_eq!(figure(line, "errors:"), 0.0, "{line}");
+    }
+    for ratio in [
+        "ratio sessiond/redis ops/s:",
+        "ratio redis-store/redis ops/s:",
+    ] {
+        assert!(stdout.contains(ratio), "{ratio} in {stdout}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_reports_bytes_per_session() {
     let daemon = daemon().await;
