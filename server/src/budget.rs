@@ -17,10 +17,16 @@ use tokio::sync::Notify;
 /// goes over it.
 pub(crate) const ANSWER_BYTES_IN_FLIGHT: usize = 4 << 20;
 
+/// Operations one connection may have in progress at once on a backend that waits (Redis):
+/// each holds its answer until it is handed on, so this bounds those answers too (16 sessions).
+pub(crate) const OPS_IN_PROGRESS: usize = 16;
+
 /// One connection's budget; see the module docs.
 #[derive(Debug)]
 pub(crate) struct AnswerBudget {
     limit: usize,
+    /// [`OPS_IN_PROGRESS`] permits, for operations started before their answers are counted.
+    ops: tokio::sync::Semaphore,
     /// Answer bytes produced and not yet written. Writes of anything else (headers, health
     /// answers) pay it back too, which only ever errs towards letting answers through.
     in_flight: AtomicUsize,
@@ -35,6 +41,7 @@ impl AnswerBudget {
     pub(crate) fn new(limit: usize) -> Self {
         Self {
             limit,
+            ops: tokio::sync::Semaphore::new(OPS_IN_PROGRESS),
             in_flight: AtomicUsize::new(0),
             producing: Mutex::new(()),
             written: Notify::new(),
@@ -73,6 +80,11 @@ impl AnswerBudget {
             }
             written.await;
         }
+    }
+
+    /// A place among the connection's [`OPS_IN_PROGRESS`] operations, given in the order asked.
+    pub(crate) async fn op_permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.ops.acquire().await.expect("never closed")
     }
 
     /// Counts an answer of `bytes` produced after [`wait`](Self::wait).

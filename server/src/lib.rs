@@ -37,6 +37,7 @@ mod persistence;
 mod server;
 mod service;
 pub mod shutdown;
+mod turns;
 
 pub use auth::Tokens;
 pub use backend::Backend;

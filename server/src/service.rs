@@ -22,6 +22,12 @@ use crate::draining::{InFlight, WriteGate};
 use crate::incoming::ConnInfo;
 use crate::memory_usage;
 use crate::metrics::Metrics;
+use crate::turns::{SessionOrder, Turn};
+
+/// How many operations of one `Pipeline` stream a Redis backend works on at once (and at most
+/// [`crate::budget::OPS_IN_PROGRESS`] of one connection). Operations on one session still apply
+/// in the order they came (see [`crate::turns`]), and answers go back in that order.
+const REDIS_PIPELINE_DEPTH: usize = 64;
 
 /// Serves a [`Backend`] as `gonest.session.v1.SessionStore`.
 ///
@@ -227,6 +233,86 @@ impl SessionService {
         })
     }
 
+    /// Answers a stream's messages as [`answers`](Self::answers) does, but with up to
+    /// [`REDIS_PIPELINE_DEPTH`] operations in progress at once (within the connection's
+    /// [`OPS_IN_PROGRESS`](crate::budget::OPS_IN_PROGRESS)), each waiting only for the stream's
+    /// operations before it on the same session: for a backend that waits, so that a stream
+    /// is not one round trip per operation. Each operation starts once the connection's answer
+    /// budget allows; each message is counted against it once it is put together.
+    fn answers_at_once(
+        self,
+        requests: impl Stream<Item = Result<pb::PipelineRequest, Status>> + Send + 'static,
+        budget: Option<Arc<AnswerBudget>>,
+    ) -> impl Stream<Item = Result<pb::PipelineResponse, Status>> + Send + 'static {
+        let mut order = SessionOrder::default();
+        // Turns are handed out here, in the order the messages came.
+        let units = requests.flat_map(move |item| {
+            let units = match item {
+                Ok(request) => Unit::split(request, &mut order)
+                    .into_iter()
+                    .map(Ok)
+                    .collect(),
+                Err(status) => vec![Err(status)],
+            };
+            futures_util::stream::iter(units)
+        });
+        let (service, applying) = (self, budget.clone());
+        let pieces = units
+            .map(move |unit: Result<Unit, Status>| {
+                let (service, budget) = (service.clone(), applying.clone());
+                async move {
+                    let mut unit = unit?;
+                    let permit = match budget.as_deref() {
+                        Some(budget) => {
+                            let permit = budget.op_permit().await;
+                            budget.wait().await;
+                            Some(permit)
+                        }
+                        None => None,
+                    };
+                    if let Some(turn) = &mut unit.turn {
+                        turn.wait().await;
+                    }
+                    let answer = match unit.op {
+                        Ok(op) => service.apply(unit.tag, op).await,
+                        Err(()) => service.refuse_nested(unit.tag).await,
+                    };
+                    // The next operation on this session, and on this connection, may start.
+                    drop((unit.turn, permit));
+                    Ok(Piece {
+                        message: unit.message,
+                        own: unit.own,
+                        last: unit.last,
+                        answer,
+                    })
+                }
+            })
+            .buffered(REDIS_PIPELINE_DEPTH);
+        let mut assembler = Assembler::default();
+        pieces.filter_map(move |piece| {
+            let message = match piece {
+                Ok(piece) => assembler.add(piece).map(|message| {
+                    if let Some(budget) = &budget {
+                        budget.produced(prost::Message::encoded_len(&message));
+                    }
+                    Ok(message)
+                }),
+                Err(status) => Some(Err(status)),
+            };
+            std::future::ready(message)
+        })
+    }
+
+    /// The answer to a batch nested in a batch.
+    async fn refuse_nested(&self, tag: u64) -> pb::PipelineResponse {
+        let refused = self
+            .run("pipeline", async {
+                Err::<(), _>(StoreError::invalid("batches do not nest"))
+            })
+            .await;
+        error_answer(tag, &refused.unwrap_err())
+    }
+
     /// The next answer of `batch`: the message's own operation first, then as many of the
     /// batch's operations as fit in [`BATCH_PART_BYTES`] (at least one).
     async fn next_part(&self, batch: &mut Batch) -> pb::PipelineResponse {
@@ -248,12 +334,7 @@ impl SessionService {
             let answer = if element.batch.is_empty() {
                 self.apply(element.tag, element.op).await
             } else {
-                let refused = self
-                    .run("pipeline", async {
-                        Err::<(), _>(StoreError::invalid("batches do not nest"))
-                    })
-                    .await;
-                error_answer(element.tag, &refused.unwrap_err())
+                self.refuse_nested(element.tag).await
             };
             bytes += prost::Message::encoded_len(&answer);
             part.batch.push(answer);
@@ -330,6 +411,98 @@ impl SessionService {
                 answer
             }
         }
+    }
+}
+
+/// One operation of a `Pipeline` message, as a Redis backend applies it: on its own, at once
+/// with the stream's other operations, once its turn comes.
+struct Unit {
+    /// The tag of the message it came in.
+    message: u64,
+    /// Whether it is the message's own operation (else one of its batch).
+    own: bool,
+    /// Whether it is the message's last.
+    last: bool,
+    tag: u64,
+    /// The operation, or `Err` for a batch nested in a batch (refused).
+    op: Result<Option<pb::pipeline_request::Op>, ()>,
+    turn: Option<Turn>,
+}
+
+impl Unit {
+    /// The operations of one message, each with its turn in `order`.
+    fn split(request: pb::PipelineRequest, order: &mut SessionOrder) -> Vec<Unit> {
+        let message = request.tag;
+        let count = request.batch.len();
+        let mut units = Vec::with_capacity(1 + count);
+        // A message that carries only a batch has no operation of its own to answer.
+        if request.op.is_some() || count == 0 {
+            units.push(Unit {
+                message,
+                own: true,
+                last: count == 0,
+                tag: message,
+                turn: order.turn(request.op.as_ref()),
+                op: Ok(request.op),
+            });
+        }
+        for (n, element) in request.batch.into_iter().enumerate() {
+            let nested = !element.batch.is_empty();
+            units.push(Unit {
+                message,
+                own: false,
+                last: n + 1 == count,
+                tag: element.tag,
+                turn: if nested {
+                    None
+                } else {
+                    order.turn(element.op.as_ref())
+                },
+                op: if nested { Err(()) } else { Ok(element.op) },
+            });
+        }
+        units
+    }
+}
+
+/// An applied [`Unit`]: its answer, and where that goes.
+struct Piece {
+    message: u64,
+    own: bool,
+    last: bool,
+    answer: pb::PipelineResponse,
+}
+
+/// Puts answers back into messages, as [`SessionService::answers`] sends them: one per
+/// message, a batch's in parts of about [`BATCH_PART_BYTES`].
+#[derive(Default)]
+struct Assembler {
+    /// The message being put together, and the bytes of its batch answers so far.
+    part: Option<(pb::PipelineResponse, usize)>,
+}
+
+impl Assembler {
+    /// Adds `piece`; returns a message once one is complete.
+    fn add(&mut self, piece: Piece) -> Option<pb::PipelineResponse> {
+        let (response, bytes) = self.part.get_or_insert_with(|| {
+            let header = pb::PipelineResponse {
+                tag: piece.message,
+                ..Default::default()
+            };
+            (header, 0)
+        });
+        if piece.own {
+            let batch = std::mem::take(&mut response.batch);
+            *response = piece.answer;
+            response.batch = batch;
+        } else {
+            *bytes += prost::Message::encoded_len(&piece.answer);
+            response.batch.push(piece.answer);
+        }
+        if piece.last || *bytes >= BATCH_PART_BYTES {
+            return self.part.take().map(|(response, _)| response);
+        }
+        None
     }
 }
 
@@ -483,9 +656,10 @@ impl pb::session_store_server::SessionStore for SessionService {
 
     type PipelineStream = PipelineStream;
 
-    /// Answers each operation as it arrives, in order. Operations are applied on the task that
-    /// polls this stream, one stream's operations one after another, and different streams in
-    /// parallel: the store locks only the shard an operation touches.
+    /// Answers each operation in the order it arrived. On the memory backend, operations are
+    /// applied on the task that polls this stream, one after another (different streams in
+    /// parallel: the store locks only the shard an operation touches). On Redis, up to
+    /// [`REDIS_PIPELINE_DEPTH`] are in progress at once, operations on one session in order.
     async fn pipeline(
         &self,
         request: Request<Streaming<pb::PipelineRequest>>,
@@ -501,14 +675,20 @@ impl pb::session_store_server::SessionStore for SessionService {
         };
         // While the connection's answers are not being taken, the next operation waits for the
         // budget before it is applied, and the stream reads no further requests.
-        let answer = move |item: Result<pb::PipelineRequest, Status>| match item {
-            Ok(request) => service
-                .answers(request, budget.clone())
-                .map(Ok)
-                .left_stream(),
-            Err(status) => futures_util::stream::once(async { Err(status) }).right_stream(),
+        let requests = request.into_inner();
+        let answers: PipelineStream = match self.store {
+            Backend::Memory(_) => {
+                let answer = move |item: Result<pb::PipelineRequest, Status>| match item {
+                    Ok(request) => service
+                        .answers(request, budget.clone())
+                        .map(Ok)
+                        .left_stream(),
+                    Err(status) => futures_util::stream::once(async { Err(status) }).right_stream(),
+                };
+                Box::pin(requests.flat_map(answer))
+            }
+            Backend::Redis(_) => Box::pin(service.answers_at_once(requests, budget)),
         };
-        let answers: PipelineStream = Box::pin(request.into_inner().flat_map(answer));
         let answers = answers.take_until(Box::pin(stopped)).inspect(move |_| {
             let _counted = &call;
         });

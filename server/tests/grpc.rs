@@ -87,6 +87,7 @@ on_both_backends!(
     refusals_carry_their_figures_as_error_details,
     a_batch_is_applied_in_order_and_answered_in_one_message,
     a_batch_with_large_answers_comes_back_in_parts_in_order,
+    interleaved_sessions_each_keep_their_order,
 );
 
 fn session(id: &str, pairs: &[(&str, &str)]) -> pb::Session {
@@ -1133,4 +1134,63 @@ async fn a_batch_with_large_answers_comes_back_in_parts_in_order(store: Store) {
         );
     }
     assert!(matches!(&inner[10].result, Some(Answer::Save(s)) if s.version == 1));
+}
+
+/// Saves of four sessions in turn, each expecting the version its session's last save left, in
+/// single messages and in batches: every one lands, whatever runs at once.
+async fn interleaved_sessions_each_keep_their_order(store: Store) {
+    use futures_util::StreamExt;
+    let daemon = Daemon::start(store.config()).await;
+    let ids = ["w", "x", "y", "z"];
+    let saves = (0..400u64).map(|n| {
+        let (id, round) = (ids[(n % 4) as usize], n / 4);
+        op(
+            n + 1,
+            Op::Save(save(id, &[("n", &round.to_string())], Some(round))),
+        )
+    });
+    let mut messages = Vec::new();
+    let mut saves = saves.peekable();
+    while saves.peek().is_some() {
+        // Five single messages, then a batch of seven, and so on.
+        messages.extend(saves.by_ref().take(5));
+        let batch: Vec<_> = saves.by_ref().take(7).collect();
+        if !batch.is_empty() {
+            messages.push(pb::PipelineRequest {
+                tag: 0,
+                op: None,
+                batch,
+            });
+        }
+    }
+    let answers: Vec<pb::PipelineResponse> = daemon
+        .client()
+        .pipeline(futures_util::stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|answer| answer.unwrap())
+        .collect()
+        .await;
+    let flat: Vec<pb::PipelineResponse> = answers
+        .into_iter()
+        .flat_map(|mut answer| {
+            let batch = std::mem::take(&mut answer.batch);
+            std::iter::once(answer).chain(batch)
+        })
+        .filter(|answer| answer.tag != 0)
+        .collect();
+    let tags: Vec<u64> = flat.iter().map(|answer| answer.tag).collect();
+    assert_eq!(tags, (1..=400).collect::<Vec<u64>>(), "answers in order");
+    for answer in &flat {
+        let round = (answer.tag - 1) / 4;
+        assert!(
+            matches!(&answer.result, Some(Answer::Save(s)) if s.version == round + 1),
+            "{answer:?}"
+        );
+    }
+    let mut client = daemon.client();
+    for id in ids {
+        assert_eq!(stored(&mut client, id).await.unwrap().version, 100);
+    }
 }

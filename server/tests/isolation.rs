@@ -200,21 +200,30 @@ impl Drop for NeverReads {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_nobody_reads_cost_bounded_memory_which_is_returned() {
-    never_reading_peers(40, false).await;
+    never_reading_peers(40, false, &[]).await;
 }
 
 /// One batch of many Gets of a large session is answered in parts, each under the budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_large_answers_nobody_reads_costs_bounded_memory() {
-    never_reading_peers(100, true).await;
+    never_reading_peers(100, true, &[]).await;
+}
+
+/// On Redis, where a stream's operations run at once, the same peers cost bounded memory too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_nobody_reads_on_redis_cost_bounded_memory() {
+    let redis = gonest_session_testing::RedisServer::start().await;
+    let backend = ["--backend", &redis.url()];
+    never_reading_peers(40, false, &backend).await;
+    never_reading_peers(100, true, &backend).await;
 }
 
 /// Three connections that never read ask for `gets` Gets of a 1 MiB session on every stream
 /// they may open: the daemon's memory stays bounded, a normal client is served meanwhile, and
 /// the memory is returned once they go.
-async fn never_reading_peers(gets: u64, batched: bool) {
+async fn never_reading_peers(gets: u64, batched: bool, flags: &[&str]) {
     const MIB: u64 = 1 << 20;
-    let daemon = Process::start(&[]).await;
+    let daemon = Process::start(flags).await;
     let pid = daemon.child.id().unwrap();
     let channel = tonic::transport::Channel::from_shared(daemon.url())
         .unwrap()
