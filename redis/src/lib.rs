@@ -43,6 +43,9 @@ use gonest_session_core::{
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
+mod sentinel;
+use sentinel::SentinelConnection;
+
 /// The key prefix sessions are kept under unless set otherwise.
 pub const DEFAULT_PREFIX: &str = "gonest:sess:";
 
@@ -133,11 +136,13 @@ struct Inner {
     touch: redis::Script,
 }
 
-/// A standalone Redis, or a Redis Cluster whose nodes each command is routed to by its key.
+/// A standalone Redis, a Redis Cluster whose nodes each command is routed to by its key, or the
+/// master Redis Sentinel names.
 #[derive(Clone)]
 enum Connection {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(SentinelConnection),
 }
 
 impl redis::aio::ConnectionLike for Connection {
@@ -148,6 +153,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Self::Standalone(connection) => connection.req_packed_command(cmd),
             Self::Cluster(connection) => connection.req_packed_command(cmd),
+            Self::Sentinel(connection) => connection.req_packed_command(cmd),
         }
     }
 
@@ -160,6 +166,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Self::Standalone(connection) => connection.req_packed_commands(cmd, offset, count),
             Self::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+            Self::Sentinel(connection) => connection.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -167,6 +174,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Self::Standalone(connection) => connection.get_db(),
             Self::Cluster(connection) => connection.get_db(),
+            Self::Sentinel(connection) => connection.get_db(),
         }
     }
 }
@@ -276,7 +284,20 @@ impl RedisSessionStoreBuilder {
         };
         let invalid =
             |err: redis::RedisError| StoreError::invalid(format!("invalid redis url: {err}"));
+        let sentinel = match sentinel::parse_url(&self.url).transpose() {
+            Ok(sentinel) => sentinel,
+            Err(message) => {
+                return Err(StoreError::invalid(format!("invalid redis url: {message}")));
+            }
+        };
         let connecting = async {
+            if let Some(url) = sentinel {
+                return Ok(Connection::Sentinel(
+                    SentinelConnection::connect(url, self.timeout)
+                        .await
+                        .map_err(unavailable)?,
+                ));
+            }
             Ok(match cluster_nodes(&self.url) {
                 Some(nodes) => Connection::Cluster(
                     redis::cluster::ClusterClientBuilder::new(nodes)

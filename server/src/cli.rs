@@ -117,8 +117,10 @@ pub struct Cli {
     pub handshake_timeout: Duration,
 
     /// Where sessions are kept: `memory` (this process, swept, snapshotted with --data-dir), or
-    /// Redis / Valkey at `redis://[user:pass@]host:port[/db]`, `rediss://...` (TLS) or
-    /// `redis+cluster://host:port[,host:port...]`, which any number of daemons can share.
+    /// Redis / Valkey at `redis://[user:pass@]host:port[/db]`, `rediss://...` (TLS),
+    /// `redis+cluster://host:port[,host:port...]` or the master Sentinel names,
+    /// `redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]`, which any number of
+    /// daemons can share.
     #[arg(long, env = "GONEST_SESSIOND_BACKEND", default_value = "memory", value_parser = parse_backend)]
     pub backend: StoreBackend,
 
@@ -236,12 +238,16 @@ fn parse_backend(text: &str) -> Result<StoreBackend, String> {
     let scheme = text.split_once("://").map(|(scheme, _)| scheme);
     match (text, scheme) {
         ("memory", _) => Ok(StoreBackend::Memory),
-        (_, Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "unix")) => {
-            Ok(StoreBackend::Redis(text.to_owned()))
-        }
+        (
+            _,
+            Some(
+                "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel" | "unix",
+            ),
+        ) => Ok(StoreBackend::Redis(text.to_owned())),
         _ => Err(
             "write `memory`, or a Redis URL: redis://host:port, rediss://host:port, \
-             redis+cluster://host:port,host:port or unix:///path/to/redis.sock"
+             redis+cluster://host:port,host:port, redis+sentinel://host:port,host:port/service \
+             or unix:///path/to/redis.sock"
                 .to_owned(),
         ),
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::Daemon;
 use gonest_session_proto::pb;
-use gonest_session_testing::RedisServer;
+use gonest_session_testing::{RedisSentinel, RedisServer};
 use gonest_sessiond::{Config, StoreBackend};
 use tonic::Code;
 
@@ -292,4 +292,82 @@ async fn with_wait_replicas_a_write_is_acknowledged_only_once_a_replica_has_it()
         format!("{err:#}").contains("--redis-wait-replicas"),
         "{err:#}"
     );
+}
+
+/// A primary with two replicas behind Redis Sentinel; the primary dies while a writer runs.
+/// The daemon, given the sentinel's URL, finds the promoted replica and serves again within
+/// 10 s, and with `--redis-wait-replicas 1` no acknowledged save is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_loses_no_acknowledged_save_with_wait_replicas() {
+    let mut primary = RedisServer::start_primary().await;
+    let _replicas = [
+        RedisServer::start_replica_of(&primary).await,
+        RedisServer::start_replica_of(&primary).await,
+    ];
+    let sentinel = RedisSentinel::start(&primary, "sessions", 2).await;
+    let daemon = Daemon::start(Config {
+        backend: StoreBackend::Redis(sentinel.url()),
+        redis_wait_replicas: 1,
+        redis_wait_timeout: Duration::from_millis(500),
+        ..Config::default()
+    })
+    .await;
+    let mut client = daemon.client();
+    let id = |n: u64| format!("login-{n}");
+    let mut acknowledged = Vec::new();
+    for n in 0..50 {
+        client.save(save(&id(n), "1", Some(0))).await.unwrap();
+        acknowledged.push(n);
+    }
+
+    let old_master = primary.port();
+    primary.kill();
+    let killed = tokio::time::Instant::now();
+    let (mut failed, mut served_again) = (0, None);
+    let mut n = 50;
+    while acknowledged.len() < 100 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no save succeeded within 30 s of the failover ({failed} failed)"
+        );
+        match client.save(save(&id(n), "1", Some(0))).await {
+            Ok(_) => {
+                served_again.get_or_insert(killed.elapsed());
+                acknowledged.push(n);
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status}");
+                failed += 1;
+                // Paces the writer while Sentinel elects the new master.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        n += 1;
+    }
+    let served_again = served_again.unwrap();
+    assert_ne!(
+        sentinel.master_port(),
+        Some(old_master),
+        "a replica took over"
+    );
+    let mut lost = 0;
+    for &n in &acknowledged {
+        if client
+            .get(get(&id(n)))
+            .await
+            .unwrap()
+            .into_inner()
+            .session
+            .is_none()
+        {
+            lost += 1;
+        }
+    }
+    eprintln!(
+        "sentinel failover: served again {served_again:?} after the master died; {failed} saves \
+         refused meanwhile; {lost} of {} acknowledged saves lost",
+        acknowledged.len()
+    );
+    assert_eq!(lost, 0, "acknowledged saves lost");
+    assert!(served_again < Duration::from_secs(10), "{served_again:?}");
 }

@@ -121,12 +121,17 @@ impl RedisServer {
     /// until it is in sync.
     pub async fn start_replica_of(primary: &RedisServer) -> Self {
         assert!(primary.port != 0, "a primary from start_primary");
-        let replica = Self::start_with(&[
+        // On a loopback port too, so that Sentinel can reach it and promote it.
+        let port = free_cluster_ports(1)[0];
+        let mut replica = Self::start_with(&[
+            "--port".to_owned(),
+            port.to_string(),
             "--replicaof".to_owned(),
             "127.0.0.1".to_owned(),
             primary.port.to_string(),
         ])
         .await;
+        replica.port = port;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let info = std::process::Command::new("redis-cli")
@@ -230,6 +235,101 @@ impl RedisServer {
     /// Its URL for clients, `unix:///…/redis.sock`.
     pub fn url(&self) -> String {
         format!("unix://{}", self.socket.display())
+    }
+
+    /// Its loopback TCP port (0 unless started with [`start_primary`](Self::start_primary)).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// A Redis Sentinel (`redis-server --sentinel`) on a free loopback port, watching one master as
+/// `service` with a quorum of 1: it calls a master down after 1 s without an answer and fails
+/// over to a replica. Killed when dropped.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    port: u16,
+    service: String,
+}
+
+impl RedisSentinel {
+    /// Starts one watching `primary` (from [`RedisServer::start_primary`]), and waits until it
+    /// knows `replicas` replicas of it.
+    pub async fn start(primary: &RedisServer, service: &str, replicas: usize) -> Self {
+        assert!(primary.port != 0, "a primary from start_primary");
+        let port = free_cluster_ports(1)[0];
+        let dir =
+            std::env::temp_dir().join(format!("gonest-sentinel-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the sentinel");
+        let config = dir.join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\n\
+                 sentinel monitor {service} 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds {service} 1000\n\
+                 sentinel failover-timeout {service} 10000\n",
+                primary = primary.port
+            ),
+        )
+        .expect("the sentinel's configuration");
+        let child = std::process::Command::new("redis-server")
+            .arg(&config)
+            .arg("--sentinel")
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot start redis-server --sentinel: install redis-server");
+        let sentinel = Self {
+            child,
+            dir,
+            port,
+            service: service.to_owned(),
+        };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let known = sentinel.cli(&["SENTINEL", "REPLICAS", service]);
+            if known.lines().filter(|line| line.trim() == "name").count() >= replicas {
+                return sentinel;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sentinel did not find {replicas} replicas: {known}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The port of the master it names now.
+    pub fn master_port(&self) -> Option<u16> {
+        let answer = self.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", &self.service]);
+        answer.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// The URL of the master it watches: `redis+sentinel://127.0.0.1:PORT/SERVICE`.
+    pub fn url(&self) -> String {
+        format!("redis+sentinel://127.0.0.1:{}/{}", self.port, self.service)
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
