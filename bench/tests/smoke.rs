@@ -29,6 +29,14 @@ fn succeeded(output: &Output) -> String {
     stdout
 }
 
+/// The result line of target `name` (`sessiond`, `redis-store`, `redis`).
+fn target_line<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} line in {stdout}"))
+}
+
 fn figure(line: &str, label: &str) -> f64 {
     let rest = &line[line.find(label).unwrap() + label.len()..];
     rest.split_whitespace().next().unwrap().parse().unwrap()
@@ -53,10 +61,7 @@ async fn throughput_runs_against_the_daemon() {
     ])
     .await;
     let stdout = succeeded(&output);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("sessiond"))
-        .unwrap_or_else(|| panic!("no sessiond line in {stdout}"));
+    let line = target_line(&stdout, "sessiond");
     assert!(figure(line, "ops/s:") > 100.0, "{line}");
     assert!(figure(line, "p50:") > 0.0, "{line}");
     assert_eq!(figure(line, "errors:"), 0.0, "{line}");
@@ -90,10 +95,7 @@ async fn throughput_runs_the_daemon_on_redis_the_redis_store_and_redis_in_one_ru
     .await;
     let stdout = succeeded(&output);
     for name in ["sessiond", "redis-store", "redis"] {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no {name} line in {stdout}"));
+        let line = target_line(&stdout, name);
         assert!(figure(line, "ops/s:") > 100.0, "{line}");
         assert_eq!(figure(line, "errors:"), 0.0, "{line}");
     }

@@ -527,6 +527,23 @@ async fn the_session_limit_is_resource_exhausted_and_existing_sessions_stay_writ
     assert!(stats.resident_memory_bytes > 0);
 }
 
+/// Sends `messages` on one `Pipeline` stream and returns every answer, failing the test if the
+/// stream fails.
+async fn pipelined(
+    client: &mut SessionStoreClient<Channel>,
+    messages: impl IntoIterator<Item = pb::PipelineRequest, IntoIter: Send + 'static>,
+) -> Vec<pb::PipelineResponse> {
+    use futures_util::StreamExt;
+    client
+        .pipeline(futures_util::stream::iter(messages))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|answer| answer.unwrap())
+        .collect()
+        .await
+}
+
 fn op(tag: u64, op: Op) -> pb::PipelineRequest {
     pb::PipelineRequest {
         tag,
@@ -559,15 +576,7 @@ async fn pipeline_applies_in_order_and_answers_errors_inline(store: Store) {
         op(18, Op::Get(get("p"))),
     ];
     let count = requests.len();
-    let answers: Vec<pb::PipelineResponse> = {
-        use futures_util::StreamExt;
-        let stream = client
-            .pipeline(futures_util::stream::iter(requests))
-            .await
-            .unwrap()
-            .into_inner();
-        stream.map(|r| r.unwrap()).collect().await
-    };
+    let answers = pipelined(&mut client, requests).await;
     assert_eq!(answers.len(), count);
     let tags: Vec<u64> = answers.iter().map(|a| a.tag).collect();
     assert_eq!(tags, (10..19).collect::<Vec<_>>());
@@ -586,7 +595,6 @@ async fn pipeline_applies_in_order_and_answers_errors_inline(store: Store) {
 }
 
 async fn many_pipeline_streams_run_at_once_and_keep_their_own_order(store: Store) {
-    use futures_util::StreamExt;
     let daemon = Daemon::start(store.config()).await;
     let streams = (0..16).map(|s| {
         let mut client = daemon.client();
@@ -598,14 +606,7 @@ async fn many_pipeline_streams_run_at_once_and_keep_their_own_order(store: Store
                 let value = i.to_string();
                 op(i, Op::Save(save(&id, &[("i", &value)], Some(i))))
             });
-            let answers: Vec<_> = client
-                .pipeline(futures_util::stream::iter(requests))
-                .await
-                .unwrap()
-                .into_inner()
-                .map(|r| r.unwrap())
-                .collect()
-                .await;
+            let answers = pipelined(&mut client, requests).await;
             for (i, answer) in answers.iter().enumerate() {
                 assert_eq!(answer.tag, i as u64);
                 match &answer.result {
@@ -713,7 +714,6 @@ async fn shutdown_ends_open_pipeline_streams_and_returns(store: Store) {
 
 /// Each save expects the version the one before it left, so any reordering is a conflict.
 async fn a_long_pipeline_with_batches_keeps_its_order(store: Store) {
-    use futures_util::StreamExt;
     use pb::pipeline_request::Op;
     let daemon = Daemon::start(store.config()).await;
     let mut requests = Vec::new();
@@ -740,15 +740,7 @@ async fn a_long_pipeline_with_batches_keeps_its_order(store: Store) {
             request
         });
     }
-    let answers: Vec<pb::PipelineResponse> = daemon
-        .client()
-        .pipeline(futures_util::stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|answer| answer.unwrap())
-        .collect()
-        .await;
+    let answers = pipelined(&mut daemon.client(), requests).await;
     assert_eq!(answers.len(), 200);
     for (n, answer) in answers.iter().enumerate() {
         assert_eq!(answer.tag, n as u64);
@@ -769,7 +761,6 @@ async fn a_long_pipeline_with_batches_keeps_its_order(store: Store) {
 }
 
 async fn a_batch_of_saves_is_applied_in_its_order(store: Store) {
-    use futures_util::StreamExt;
     use pb::pipeline_request::Op;
     let daemon = Daemon::start(store.config()).await;
     let batch = (0..200u64)
@@ -784,15 +775,7 @@ async fn a_batch_of_saves_is_applied_in_its_order(store: Store) {
         op: None,
         batch,
     };
-    let answers: Vec<pb::PipelineResponse> = daemon
-        .client()
-        .pipeline(futures_util::stream::iter([envelope]))
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|answer| answer.unwrap())
-        .collect()
-        .await;
+    let answers = pipelined(&mut daemon.client(), [envelope]).await;
     let versions: Vec<u64> = answers[0]
         .batch
         .iter()
@@ -886,7 +869,6 @@ fn big_save(id: &str, bytes: usize) -> pb::SaveRequest {
 }
 
 async fn an_oversized_pipeline_op_is_answered_inline_and_the_stream_goes_on(store: Store) {
-    use futures_util::StreamExt;
     let daemon = Daemon::start(Config {
         max_session_bytes: 64 * 1024,
         ..store.config()
@@ -900,14 +882,11 @@ async fn an_oversized_pipeline_op_is_answered_inline_and_the_stream_goes_on(stor
         op(3, Op::Get(get("kept"))),
         op(4, Op::Save(big_save("fits", 60 * 1024))),
     ];
-    let answers: Vec<_> = client
-        .pipeline(futures_util::stream::iter(requests))
+    let answers: Vec<Answer> = pipelined(&mut client, requests)
         .await
-        .unwrap()
-        .into_inner()
-        .map(|answer| answer.unwrap().result.unwrap())
-        .collect()
-        .await;
+        .into_iter()
+        .map(|answer| answer.result.unwrap())
+        .collect();
     assert_eq!(answers.len(), 4, "{answers:?}");
     assert!(
         matches!(&answers[1], Answer::Error(e) if e.code == Code::ResourceExhausted as i32),
@@ -1032,7 +1011,6 @@ impl tonic::codec::Decoder for RawCodec {
 }
 
 async fn a_batch_is_applied_in_order_and_answered_in_one_message(store: Store) {
-    use futures_util::StreamExt;
     let daemon = Daemon::start(store.config()).await;
     let mut client = daemon.client();
     let stats = client
@@ -1059,14 +1037,7 @@ async fn a_batch_is_applied_in_order_and_answered_in_one_message(store: Store) {
         batch,
         op(6, Op::Destroy(pb::DestroyRequest { id: "b".into() })),
     ];
-    let answers: Vec<pb::PipelineResponse> = client
-        .pipeline(futures_util::stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|answer| answer.unwrap())
-        .collect()
-        .await;
+    let answers = pipelined(&mut client, requests).await;
     assert_eq!(
         answers.len(),
         2,
@@ -1091,7 +1062,6 @@ async fn a_batch_is_applied_in_order_and_answered_in_one_message(store: Store) {
 }
 
 async fn a_batch_with_large_answers_comes_back_in_parts_in_order(store: Store) {
-    use futures_util::StreamExt;
     let daemon = Daemon::start(store.config()).await;
     let mut client = daemon.client().max_decoding_message_size(usize::MAX);
     client.save(big_save("big", 300 << 10)).await.unwrap();
@@ -1103,14 +1073,7 @@ async fn a_batch_with_large_answers_comes_back_in_parts_in_order(store: Store) {
         op: Some(Op::Get(get("after"))),
         batch,
     };
-    let answers: Vec<pb::PipelineResponse> = client
-        .pipeline(futures_util::stream::iter([envelope]))
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|answer| answer.unwrap())
-        .collect()
-        .await;
+    let answers = pipelined(&mut client, [envelope]).await;
     assert!(answers.len() >= 3, "{} parts", answers.len());
     assert!(answers.iter().all(|part| part.tag == 77));
     assert!(
@@ -1139,7 +1102,6 @@ async fn a_batch_with_large_answers_comes_back_in_parts_in_order(store: Store) {
 /// Saves of four sessions in turn, each expecting the version its session's last save left, in
 /// single messages and in batches: every one lands, whatever runs at once.
 async fn interleaved_sessions_each_keep_their_order(store: Store) {
-    use futures_util::StreamExt;
     let daemon = Daemon::start(store.config()).await;
     let ids = ["w", "x", "y", "z"];
     let saves = (0..400u64).map(|n| {
@@ -1163,15 +1125,7 @@ async fn interleaved_sessions_each_keep_their_order(store: Store) {
             });
         }
     }
-    let answers: Vec<pb::PipelineResponse> = daemon
-        .client()
-        .pipeline(futures_util::stream::iter(messages))
-        .await
-        .unwrap()
-        .into_inner()
-        .map(|answer| answer.unwrap())
-        .collect()
-        .await;
+    let answers = pipelined(&mut daemon.client(), messages).await;
     let flat: Vec<pb::PipelineResponse> = answers
         .into_iter()
         .flat_map(|mut answer| {
