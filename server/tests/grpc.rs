@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::Daemon;
+use common::{Daemon, get, owned_by, save};
 use gonest_session_proto::pb::session_store_client::SessionStoreClient;
 use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Result as Answer};
 use gonest_session_proto::{duration_to_pb, timestamp_from_pb, timestamp_to_pb};
@@ -90,38 +90,13 @@ on_both_backends!(
     interleaved_sessions_each_keep_their_order,
 );
 
-fn session(id: &str, pairs: &[(&str, &str)]) -> pb::Session {
-    pb::Session {
-        id: id.to_owned(),
-        data: pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn save(id: &str, pairs: &[(&str, &str)], expected: Option<u64>) -> pb::SaveRequest {
-    pb::SaveRequest {
-        session: Some(session(id, pairs)),
-        expected_version: expected,
-        ttl: None,
-    }
-}
-
-fn get(id: &str) -> pb::GetRequest {
-    pb::GetRequest { id: id.to_owned() }
-}
-
 /// What a Get for `id` finds, failing the test if the call itself fails.
 async fn stored(client: &mut SessionStoreClient<Channel>, id: &str) -> Option<pb::Session> {
     client.get(get(id)).await.unwrap().into_inner().session
 }
 
 fn owned(id: &str, owner: &str) -> pb::SaveRequest {
-    let mut request = save(id, &[("k", "v")], None);
-    request.session.as_mut().unwrap().owner = owner.to_owned();
-    request
+    owned_by(save(id, &[("k", "v")], None), owner)
 }
 
 fn ids(sessions: &[pb::Session]) -> Vec<&str> {

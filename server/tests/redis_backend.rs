@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Daemon;
+use common::{Daemon, get, owned_by, save};
 use gonest_session_proto::pb;
 use gonest_session_testing::{RedisSentinel, RedisServer};
 use gonest_sessiond::{Config, StoreBackend};
@@ -18,22 +18,6 @@ fn on(redis: &RedisServer) -> Config {
     }
 }
 
-fn save(id: &str, value: &str, expected: Option<u64>) -> pb::SaveRequest {
-    pb::SaveRequest {
-        session: Some(pb::Session {
-            id: id.to_owned(),
-            data: [("k".to_owned(), value.as_bytes().to_vec())].into(),
-            ..Default::default()
-        }),
-        expected_version: expected,
-        ttl: None,
-    }
-}
-
-fn get(id: &str) -> pb::GetRequest {
-    pb::GetRequest { id: id.to_owned() }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_share_one_redis_with_compare_and_swap_across_them() {
     let redis = RedisServer::start().await;
@@ -44,7 +28,7 @@ async fn two_daemons_share_one_redis_with_compare_and_swap_across_them() {
     let (mut one, mut two) = (first.client(), second.client());
 
     let saved = one
-        .save(save("s", "1", Some(0)))
+        .save(save("s", &[("k", "1")], Some(0)))
         .await
         .unwrap()
         .into_inner();
@@ -61,7 +45,7 @@ async fn two_daemons_share_one_redis_with_compare_and_swap_across_them() {
 
     // A save through the second daemon at the version the first one wrote...
     assert_eq!(
-        two.save(save("s", "2", Some(1)))
+        two.save(save("s", &[("k", "2")], Some(1)))
             .await
             .unwrap()
             .into_inner()
@@ -69,7 +53,10 @@ async fn two_daemons_share_one_redis_with_compare_and_swap_across_them() {
         2
     );
     // ...makes the first daemon's stale save a conflict.
-    let status = one.save(save("s", "stale", Some(1))).await.unwrap_err();
+    let status = one
+        .save(save("s", &[("k", "stale")], Some(1)))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Aborted);
 
     let touched = one
@@ -95,7 +82,10 @@ async fn two_daemons_share_one_redis_with_compare_and_swap_across_them() {
 
     // The limits are the daemon's, the same on Redis.
     let big = "x".repeat(2 << 20);
-    let status = one.save(save("big", &big, None)).await.unwrap_err();
+    let status = one
+        .save(save("big", &[("k", &big)], None))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     let status = one.get(get("bad id")).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -127,7 +117,7 @@ async fn redis_gone_means_unavailable_and_not_serving_until_it_is_back() {
     let mut redis = RedisServer::start().await;
     let daemon = Daemon::start(on(&redis)).await;
     let mut client = daemon.client();
-    client.save(save("s", "1", None)).await.unwrap();
+    client.save(save("s", &[("k", "1")], None)).await.unwrap();
     let mut health = HealthClient::new(daemon.channel.clone());
     assert_eq!(
         health_status(&mut health).await,
@@ -160,12 +150,15 @@ async fn redis_gone_means_unavailable_and_not_serving_until_it_is_back() {
     loop {
         let status = health_status(&mut health).await;
         if status == tonic_health::ServingStatus::Serving as i32
-            && client.save(save("after", "1", None)).await.is_ok()
+            && client
+                .save(save("after", &[("k", "1")], None))
+                .await
+                .is_ok()
         {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
-            let saved = client.save(save("after", "1", None)).await;
+            let saved = client.save(save("after", &[("k", "1")], None)).await;
             panic!("not serving again: health {status}, save {saved:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -199,9 +192,7 @@ async fn a_redis_cluster_failing_over_loses_no_login_and_the_daemon_carries_on()
     .await;
     let mut client = daemon.client();
     let owned = |id: &str, value: &str, expected: Option<u64>| {
-        let mut request = save(id, value, expected);
-        request.session.as_mut().unwrap().owner = "42".into();
-        request
+        owned_by(save(id, &[("k", value)], expected), "42")
     };
     for i in 0..200 {
         client
@@ -259,7 +250,10 @@ async fn with_wait_replicas_a_write_is_acknowledged_only_once_a_replica_has_it()
         .unwrap();
     for i in 0..20 {
         let id = format!("s{i}");
-        client.save(save(&id, "1", Some(0))).await.unwrap();
+        client
+            .save(save(&id, &[("k", "1")], Some(0)))
+            .await
+            .unwrap();
         // Acknowledged: the replica has it already, with no waiting.
         let copy = gonest_session_core::SessionStore::get(&on_replica, &id)
             .await
@@ -270,7 +264,10 @@ async fn with_wait_replicas_a_write_is_acknowledged_only_once_a_replica_has_it()
     // No replica to confirm: the write is UNAVAILABLE, within the wait and the call budget.
     replica.kill();
     let started = tokio::time::Instant::now();
-    let status = client.save(save("late", "1", None)).await.unwrap_err();
+    let status = client
+        .save(save("late", &[("k", "1")], None))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(
         status.message().contains("0 of 1 replicas"),
@@ -316,7 +313,10 @@ async fn a_sentinel_failover_loses_no_acknowledged_save_with_wait_replicas() {
     let id = |n: u64| format!("login-{n}");
     let mut acknowledged = Vec::new();
     for n in 0..50 {
-        client.save(save(&id(n), "1", Some(0))).await.unwrap();
+        client
+            .save(save(&id(n), &[("k", "1")], Some(0)))
+            .await
+            .unwrap();
         acknowledged.push(n);
     }
 
@@ -330,7 +330,7 @@ async fn a_sentinel_failover_loses_no_acknowledged_save_with_wait_replicas() {
             killed.elapsed() < Duration::from_secs(30),
             "no save succeeded within 30 s of the failover ({failed} failed)"
         );
-        match client.save(save(&id(n), "1", Some(0))).await {
+        match client.save(save(&id(n), &[("k", "1")], Some(0))).await {
             Ok(_) => {
                 served_again.get_or_insert(killed.elapsed());
                 acknowledged.push(n);

@@ -5,6 +5,34 @@
 #[allow(unused_imports)]
 pub use gonest_session_testing::Daemon;
 
+use gonest_session_proto::pb;
+
+/// A Save of session `id` holding `pairs`, conditional on `expected` when given.
+pub fn save(id: &str, pairs: &[(&str, &str)], expected: Option<u64>) -> pb::SaveRequest {
+    pb::SaveRequest {
+        session: Some(pb::Session {
+            id: id.to_owned(),
+            data: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            ..Default::default()
+        }),
+        expected_version: expected,
+        ttl: None,
+    }
+}
+
+/// `request`, saving its session as `owner`'s.
+pub fn owned_by(mut request: pb::SaveRequest, owner: &str) -> pb::SaveRequest {
+    request.session.as_mut().unwrap().owner = owner.to_owned();
+    request
+}
+
+pub fn get(id: &str) -> pb::GetRequest {
+    pb::GetRequest { id: id.to_owned() }
+}
+
 /// The `gonest-sessiond` binary, started on port 0, with its log lines as they come.
 pub struct Process {
     pub child: tokio::process::Child,
