@@ -545,15 +545,7 @@ impl RedisSessionStore {
     /// The live sessions of `owner`; ids in its set that no longer are (expired, destroyed or
     /// given to another owner) are removed from the set.
     async fn live_of(&self, owner: &str) -> Result<Vec<SessionRecord>> {
-        let key = self.owner_key(owner);
-        let mut connection = self.connection.clone();
-        let ids: Vec<String> = self
-            .run(
-                redis::cmd("SMEMBERS")
-                    .arg(&key)
-                    .query_async(&mut connection),
-            )
-            .await?;
+        let ids = self.members(owner).await?;
         let mut live = Vec::new();
         let mut stale = Vec::new();
         for id in ids {
@@ -563,17 +555,35 @@ impl RedisSessionStore {
                 Err(err) => return Err(err),
             }
         }
-        if !stale.is_empty() {
-            let () = self
-                .run(
-                    redis::cmd("SREM")
-                        .arg(&key)
-                        .arg(&stale)
-                        .query_async(&mut connection),
-                )
-                .await?;
-        }
+        self.forget(owner, &stale).await?;
         Ok(live)
+    }
+
+    /// The ids in `owner`'s set.
+    async fn members(&self, owner: &str) -> Result<Vec<String>> {
+        let mut connection = self.connection.clone();
+        self.run(
+            redis::cmd("SMEMBERS")
+                .arg(self.owner_key(owner))
+                .query_async(&mut connection),
+        )
+        .await
+    }
+
+    /// Removes `ids` from `owner`'s set.
+    async fn forget(&self, owner: &str, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection.clone();
+        self.run(
+            redis::cmd("SREM")
+                .arg(self.owner_key(owner))
+                .arg(ids)
+                .query_async(&mut connection),
+        )
+        .await
+        .map(|_: i64| ())
     }
 
     /// Runs `command` within the timeout, mapping Redis's failures to store errors.
@@ -781,15 +791,8 @@ impl SessionStore for RedisSessionStore {
     /// atomically with the sessions.
     async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
         validate_owner(owner)?;
-        let key = self.owner_key(owner);
+        let ids = self.members(owner).await?;
         let mut connection = self.connection.clone();
-        let ids: Vec<String> = self
-            .run(
-                redis::cmd("SMEMBERS")
-                    .arg(&key)
-                    .query_async(&mut connection),
-            )
-            .await?;
         let mut destroyed = 0;
         let mut gone = Vec::new();
         for id in ids {
@@ -804,17 +807,7 @@ impl SessionStore for RedisSessionStore {
             }
             gone.push(id);
         }
-        if !gone.is_empty() {
-            let () = self
-                .run(
-                    redis::cmd("SREM")
-                        .arg(&key)
-                        .arg(&gone)
-                        .query_async(&mut connection),
-                )
-                .await
-                .map(|_: i64| ())?;
-        }
+        self.forget(owner, &gone).await?;
         self.replicated().await?;
         Ok(destroyed)
     }
