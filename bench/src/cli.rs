@@ -17,6 +17,9 @@ pub struct Cli {
 /// What to measure.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Requests per second of two web apps, each on its session store: `example-app` on the
+    /// daemon against a peer (such as `tower-sessions-app` on Redis).
+    Http(HttpArgs),
     /// Operations per second and latency under concurrent load.
     Throughput(ThroughputArgs),
     /// Resident memory per stored session.
@@ -67,6 +70,42 @@ pub struct LoadArgs {
     /// `Pipeline` streams the daemon's client spreads calls over.
     #[arg(long, default_value_t = 2)]
     pub streams: usize,
+}
+
+/// Flags of `http`.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// `example-app`, such as http://127.0.0.1:8080.
+    #[arg(long)]
+    pub ours: Option<String>,
+    /// The app to compare with, such as `tower-sessions-app` at http://127.0.0.1:8090.
+    #[arg(long)]
+    pub theirs: Option<String>,
+    /// The port of the session store behind `--ours` (the daemon), to count its CPU too.
+    #[arg(long)]
+    pub ours_store: Option<u16>,
+    /// The port of the session store behind `--theirs` (Redis), to count its CPU too.
+    #[arg(long)]
+    pub theirs_store: Option<u16>,
+    /// What each request is: `profile` (GET /profile with a logged-in session, one per caller)
+    /// or `login` (POST /login without a cookie: a new session each time).
+    #[arg(long, value_enum, default_value_t = Route::Profile)]
+    pub route: Route,
+    /// Concurrent callers, each on its own keep-alive connection.
+    #[arg(long, default_value_t = 50)]
+    pub clients: usize,
+    /// How long to run against each app.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+}
+
+/// The request `http` repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Route {
+    /// `GET /profile` with the caller's session cookie.
+    Profile,
+    /// `POST /login` without a cookie.
+    Login,
 }
 
 /// Flags of `memory`.

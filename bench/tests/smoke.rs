@@ -107,6 +107,68 @@ async fn throughput_runs_the_daemon_on_redis_the_redis_store_and_redis_in_one_ru
     }
 }
 
+/// `example-app` on a daemon against `tower-sessions-app` on Redis, both routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_compares_example_app_with_the_tower_sessions_app() {
+    let daemon = Daemon::start(gonest_sessiond::Config {
+        // Every login is user 42's: no limit on one owner's sessions.
+        max_sessions_per_owner: 0,
+        ..gonest_sessiond::Config::default()
+    })
+    .await;
+    let store =
+        example_app::store(&daemon.url(), std::time::Duration::from_secs(600), None).unwrap();
+    let app = example_app::app(store, gonest_session::SessionOptions::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ours = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let redis = gonest_session_testing::RedisServer::start_primary().await;
+    let peer_port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut peer = Command::new(env!("CARGO_BIN_EXE_tower-sessions-app"))
+        .args(["--listen", &format!("127.0.0.1:{peer_port}")])
+        .args(["--redis", &format!("redis://127.0.0.1:{}", redis.port())])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(peer.stderr.take().unwrap()).lines();
+        let line = lines.next_line().await.unwrap().unwrap_or_default();
+        assert!(line.contains("listening"), "{line}");
+    }
+    let theirs = format!("http://127.0.0.1:{peer_port}");
+    for route in ["profile", "login"] {
+        let output = bench(&[
+            "http",
+            "--ours",
+            &ours,
+            "--theirs",
+            &theirs,
+            "--route",
+            route,
+            "--clients",
+            "4",
+            "--duration",
+            "1s",
+        ])
+        .await;
+        let stdout = succeeded(&output);
+        for name in ["ours", "theirs"] {
+            let line = target_line(&stdout, name);
+            assert!(figure(line, "req/s:") > 10.0, "{route}: {line}");
+            assert_eq!(figure(line, "errors:"), 0.0, "{route}: {line}");
+        }
+        assert!(stdout.contains("ratio ours/theirs req/s:"), "{stdout}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_reports_bytes_per_session() {
     let daemon = daemon().await;
