@@ -18,8 +18,8 @@ use tokio::sync::Notify;
 pub(crate) const ANSWER_BYTES_IN_FLIGHT: usize = 4 << 20;
 
 /// Operations one connection may have in progress at once on a backend that waits (Redis):
-/// each holds its answer until it is handed on, so this bounds those answers too (16 sessions).
-pub(crate) const OPS_IN_PROGRESS: usize = 16;
+/// each holds its answer until it is handed on, so this bounds those answers too (32 sessions).
+pub(crate) const OPS_IN_PROGRESS: usize = 32;
 
 /// One connection's budget; see the module docs.
 #[derive(Debug)]
