@@ -111,8 +111,28 @@ async fn memory_only_settings_are_refused_with_redis() {
     assert!(format!("{err:#}").contains("--data-dir"), "{err:#}");
 }
 
+/// What happens to the daemon's Redis in [`redis_failing`].
+#[derive(PartialEq)]
+enum Fault {
+    /// Killed (its sessions with it), then started again.
+    Gone,
+    /// Hung: answers nothing, connections open (SIGSTOP), then answering again.
+    Hung,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_gone_means_unavailable_and_not_serving_until_it_is_back() {
+    redis_failing(Fault::Gone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_hung_means_unavailable_and_not_serving_and_loses_nothing() {
+    redis_failing(Fault::Hung).await;
+}
+
+/// Calls answer `UNAVAILABLE` within 3 s, health turns `NOT_SERVING`, and once Redis answers
+/// again the same daemon serves again (with every session, when Redis kept them).
+async fn redis_failing(fault: Fault) {
     use tonic_health::pb::health_client::HealthClient;
     let mut redis = RedisServer::start().await;
     let daemon = Daemon::start(on(&redis)).await;
@@ -124,7 +144,10 @@ async fn redis_gone_means_unavailable_and_not_serving_until_it_is_back() {
         tonic_health::ServingStatus::Serving as i32
     );
 
-    redis.kill();
+    match fault {
+        Fault::Gone => redis.kill(),
+        Fault::Hung => redis.pause(),
+    }
     let started = std::time::Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(5), client.get(get("s")))
         .await
@@ -145,7 +168,10 @@ async fn redis_gone_means_unavailable_and_not_serving_until_it_is_back() {
     }
 
     // Redis back: the same daemon serves again, without a restart.
-    redis.start_again().await;
+    match fault {
+        Fault::Gone => redis.start_again().await,
+        Fault::Hung => redis.resume(),
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let status = health_status(&mut health).await;
@@ -165,6 +191,10 @@ async fn redis_gone_means_unavailable_and_not_serving_until_it_is_back() {
     }
     let got = client.get(get("after")).await.unwrap().into_inner();
     assert!(got.session.is_some());
+    if fault == Fault::Hung {
+        let kept = client.get(get("s")).await.unwrap().into_inner();
+        assert_eq!(kept.session.map(|s| s.version), Some(1), "no session lost");
+    }
     daemon.stop().await.unwrap();
 }
 
