@@ -407,3 +407,56 @@ async fn a_stopped_daemon_is_a_503_and_a_restarted_one_serves_without_an_app_res
     assert_eq!(response.status(), StatusCode::OK);
     daemon.stop().await.unwrap();
 }
+
+/// Two daemons on one Redis, two app instances that each list both: a login through app A is
+/// read through app B, and once the daemon app A used goes away the user stays logged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_one_redis_and_one_going_away_keeps_the_user_logged_in() {
+    let redis = gonest_session_testing::RedisServer::start().await;
+    let config = || Config {
+        backend: gonest_sessiond::StoreBackend::Redis(redis.url()),
+        ..Config::default()
+    };
+    let (first, second) = (Daemon::start(config()).await, Daemon::start(config()).await);
+    let a = AppInstance::start(
+        &format!("{},{}", first.url(), second.url()),
+        set_key_route(),
+    )
+    .await;
+    let b = AppInstance::start(
+        &format!("{},{}", second.url(), first.url()),
+        set_key_route(),
+    )
+    .await;
+    let http = client();
+    let response = http.post(format!("{}/login", a.url)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = http.get(format!("{}/profile", b.url)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({ "user_id": 42 }));
+
+    first.stop().await.unwrap();
+    // A request on a stream that was on the stopped daemon may fail (503) while it reopens
+    // on the other; the user is never logged out (no 401), and within 5 s every request is
+    // answered again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut answered_in_a_row = 0;
+    while answered_in_a_row < 20 {
+        assert!(Instant::now() < deadline, "not served again within 5 s");
+        for app in [&a, &b] {
+            let status = http
+                .get(format!("{}/profile", app.url))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            match status {
+                StatusCode::OK => answered_in_a_row += 1,
+                StatusCode::SERVICE_UNAVAILABLE => answered_in_a_row = 0,
+                other => panic!("the user was logged out: {other}"),
+            }
+        }
+    }
+    second.stop().await.unwrap();
+}
