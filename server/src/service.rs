@@ -213,6 +213,17 @@ impl SessionService {
         request: pb::PipelineRequest,
         budget: Option<Arc<AnswerBudget>>,
     ) -> impl Stream<Item = pb::PipelineResponse> + Send + use<> {
+        if request.batch.is_empty() {
+            // One operation, one answer: the common case, kept to one future.
+            let service = self.clone();
+            let answer = async move {
+                let answer = service.apply(request.tag, request.op);
+                service
+                    .budgeted(budget.as_deref(), answer, prost::Message::encoded_len)
+                    .await
+            };
+            return futures_util::stream::once(answer).left_stream();
+        }
         let batch = Batch {
             tag: request.tag,
             own: Some(request.op),
@@ -231,6 +242,7 @@ impl SessionService {
                 Some((part, more.then_some(batch)))
             }
         })
+        .right_stream()
     }
 
     /// Answers a stream's messages as [`answers`](Self::answers) does, but with up to
