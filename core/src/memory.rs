@@ -366,15 +366,17 @@ impl MemorySessionStore {
                 |buf| encode_into(buf, &save.data),
             )
         };
-        // The check and the index update each take the owner's index lock, not together: new
-        // sessions of one owner saved at the same instant can pass the limit by as many as race,
-        // and the next one is refused.
+        // A session new to its owner takes its place in the owner's index with the check, under
+        // the index's lock, so racing new sessions of one owner never pass the limit together.
         let owner_room = |current: Option<&Record>| match owner {
             Some(owner)
                 if current.is_none_or(|c| !c.is_live(now) || c.owner() != owner.as_bytes()) =>
             {
                 let limit = inner.config.max_sessions_per_owner;
-                if inner.owners.has_room(owner, &save.id, limit, now) {
+                if inner
+                    .owners
+                    .reserve(owner, &save.id, limit, now, Nanos::from(expires_at))
+                {
                     Ok(())
                 } else {
                     Err(StoreError::TooManyOwnerSessions { limit })
@@ -423,7 +425,12 @@ impl MemorySessionStore {
                 Entry::Vacant(vacant) => {
                     check_absent(save.expected_version)?;
                     owner_room(None)?;
-                    inner.reserve_slot()?;
+                    if let Err(err) = inner.reserve_slot() {
+                        if let Some(owner) = owner {
+                            inner.owners.release(owner, &save.id);
+                        }
+                        return Err(err);
+                    }
                     let inserted = vacant.insert(record(now, 1));
                     inner.owners.replace(None, Some(inserted.get()));
                     Ok(inserted.get().saved())
@@ -784,6 +791,58 @@ impl SessionStore for MemorySessionStore {
 mod tests {
     use super::*;
     use crate::SessionData;
+
+    #[test]
+    fn racing_new_sessions_of_one_owner_never_pass_its_limit() {
+        for round in 0..20 {
+            let store = MemorySessionStore::builder()
+                .max_sessions_per_owner(10)
+                .sweep_interval(None)
+                .build()
+                .unwrap();
+            let start = std::sync::Barrier::new(8);
+            let saved = std::sync::atomic::AtomicU64::new(0);
+            std::thread::scope(|scope| {
+                for thread in 0..8 {
+                    let (store, start, saved) = (&store, &start, &saved);
+                    scope.spawn(move || {
+                        start.wait();
+                        for n in 0..4 {
+                            let save =
+                                Save::new(format!("s{thread}-{n}"), SessionData::new()).owner("u");
+                            match store.save_now(save) {
+                                Ok(_) => {
+                                    saved.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(StoreError::TooManyOwnerSessions { limit: 10 }) => {}
+                                Err(err) => panic!("{err}"),
+                            }
+                        }
+                    });
+                }
+            });
+            assert_eq!(saved.load(Ordering::Relaxed), 10, "round {round}");
+            assert_eq!(store.list_by_owner_now("u", false).unwrap().len(), 10);
+        }
+    }
+
+    #[test]
+    fn an_owner_place_taken_by_a_save_refused_for_the_session_limit_is_given_back() {
+        let store = MemorySessionStore::builder()
+            .max_sessions(1)
+            .max_sessions_per_owner(1)
+            .sweep_interval(None)
+            .build()
+            .unwrap();
+        let save = |id: &str, owner: &str| Save::new(id, SessionData::new()).owner(owner);
+        store.save_now(save("other", "v")).unwrap();
+        let err = store.save_now(save("mine", "u")).unwrap_err();
+        assert!(matches!(err, StoreError::TooManySessions { .. }), "{err}");
+        store.destroy_now("other").unwrap();
+        store
+            .save_now(save("mine2", "u"))
+            .expect("u's place was given back");
+    }
 
     const HOUR: Duration = Duration::from_secs(3600);
 

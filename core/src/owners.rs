@@ -54,23 +54,44 @@ impl OwnerIndex {
     }
 
     /// Whether `owner` may get session `id`: it has it already, or fewer than `limit` live
-    /// sessions at `now` (0: no limit). Expired entries found on the way are dropped.
-    pub(crate) fn has_room(&self, owner: &str, id: &str, limit: u64, now: Nanos) -> bool {
+    /// sessions at `now` (0: no limit). When it may, `id` is entered at once (to expire at
+    /// `expires_at`), under the same lock as the count, so that new sessions of one owner saved
+    /// at the same instant cannot pass the limit together; a save that then fails takes it out
+    /// again with [`release`](Self::release). Expired entries found on the way are dropped.
+    pub(crate) fn reserve(
+        &self,
+        owner: &str,
+        id: &str,
+        limit: u64,
+        now: Nanos,
+        expires_at: Nanos,
+    ) -> bool {
         if limit == 0 {
             return true;
         }
         let mut shard = self.shard(owner).lock();
-        let Some(ids) = shard.get_mut(owner) else {
-            return true;
-        };
-        if ids.contains_key(id) || (ids.len() as u64) < limit {
+        let ids = shard.entry(owner.into()).or_default();
+        if ids.contains_key(id) {
             return true;
         }
-        // Expired sessions stay in the table (and so here) until swept; they do not count.
-        // Dropping them here is safe: an expired record is absent, and a save that brings the id
-        // back adds it again.
-        ids.retain(|_, expires_at| *expires_at > now);
-        (ids.len() as u64) < limit
+        if ids.len() as u64 >= limit {
+            // Expired sessions stay in the table (and so here) until swept; they do not count.
+            // Dropping them here is safe: an expired record is absent, and a save that brings
+            // the id back adds it again.
+            ids.retain(|_, expires| *expires > now);
+        }
+        let room = (ids.len() as u64) < limit;
+        if room {
+            ids.insert(id.into(), expires_at);
+        } else if ids.is_empty() {
+            shard.remove(owner);
+        }
+        room
+    }
+
+    /// Takes back a [`reserve`](Self::reserve)d id whose save failed.
+    pub(crate) fn release(&self, owner: &str, id: &str) {
+        self.remove(owner, id);
     }
 
     /// Records that `new` replaces `old` (either may be `None`) in the table.
