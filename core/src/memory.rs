@@ -375,7 +375,7 @@ impl MemorySessionStore {
                 let limit = inner.config.max_sessions_per_owner;
                 if inner
                     .owners
-                    .reserve(owner, &save.id, limit, now, Nanos::from(expires_at))
+                    .reserve(owner, &save.id, limit, now, expires_at)
                 {
                     Ok(())
                 } else {
