@@ -83,6 +83,22 @@ redis.call('SET', KEYS[1], head .. ARGV[4] .. ARGV[3], 'PXAT', expires)
 return {version, created, expires, previous}
 ";
 
+/// Enters a session in its owner's set if the owner has room: `KEYS[1]` the set; `ARGV[1]` the
+/// id; `ARGV[2]` the owner's limit (0: none); `ARGV[3]` how long the set must live at least,
+/// in milliseconds. Returns 1 if the id is in the set, 0 if the owner is at its limit. One
+/// script, so that racing new sessions of one owner cannot pass the limit together.
+const INDEX: &str = r"
+local limit = tonumber(ARGV[2])
+if limit > 0 and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0
+    and redis.call('SCARD', KEYS[1]) >= limit then
+  return 0
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3], 'NX')
+redis.call('PEXPIRE', KEYS[1], ARGV[3], 'GT')
+return 1
+";
+
 /// Destroys a session if it belongs to an owner: `KEYS[1]` the key; `ARGV[1]` the owner.
 /// Returns 1 if it destroyed it.
 const DESTROY_IF_OWNED: &str = r"
@@ -128,6 +144,7 @@ struct Inner {
     owner_prefix: String,
     max_sessions_per_owner: u64,
     destroy_if_owned: redis::Script,
+    index: redis::Script,
     default_ttl: Duration,
     max_ttl: Duration,
     max_session_bytes: usize,
@@ -343,10 +360,11 @@ impl RedisSessionStoreBuilder {
         let save = redis::Script::new(SAVE);
         let touch = redis::Script::new(TOUCH);
         let destroy_if_owned = redis::Script::new(DESTROY_IF_OWNED);
+        let index = redis::Script::new(INDEX);
         // Loaded now rather than on first use: a script Redis does not know is sent again after
         // loading it, behind any command sent meanwhile on the same connection.
         let mut loading = connection.clone();
-        for script in [&save, &touch, &destroy_if_owned] {
+        for script in [&save, &touch, &destroy_if_owned, &index] {
             let loaded = tokio::time::timeout(
                 self.timeout,
                 script.prepare_invoke().load_async(&mut loading),
@@ -366,6 +384,7 @@ impl RedisSessionStoreBuilder {
                 owner_prefix: self.owner_prefix,
                 max_sessions_per_owner: self.max_sessions_per_owner,
                 destroy_if_owned,
+                index,
                 default_ttl: self.default_ttl,
                 max_ttl: self.max_ttl,
                 max_session_bytes: self.max_session_bytes,
@@ -499,47 +518,27 @@ impl RedisSessionStore {
     /// Adds `id` to `owner`'s set and keeps the set alive `ttl` ms (and a margin) at least.
     /// Refuses a new session beyond the owner's limit, after dropping the set's stale ids.
     async fn index(&self, owner: &str, id: &str, ttl: u64) -> Result<()> {
-        let key = self.owner_key(owner);
         let limit = self.inner.max_sessions_per_owner;
-        let mut connection = self.connection.clone();
-        if limit != 0 {
-            let (member, count): (bool, u64) = self
-                .run(
-                    redis::pipe()
-                        .cmd("SISMEMBER")
-                        .arg(&key)
-                        .arg(id)
-                        .cmd("SCARD")
-                        .arg(&key)
-                        .query_async(&mut connection),
-                )
-                .await?;
-            if !member && count >= limit && self.live_of(owner).await?.len() as u64 >= limit {
-                return Err(StoreError::TooManyOwnerSessions { limit });
-            }
-        }
         let ttl = ttl.saturating_add(OWNER_SET_MARGIN_MS);
-        let () = self
-            .run(
-                redis::pipe()
-                    .cmd("SADD")
-                    .arg(&key)
-                    .arg(id)
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(ttl)
-                    .arg("NX")
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(ttl)
-                    .arg("GT")
-                    .ignore()
-                    .query_async(&mut connection),
-            )
-            .await?;
-        Ok(())
+        if self.try_index(owner, id, limit, ttl).await? {
+            return Ok(());
+        }
+        // At the limit as the set stands: drop its stale ids, then try once more.
+        self.live_of(owner).await?;
+        if self.try_index(owner, id, limit, ttl).await? {
+            Ok(())
+        } else {
+            Err(StoreError::TooManyOwnerSessions { limit })
+        }
+    }
+
+    /// One run of the [`INDEX`] script: whether `id` is now in `owner`'s set.
+    async fn try_index(&self, owner: &str, id: &str, limit: u64, ttl: u64) -> Result<bool> {
+        let mut connection = self.connection.clone();
+        let mut invocation = self.inner.index.key(self.owner_key(owner));
+        invocation.arg(id).arg(limit).arg(ttl);
+        let entered: i64 = self.run(invocation.invoke_async(&mut connection)).await?;
+        Ok(entered == 1)
     }
 
     /// The live sessions of `owner`; ids in its set that no longer are (expired, destroyed or

@@ -435,6 +435,40 @@ async fn an_owner_has_at_most_its_limit_of_live_sessions() {
         .expect("an expired one does not count");
 }
 
+/// New sessions of one owner saved at once, from several connections: exactly the limit land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_new_sessions_of_one_owner_never_pass_its_limit() {
+    let redis = RedisServer::start().await;
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        // A store each: each has its own connection, so the saves really race in Redis.
+        let store = RedisSessionStore::builder(redis.url())
+            .max_sessions_per_owner(10)
+            .connect()
+            .await
+            .unwrap();
+        writers.push(tokio::spawn(async move {
+            let saves = (0..4).map(|n| store.save(owned(&format!("s{writer}-{n}"), "u")));
+            let mut saved = 0;
+            for result in futures_util::future::join_all(saves).await {
+                match result {
+                    Ok(_) => saved += 1,
+                    Err(StoreError::TooManyOwnerSessions { limit: 10 }) => {}
+                    Err(err) => panic!("{err}"),
+                }
+            }
+            saved
+        }));
+    }
+    let mut saved = 0;
+    for writer in writers {
+        saved += writer.await.unwrap();
+    }
+    assert_eq!(saved, 10);
+    let store = RedisSessionStore::connect(redis.url()).await.unwrap();
+    assert_eq!(store.list_by_owner("u", false).await.unwrap().len(), 10);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_destroy_by_owner_leaves_no_session_saved_before_it_while_more_are_saved() {
     let cluster = gonest_session_testing::RedisCluster::start().await;
