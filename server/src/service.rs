@@ -224,10 +224,12 @@ impl SessionService {
             };
             return futures_util::stream::once(answer).left_stream();
         }
+        // With a batch, a message has an answer of its own only if it has an operation.
         let batch = Batch {
             tag: request.tag,
-            own: Some(request.op),
+            own: request.op,
             rest: request.batch.into_iter(),
+            assembler: Assembler::default(),
         };
         let service = self.clone();
         futures_util::stream::unfold(Some(batch), move |batch| {
@@ -326,32 +328,36 @@ impl SessionService {
     }
 
     /// The next answer of `batch`: the message's own operation first, then as many of the
-    /// batch's operations as fit in [`BATCH_PART_BYTES`] (at least one).
+    /// batch's operations as the [`Assembler`] puts in one part (at least one).
     async fn next_part(&self, batch: &mut Batch) -> pb::PipelineResponse {
-        let mut part = match batch.own.take() {
-            // A message that carries only a batch has no answer of its own but its tag.
-            Some(None) if batch.rest.len() > 0 => None,
-            Some(op) => Some(self.apply(batch.tag, op).await),
-            None => None,
-        }
-        .unwrap_or(pb::PipelineResponse {
-            tag: batch.tag,
-            ..Default::default()
-        });
-        let mut bytes = 0;
-        while bytes < BATCH_PART_BYTES {
-            let Some(element) = batch.rest.next() else {
-                break;
+        if let Some(op) = batch.own.take() {
+            let answer = self.apply(batch.tag, Some(op)).await;
+            let piece = Piece {
+                message: batch.tag,
+                own: true,
+                last: false,
+                answer,
             };
+            batch.assembler.add(piece);
+        }
+        while let Some(element) = batch.rest.next() {
             let answer = if element.batch.is_empty() {
                 self.apply(element.tag, element.op).await
             } else {
                 self.refuse_nested(element.tag).await
             };
-            bytes += prost::Message::encoded_len(&answer);
-            part.batch.push(answer);
+            let piece = Piece {
+                message: batch.tag,
+                own: false,
+                last: batch.rest.len() == 0,
+                answer,
+            };
+            if let Some(part) = batch.assembler.add(piece) {
+                return part;
+            }
         }
-        part
+        // Not reached: the batch's last operation completes its last part.
+        batch.assembler.take(batch.tag)
     }
 
     /// Applies one pipelined operation; a failure becomes an inline `Error`.
@@ -485,8 +491,8 @@ struct Piece {
     answer: pb::PipelineResponse,
 }
 
-/// Puts answers back into messages, as [`SessionService::answers`] sends them: one per
-/// message, a batch's in parts of about [`BATCH_PART_BYTES`].
+/// Puts answers back into messages, for both backends: one per message, a batch's in parts of
+/// about [`BATCH_PART_BYTES`].
 #[derive(Default)]
 struct Assembler {
     /// The message being put together, and the bytes of its batch answers so far.
@@ -516,15 +522,28 @@ impl Assembler {
         }
         None
     }
+
+    /// The message being put together as it stands (a bare answer with `tag` if none).
+    fn take(&mut self, tag: u64) -> pb::PipelineResponse {
+        self.part.take().map_or_else(
+            || pb::PipelineResponse {
+                tag,
+                ..Default::default()
+            },
+            |(part, _)| part,
+        )
+    }
 }
 
-/// What is left to answer of one `Pipeline` message.
+/// What is left to answer of one `Pipeline` message that carries a batch.
 struct Batch {
     tag: u64,
     /// The message's own operation, until it is answered.
-    own: Option<Option<pb::pipeline_request::Op>>,
+    own: Option<pb::pipeline_request::Op>,
     /// The operations of its batch not yet applied.
     rest: std::vec::IntoIter<pb::PipelineRequest>,
+    /// Its answers so far, put into parts.
+    assembler: Assembler,
 }
 
 /// A batch's answers go back in messages of about this many bytes; see
