@@ -261,6 +261,16 @@ impl RedisServer {
     }
 }
 
+/// What `redis-cli -h 127.0.0.1 -p PORT ARGS…` prints (empty if it cannot run).
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 /// A Redis Sentinel (`redis-server --sentinel`) on a free loopback port, watching one master as
 /// `service` with a quorum of 1: it calls a master down after 1 s without an answer and fails
 /// over to a replica. Killed when dropped.
@@ -323,12 +333,7 @@ impl RedisSentinel {
     }
 
     fn cli(&self, args: &[&str]) -> String {
-        std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
-            .unwrap_or_default()
+        redis_cli(self.port, args)
     }
 
     /// The port of the master it names now.
@@ -457,12 +462,7 @@ impl RedisCluster {
 
     /// What `redis-cli -p PORT COMMAND` prints.
     pub fn cli(&self, port: u16, command: &str) -> String {
-        std::process::Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(command.split_whitespace())
-            .output()
-            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
-            .unwrap_or_default()
+        redis_cli(port, &command.split_whitespace().collect::<Vec<_>>())
     }
 
     /// Has a replica take over from its master (`CLUSTER FAILOVER`, the graceful, lossless
