@@ -53,6 +53,10 @@ pub struct ThroughputArgs {
     /// Also print ops/s and p99 for every second of the run (to see a sweep or a snapshot).
     #[arg(long)]
     pub per_second: bool,
+    /// Run the targets in the opposite order (the last first). On a shared machine the target
+    /// that runs first can fare better or worse for that alone: run both orders and compare.
+    #[arg(long)]
+    pub reverse: bool,
 }
 
 /// Flags of the get/save load `throughput` and `sweep` run.
@@ -97,6 +101,10 @@ pub struct HttpArgs {
     /// How long to run against each app.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Run the apps in the opposite order (the last first). On a shared machine the target
+    /// that runs first can fare better or worse for that alone: run both orders and compare.
+    #[arg(long)]
+    pub reverse: bool,
 }
 
 /// The request `http` repeats.

@@ -20,7 +20,7 @@ use crate::report::{CpuUse, Outcome, histogram};
 
 pub(crate) async fn run(args: HttpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.clients > 0, "--clients must be positive");
-    let apps: Vec<(&'static str, &str, Option<u16>)> = [
+    let mut apps: Vec<(&'static str, &str, Option<u16>)> = [
         ("ours", args.ours.as_deref(), args.ours_store),
         ("theirs", args.theirs.as_deref(), args.theirs_store),
     ]
@@ -40,6 +40,9 @@ pub(crate) async fn run(args: HttpArgs) -> anyhow::Result<()> {
         },
         humantime::format_duration(args.duration)
     );
+    if args.reverse {
+        apps.reverse();
+    }
     let mut outcomes = Vec::new();
     for (name, url, store) in apps {
         let outcome = run_one(name, url, store, &args).await?;
@@ -48,6 +51,9 @@ pub(crate) async fn run(args: HttpArgs) -> anyhow::Result<()> {
             println!("{}", cpu.line(name).replacen("per op", "per request", 1));
         }
         outcomes.push(outcome);
+    }
+    if args.reverse {
+        outcomes.reverse();
     }
     if let [ours, theirs] = outcomes.as_slice() {
         println!(

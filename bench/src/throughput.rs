@@ -13,7 +13,7 @@ use crate::target::{self, Lifetime, Target, Walk, session_id};
 const TTL: Duration = Duration::from_secs(3600);
 
 pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
-    let targets = target::connect(
+    let mut targets = target::connect(
         args.sessiond.as_deref(),
         args.redis_store.as_deref(),
         args.redis.as_deref(),
@@ -34,6 +34,9 @@ pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
         100 - args.load.mix.get,
         humantime::format_duration(args.duration)
     );
+    if args.reverse {
+        targets.reverse();
+    }
     let mut outcomes = Vec::new();
     for target in targets {
         let url = match &target {
@@ -50,10 +53,8 @@ pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
         outcomes.push(outcome);
     }
     // Raw Redis, when it ran, is the yardstick of every other target.
-    if let Some((redis, others)) = outcomes.split_last()
-        && redis.name == "redis"
-    {
-        for ours in others {
+    if let Some(redis) = outcomes.iter().find(|outcome| outcome.name == "redis") {
+        for ours in outcomes.iter().filter(|outcome| outcome.name != "redis") {
             print_ratios(ours, redis);
         }
     }

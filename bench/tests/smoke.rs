@@ -76,34 +76,43 @@ async fn throughput_runs_the_daemon_on_redis_the_redis_store_and_redis_in_one_ru
         ..gonest_sessiond::Config::default()
     })
     .await;
-    let url = daemon.url();
-    let output = bench(&[
-        "throughput",
-        "--sessiond",
-        &url,
-        "--redis-store",
-        &redis.url(),
-        "--redis",
-        &redis.url(),
-        "--clients",
-        "4",
-        "--keys",
-        "100",
-        "--duration",
-        "1s",
-    ])
-    .await;
-    let stdout = succeeded(&output);
-    for name in ["sessiond", "redis-store", "redis"] {
-        let line = target_line(&stdout, name);
-        assert!(figure(line, "ops/s:") > 100.0, "{line}");
-        assert_eq!(figure(line, "errors:"), 0.0, "{line}");
-    }
-    for ratio in [
-        "ratio sessiond/redis ops/s:",
-        "ratio redis-store/redis ops/s:",
-    ] {
-        assert!(stdout.contains(ratio), "{ratio} in {stdout}");
+    let (url, redis_url) = (daemon.url(), redis.url());
+    for reverse in [false, true] {
+        let mut args = vec![
+            "throughput",
+            "--sessiond",
+            &url,
+            "--redis-store",
+            &redis_url,
+            "--redis",
+            &redis_url,
+            "--clients",
+            "4",
+            "--keys",
+            "100",
+            "--duration",
+            "1s",
+        ];
+        if reverse {
+            args.push("--reverse");
+        }
+        let stdout = succeeded(&bench(&args).await);
+        let mut order = Vec::new();
+        for name in ["sessiond", "redis-store", "redis"] {
+            let line = target_line(&stdout, name);
+            assert!(figure(line, "ops/s:") > 100.0, "{line}");
+            assert_eq!(figure(line, "errors:"), 0.0, "{line}");
+            order.push(stdout.find(line).unwrap());
+        }
+        let in_order = order.is_sorted();
+        let in_reverse = order.iter().rev().is_sorted();
+        assert!(if reverse { in_reverse } else { in_order }, "{stdout}");
+        for ratio in [
+            "ratio sessiond/redis ops/s:",
+            "ratio redis-store/redis ops/s:",
+        ] {
+            assert!(stdout.contains(ratio), "{ratio} in {stdout}");
+        }
     }
 }
 
@@ -144,8 +153,8 @@ async fn http_compares_example_app_with_the_tower_sessions_app() {
         assert!(line.contains("listening"), "{line}");
     }
     let theirs = format!("http://127.0.0.1:{peer_port}");
-    for route in ["profile", "login"] {
-        let output = bench(&[
+    for (route, reverse) in [("profile", false), ("login", true)] {
+        let mut args = vec![
             "http",
             "--ours",
             &ours,
@@ -157,14 +166,19 @@ async fn http_compares_example_app_with_the_tower_sessions_app() {
             "4",
             "--duration",
             "1s",
-        ])
-        .await;
-        let stdout = succeeded(&output);
+        ];
+        if reverse {
+            args.push("--reverse");
+        }
+        let stdout = succeeded(&bench(&args).await);
+        let mut at = Vec::new();
         for name in ["ours", "theirs"] {
             let line = target_line(&stdout, name);
             assert!(figure(line, "req/s:") > 10.0, "{route}: {line}");
             assert_eq!(figure(line, "errors:"), 0.0, "{route}: {line}");
+            at.push(stdout.find(line).unwrap());
         }
+        assert_eq!(at[0] > at[1], reverse, "{stdout}");
         assert!(stdout.contains("ratio ours/theirs req/s:"), "{stdout}");
     }
 }
