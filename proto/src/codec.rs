@@ -1,12 +1,14 @@
-//! The protobuf codec of the generated client and server: prost's, except that a message that
-//! does not decode is `INVALID_ARGUMENT` (the sender's fault, said to the sender) instead of
-//! `INTERNAL`.
+//! The protobuf codec of the generated client and server: prost's, except that
+//! - a message that does not decode is `INVALID_ARGUMENT` (the sender's fault, said to the
+//!   sender) instead of `INTERNAL`;
+//! - a message is encoded into room reserved for all of it at once: prost writes field by field,
+//!   and a 16 KiB session would otherwise grow the buffer, copying what was written, as it goes.
 
 use std::marker::PhantomData;
 
 use prost::Message;
 use tonic::Status;
-use tonic::codec::{BufferSettings, DecodeBuf, Decoder};
+use tonic::codec::{BufferSettings, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
 /// Encodes `T` and decodes `U` with prost.
@@ -26,15 +28,33 @@ where
 {
     type Encode = T;
     type Decode = U;
-    type Encoder = ProstEncoder<T>;
+    type Encoder = ReservingEncoder<T>;
     type Decoder = CheckedDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::default()
+        ReservingEncoder(ProstEncoder::default())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         CheckedDecoder(ProstDecoder::default())
+    }
+}
+
+/// prost's encoder, reserving the message's whole length before writing it.
+#[derive(Debug)]
+pub struct ReservingEncoder<T>(ProstEncoder<T>);
+
+impl<T: Message> Encoder for ReservingEncoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.reserve(item.encoded_len());
+        self.0.encode(item, buf)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }
 
