@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure()
         .compile_well_known_types(false)
+        // `bytes` fields (session values, error details) as `bytes::Bytes`: decoded as slices
+        // of the received message, and handed to and from the session stores without a copy.
+        .bytes(".")
         .codec_path("crate::codec::Codec")
         .compile_fds(descriptors)?;
     Ok(())

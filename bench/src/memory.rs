@@ -16,7 +16,7 @@ pub(crate) async fn run(args: MemoryArgs) -> anyhow::Result<()> {
     let mut per_session = Vec::new();
     for mut target in targets {
         let before = target.resident_bytes().await?;
-        let value = vec![b'x'; args.size];
+        let value = gonest_session_core::Bytes::from(vec![b'x'; args.size]);
         target::fill(
             &target,
             args.sessions,

@@ -66,7 +66,7 @@ pub(crate) async fn run(args: SweepArgs) -> anyhow::Result<()> {
         args.load.mix.get,
         100 - args.load.mix.get
     );
-    let value = vec![b'x'; args.size];
+    let value = gonest_session_core::Bytes::from(vec![b'x'; args.size]);
     target::fill(
         &target,
         args.load.keys,
@@ -124,7 +124,7 @@ async fn rounds(
     target: &Target,
     monitor: &RemoteSessionStore,
     args: &SweepArgs,
-    value: &[u8],
+    value: &gonest_session_core::Bytes,
     started: Instant,
 ) -> anyhow::Result<(Vec<Span>, Vec<Span>)> {
     let progress = ProgressBar::new_spinner();

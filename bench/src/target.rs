@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use gonest_session_client::RemoteSessionStore;
-use gonest_session_core::{Expiry, Save, SessionData, SessionStore};
+use gonest_session_core::{Bytes, Expiry, Save, SessionData, SessionStore};
 use gonest_session_redis::RedisSessionStore;
 use redis::aio::MultiplexedConnection;
 
@@ -108,7 +108,7 @@ impl Target {
         &mut self,
         id: &str,
         is_get: bool,
-        value: &[u8],
+        value: &Bytes,
         ttl: Duration,
     ) -> anyhow::Result<()> {
         if is_get {
@@ -122,7 +122,7 @@ impl Target {
     pub(crate) async fn save(
         &mut self,
         id: &str,
-        value: &[u8],
+        value: &Bytes,
         ttl: Duration,
     ) -> anyhow::Result<()> {
         self.save_for(id, value, Lifetime::Ttl(ttl)).await
@@ -132,12 +132,13 @@ impl Target {
     pub(crate) async fn save_for(
         &mut self,
         id: &str,
-        value: &[u8],
+        value: &Bytes,
         lifetime: Lifetime,
     ) -> anyhow::Result<()> {
         if let Some(store) = self.store() {
             let mut data = SessionData::with_capacity(1);
-            data.insert("data".to_owned(), value.to_vec());
+            // A shared value, as an app holding its session's values hands them over.
+            data.insert("data".to_owned(), value.clone());
             let mut save = Save::new(id, data);
             save.expiry = match lifetime {
                 Lifetime::Ttl(ttl) => Expiry::Ttl(ttl),
@@ -160,7 +161,7 @@ impl Target {
                 };
                 let () = redis::cmd("SET")
                     .arg(redis_key(id))
-                    .arg(value)
+                    .arg(&value[..])
                     .arg(option)
                     .arg(u64::try_from(millis).unwrap_or(u64::MAX))
                     .query_async(connection)
@@ -266,7 +267,7 @@ pub(crate) async fn fill(
     target: &Target,
     count: usize,
     id: fn(usize) -> String,
-    value: &[u8],
+    value: &Bytes,
     lifetime: Lifetime,
     workers: usize,
 ) -> anyhow::Result<()> {
@@ -274,7 +275,7 @@ pub(crate) async fn fill(
     let tasks: Vec<_> = (0..workers)
         .map(|worker| {
             let mut target = target.clone();
-            let value = value.to_vec();
+            let value = value.clone();
             tokio::spawn(async move {
                 for n in (worker..count).step_by(workers) {
                     target.save_for(&id(n), &value, lifetime).await?;

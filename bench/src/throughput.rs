@@ -107,7 +107,7 @@ async fn run_one(
     args: &ThroughputArgs,
     server: Option<Process>,
 ) -> anyhow::Result<Outcome> {
-    let value = vec![b'x'; args.size];
+    let value = gonest_session_core::Bytes::from(vec![b'x'; args.size]);
     // Every key once, so that gets find something.
     target::fill(
         &target,

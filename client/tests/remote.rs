@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 fn data(pairs: &[(&str, &str)]) -> SessionData {
     pairs
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+        .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec().into()))
         .collect()
 }
 
@@ -180,7 +180,8 @@ async fn an_oversized_save_is_refused_before_sending_and_other_callers_go_on() {
         .streams(1)
         .connect_lazy()
         .unwrap();
-    let big = |bytes: usize| -> SessionData { [("blob".to_owned(), vec![b'x'; bytes])].into() };
+    let big =
+        |bytes: usize| -> SessionData { [("blob".to_owned(), vec![b'x'; bytes].into())].into() };
     let callers: Vec<_> = (0..50)
         .map(|i| {
             let store = store.clone();
@@ -219,7 +220,7 @@ async fn a_session_over_4_mib_reads_back() {
     })
     .await;
     let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
-    let data: SessionData = [("blob".to_owned(), vec![b'y'; 12 << 20])].into();
+    let data: SessionData = [("blob".to_owned(), vec![b'y'; 12 << 20].into())].into();
     store.save(Save::new("big", data.clone())).await.unwrap();
     assert_eq!(store.get("big").await.unwrap().unwrap().data, data);
     daemon.stop().await.unwrap();

@@ -4,6 +4,8 @@
 //! Layout: for each entry, `varint(key length) key varint(value length) value`, keys in no
 //! particular order. Lengths are LEB128 varints, as in protobuf.
 
+use bytes::{BufMut, Bytes};
+
 use crate::{Result, SessionData, StoreError};
 
 /// Encodes `data` into one buffer.
@@ -21,36 +23,46 @@ pub fn encoded_len(data: &SessionData) -> usize {
 }
 
 /// Appends `data`, encoded, to `out`: [`encoded_len`] bytes.
-pub fn encode_into(out: &mut Vec<u8>, data: &SessionData) {
+pub fn encode_into(out: &mut impl BufMut, data: &SessionData) {
     for (key, value) in data {
         put_varint(out, key.len());
-        out.extend_from_slice(key.as_bytes());
+        out.put_slice(key.as_bytes());
         put_varint(out, value.len());
-        out.extend_from_slice(value);
+        out.put_slice(value);
     }
 }
 
-/// Decodes what [`encode_data`] wrote. Malformed input is an error, never a panic.
-pub fn decode_data(mut bytes: &[u8]) -> Result<SessionData> {
+/// Decodes what [`encode_data`] wrote, copying each value. Malformed input is an error, never a
+/// panic.
+pub fn decode_data(bytes: &[u8]) -> Result<SessionData> {
+    decode_with(bytes, Bytes::copy_from_slice)
+}
+
+/// Decodes what [`encode_data`] wrote, each value a slice of `bytes` (no copy).
+pub fn decode_shared(bytes: &Bytes) -> Result<SessionData> {
+    decode_with(bytes, |value| bytes.slice_ref(value))
+}
+
+fn decode_with(mut bytes: &[u8], mut value_of: impl FnMut(&[u8]) -> Bytes) -> Result<SessionData> {
     let mut data = SessionData::new();
     while !bytes.is_empty() {
         let key = take(&mut bytes)?;
         let key = std::str::from_utf8(key)
             .map_err(|_| StoreError::Internal("session key is not UTF-8".into()))?;
         let value = take(&mut bytes)?;
-        data.insert(key.to_owned(), value.to_vec());
+        data.insert(key.to_owned(), value_of(value));
     }
     Ok(data)
 }
 
 /// Appends `value` as a LEB128 varint.
-pub fn put_varint(out: &mut Vec<u8>, value: usize) {
+pub fn put_varint(out: &mut impl BufMut, value: usize) {
     let mut value = value as u64;
     while value >= 0x80 {
-        out.push((value as u8) | 0x80);
+        out.put_u8((value as u8) | 0x80);
         value >>= 7;
     }
-    out.push(value as u8);
+    out.put_u8(value as u8);
 }
 
 /// Reads a LEB128 varint from the front of `bytes`.
@@ -93,12 +105,18 @@ mod tests {
     fn round_trips_any_data() {
         let mut data = SessionData::new();
         assert_eq!(decode_data(&encode_data(&data)).unwrap(), data);
-        data.insert("user_id".into(), b"42".to_vec());
-        data.insert(String::new(), Vec::new());
-        data.insert("big".into(), vec![7; 300]);
-        data.insert("ünïcode".into(), vec![0, 255, 128]);
+        data.insert("user_id".into(), Bytes::from_static(b"42"));
+        data.insert(String::new(), Bytes::new());
+        data.insert("big".into(), vec![7; 300].into());
+        data.insert("ünïcode".into(), vec![0, 255, 128].into());
         let encoded = encode_data(&data);
         assert_eq!(decode_data(&encoded).unwrap(), data);
+        let shared = Bytes::from(encoded.to_vec());
+        let decoded = decode_shared(&shared).unwrap();
+        assert_eq!(decoded, data);
+        // Each value is a slice of the encoded buffer, not a copy.
+        let big = decoded["big"].as_ptr() as usize;
+        assert!((shared.as_ptr() as usize..shared.as_ptr() as usize + shared.len()).contains(&big));
         let expected_len = 1 + 7 + 1 + 2 + 1 + 1 + 1 + 3 + 2 + 300 + 1 + 9 + 1 + 3;
         assert_eq!(encoded.len(), expected_len);
     }

@@ -10,13 +10,14 @@
 //! let store = MemorySessionStore::new(Duration::from_secs(30 * 60));
 //!
 //! let mut data = SessionData::new();
-//! data.insert("user_id".to_owned(), b"42".to_vec());
+//! // Values are `bytes::Bytes`: `Vec<u8>::into()` takes a vector without copying it.
+//! data.insert("user_id".to_owned(), b"42".to_vec().into());
 //! // Expected version 0: create the session only if it does not exist yet.
 //! let saved = store.save(Save::new("abc123", data).expected_version(0)).await?;
 //! assert_eq!(saved.version, 1);
 //!
 //! let record = store.get("abc123").await?.expect("just saved");
-//! assert_eq!(record.data["user_id"], b"42");
+//! assert_eq!(record.data["user_id"], &b"42"[..]);
 //! assert!(store.destroy("abc123").await?);
 //! # Ok(())
 //! # }
@@ -55,6 +56,10 @@ pub use memory::{MemorySessionStore, MemorySessionStoreBuilder, StoreStats};
 pub use record::{Expiry, Save, Saved, SessionData, SessionRecord, data_size};
 pub use snapshot::SnapshotError;
 pub use store::{SessionStore, StoreLimits};
+
+/// The type of a session's values ([`SessionData`]); re-exported so a custom store or an app
+/// needs no dependency of its own.
+pub use bytes::Bytes;
 
 /// The attribute that implements [`SessionStore`]'s async methods; re-exported so a custom store
 /// needs no dependency of its own.

@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use hashbrown::hash_table::Entry;
 use tokio::sync::Notify;
 
-use crate::codec::{decode_data, encode_into, encoded_len};
+use bytes::BufMut;
+
+use crate::codec::{decode_shared, encode_into, encoded_len};
 use crate::owners::OwnerIndex;
 use crate::snapshot::{SnapshotError, SnapshotWriter};
 use crate::table::{Nanos, Record, Table};
@@ -62,12 +64,17 @@ impl Record {
             .map_err(|_| StoreError::Internal("stored session id is not UTF-8".into()))?;
         Ok(SessionRecord {
             id: id.to_owned(),
-            data: decode_data(self.data())?,
+            data: self.shared_data()?,
             created_at: self.created_at().into(),
             expires_at: self.expires_at().into(),
             version: self.version(),
             owner: self.owner_string(),
         })
+    }
+
+    /// The session's values, each a slice of the stored buffer (no copy).
+    fn shared_data(&self) -> Result<SessionData> {
+        decode_shared(&self.shared().slice(self.data_start()..))
     }
 
     fn owner_string(&self) -> Option<String> {
@@ -482,7 +489,7 @@ impl MemorySessionStore {
                         owner: Some(owner.to_owned()),
                     };
                     if with_data {
-                        found.data = decode_data(record.data())?;
+                        found.data = record.shared_data()?;
                     }
                     Ok(Some(found))
                 }
@@ -625,7 +632,7 @@ impl MemorySessionStore {
                 Nanos(record.expires_at),
                 record.version,
                 record.data.len(),
-                |buf| buf.extend_from_slice(&record.data),
+                |buf| buf.put_slice(&record.data),
             );
             self.inner.put(&record.id, stored);
             loaded += 1;
@@ -793,6 +800,35 @@ mod tests {
     use crate::SessionData;
 
     #[test]
+    fn reads_share_the_stored_buffer_and_a_touch_leaves_readers_theirs() {
+        let store = MemorySessionStore::builder()
+            .sweep_interval(None)
+            .build()
+            .unwrap();
+        let value = "v".repeat(16 << 10);
+        store
+            .save_now(Save::new("s", data(&[("k", &value), ("n", "1")])))
+            .unwrap();
+        let first = store.get_now("s").unwrap().unwrap();
+        let second = store.get_now("s").unwrap().unwrap();
+        // Both reads are slices of one buffer: the value was not copied for either.
+        assert_eq!(first.data["k"].as_ptr(), second.data["k"].as_ptr());
+        assert_eq!(first.data["k"], value.as_bytes());
+        // A touch while they are held changes the store's record, not theirs.
+        let until = store.touch_now("s", Some(HOUR * 2)).unwrap().unwrap();
+        let touched = store.get_now("s").unwrap().unwrap();
+        assert_eq!(touched.expires_at, until);
+        assert_ne!(first.expires_at, until);
+        assert_eq!(touched.data, first.data);
+        // A save replaces the record; what a reader holds stays as it read it.
+        store
+            .save_now(Save::new("s", data(&[("k", "new")])))
+            .unwrap();
+        assert_eq!(first.data["k"], value.as_bytes());
+        assert_eq!(&store.get_now("s").unwrap().unwrap().data["k"][..], b"new");
+    }
+
+    #[test]
     fn racing_new_sessions_of_one_owner_never_pass_its_limit() {
         for round in 0..20 {
             let store = MemorySessionStore::builder()
@@ -849,7 +885,7 @@ mod tests {
     fn data(pairs: &[(&str, &str)]) -> SessionData {
         pairs
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec().into()))
             .collect()
     }
 
@@ -1567,7 +1603,7 @@ mod tests {
             task.await.unwrap();
         }
         let record = store.get("counter").await.unwrap().unwrap();
-        assert_eq!(record.data["n"], b"800");
+        assert_eq!(&record.data["n"][..], b"800");
         assert_eq!(record.version, 801);
     }
 

@@ -1,8 +1,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+
 /// A session's values: opaque bytes under string keys.
-pub type SessionData = HashMap<String, Vec<u8>>;
+///
+/// Values are [`Bytes`]: `Bytes::from(vec)` takes a `Vec<u8>` without copying, and a value read
+/// from a store shares the store's buffer (or the received message) instead of being copied.
+pub type SessionData = HashMap<String, Bytes>;
 
 /// The size a store counts against its per-session limit: every key plus every value, in bytes.
 pub fn data_size(data: &SessionData) -> usize {

@@ -223,7 +223,7 @@ mod tests {
 
     fn sample() -> Vec<RawRecord> {
         let mut data = crate::SessionData::new();
-        data.insert("user_id".into(), b"42".to_vec());
+        data.insert("user_id".into(), bytes::Bytes::from_static(b"42"));
         (0..3)
             .map(|i| RawRecord {
                 id: format!("id-{i}").into(),

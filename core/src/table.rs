@@ -11,7 +11,10 @@
 
 use std::hash::BuildHasher;
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::{BufMut, Bytes};
 
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
@@ -55,8 +58,12 @@ impl From<Nanos> for std::time::SystemTime {
 /// | 28..28+n  | id                                     |
 /// | ..+m      | owner                                  |
 /// | ..        | data, in the [`crate::codec`] form     |
+///
+/// The buffer is shared: a read takes a reference to it, not a copy, and its values are handed
+/// out as slices of it (see [`Record::shared`]). Changing a record in place copies it first only
+/// while a reader still holds it.
 #[derive(Debug, Clone)]
-pub(crate) struct Record(Box<[u8]>);
+pub(crate) struct Record(Arc<[u8]>);
 
 const EXPIRES: Range<usize> = 0..8;
 const CREATED: Range<usize> = 8..16;
@@ -74,23 +81,37 @@ impl Record {
         expires_at: Nanos,
         version: u64,
         data_len: usize,
-        write_data: impl FnOnce(&mut Vec<u8>),
+        write_data: impl FnOnce(&mut &mut [u8]),
     ) -> Self {
         let owner = owner.unwrap_or("");
         let id_len = u16::try_from(id.len()).expect("session ids are validated to ≤ 256 bytes");
         let owner_len = u16::try_from(owner.len()).expect("owners are validated to ≤ 256 bytes");
-        let mut buf = Vec::with_capacity(HEADER + id.len() + owner.len() + data_len);
-        buf.extend_from_slice(&expires_at.0.to_le_bytes());
-        buf.extend_from_slice(&created_at.0.to_le_bytes());
-        buf.extend_from_slice(&version.to_le_bytes());
-        buf.extend_from_slice(&id_len.to_le_bytes());
-        buf.extend_from_slice(&owner_len.to_le_bytes());
-        buf.extend_from_slice(id.as_bytes());
-        buf.extend_from_slice(owner.as_bytes());
-        write_data(&mut buf);
-        debug_assert_eq!(buf.len(), HEADER + id.len() + owner.len() + data_len);
-        // `into_boxed_slice` does not reallocate when the capacity was exact.
-        Self(buf.into_boxed_slice())
+        // One allocation of exactly the record's size (collecting a `TrustedLen` iterator into
+        // an `Arc<[u8]>` allocates once), written in place.
+        let mut buf: Arc<[u8]> =
+            std::iter::repeat_n(0, HEADER + id.len() + owner.len() + data_len).collect();
+        let mut out: &mut [u8] = Arc::get_mut(&mut buf).expect("a new buffer is not shared");
+        out.put_slice(&expires_at.0.to_le_bytes());
+        out.put_slice(&created_at.0.to_le_bytes());
+        out.put_slice(&version.to_le_bytes());
+        out.put_slice(&id_len.to_le_bytes());
+        out.put_slice(&owner_len.to_le_bytes());
+        out.put_slice(id.as_bytes());
+        out.put_slice(owner.as_bytes());
+        write_data(&mut out);
+        assert!(out.is_empty(), "session data shorter than its length");
+        Self(buf)
+    }
+
+    /// The record's buffer as [`Bytes`], shared with the table (no copy): values read from it
+    /// are slices of it.
+    pub(crate) fn shared(&self) -> Bytes {
+        Bytes::from_owner(self.0.clone())
+    }
+
+    /// Where the encoded data starts in the buffer.
+    pub(crate) fn data_start(&self) -> usize {
+        self.owner_end()
     }
 
     fn u64_at(&self, range: Range<usize>) -> u64 {
@@ -133,7 +154,7 @@ impl Record {
     }
 
     pub(crate) fn set_expires_at(&mut self, at: Nanos) {
-        self.0[EXPIRES].copy_from_slice(&at.0.to_le_bytes());
+        Arc::make_mut(&mut self.0)[EXPIRES].copy_from_slice(&at.0.to_le_bytes());
     }
 
     pub(crate) fn created_at(&self) -> Nanos {
@@ -385,7 +406,7 @@ mod tests {
 
     fn record(id: &str, data: &[u8]) -> Record {
         Record::new(id, None, Nanos(1), Nanos(2), 3, data.len(), |buf| {
-            buf.extend_from_slice(data)
+            buf.put_slice(data)
         })
     }
 
@@ -408,12 +429,28 @@ mod tests {
         assert_eq!((empty.id(), empty.data()), (&b"a"[..], &b""[..]));
         assert_eq!(empty.owner(), b"");
         let owned = Record::new("id", Some("user 42"), Nanos(1), Nanos(2), 3, 4, |buf| {
-            buf.extend_from_slice(b"data")
+            buf.put_slice(b"data")
         });
         assert_eq!(
             (owned.id(), owned.owner(), owned.data()),
             (&b"id"[..], &b"user 42"[..], &b"data"[..])
         );
+    }
+
+    #[test]
+    fn a_record_changed_while_read_leaves_the_reader_its_copy() {
+        let mut r = record("a", b"payload");
+        let read = r.shared();
+        let before = read.clone();
+        r.set_expires_at(Nanos(99));
+        assert_eq!(r.expires_at(), Nanos(99));
+        assert_eq!(read, before, "the reader's buffer did not change");
+        assert_eq!(&read[r.data_start()..], b"payload");
+        drop((read, before));
+        // Unshared again: changed in place.
+        let at = r.data().as_ptr();
+        r.set_expires_at(Nanos(100));
+        assert_eq!(r.data().as_ptr(), at);
     }
 
     fn insert(table: &Table, id: &str) {

@@ -86,7 +86,7 @@ fn load(bytes: &[u8]) -> Result<Option<Vec<SessionRecord>>, TestCaseError> {
 fn session_data() -> impl Strategy<Value = SessionData> {
     proptest::collection::hash_map(
         ".{0,12}",
-        proptest::collection::vec(any::<u8>(), 0..64),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(bytes::Bytes::from),
         0..6,
     )
 }

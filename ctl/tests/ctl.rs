@@ -51,8 +51,8 @@ async fn every_command_against_a_daemon_with_its_exit_codes() {
         .await
         .unwrap();
     let mut data = SessionData::new();
-    data.insert("user_id".into(), b"42".to_vec());
-    data.insert("raw".into(), vec![0xff, 0x00, 0xfe]);
+    data.insert("user_id".into(), b"42".to_vec().into());
+    data.insert("raw".into(), vec![0xff, 0x00, 0xfe].into());
     for id in ["device-a", "device-b", "device-c"] {
         store
             .save(

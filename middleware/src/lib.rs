@@ -64,7 +64,8 @@ pub use expiry::Expiry;
 #[cfg(feature = "axum")]
 pub use extract::SessionRejection;
 pub use gonest_session_core::{
-    MemorySessionStore, Save, SessionData, SessionRecord, SessionStore, StoreError, StoreLimits,
+    Bytes, MemorySessionStore, Save, SessionData, SessionRecord, SessionStore, StoreError,
+    StoreLimits,
 };
 pub use layer::{SessionLayer, SessionMiddleware};
 pub use options::{SameSite, SessionOptions};

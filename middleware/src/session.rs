@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use gonest_session_core::{Save, SessionData, SessionRecord, SessionStore, StoreError, data_size};
+use gonest_session_core::{
+    Bytes, Save, SessionData, SessionRecord, SessionStore, StoreError, data_size,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -70,7 +72,7 @@ struct State {
     data: SessionData,
     /// This request's own changes by key (`None`: deleted), to apply again on top of a newer
     /// version when another request saved the session meanwhile.
-    changes: HashMap<String, Option<Vec<u8>>>,
+    changes: HashMap<String, Option<Bytes>>,
     /// Counts changes, so a save knows whether the handler changed more while it was under way.
     generation: u64,
     /// `clear` was called: a newer version's keys are removed too, before `changes` apply.
@@ -151,7 +153,7 @@ impl State {
         }
     }
 
-    fn change(&mut self, key: &str, value: Option<Vec<u8>>) {
+    fn change(&mut self, key: &str, value: Option<Bytes>) {
         match &value {
             Some(value) => self.data.insert(key.to_owned(), value.clone()),
             None => self.data.remove(key),
@@ -299,7 +301,7 @@ impl Session {
                 return Err(SessionError::TooLarge { size, limit });
             }
         }
-        state.change(key, Some(bytes));
+        state.change(key, Some(Bytes::from(bytes)));
         Ok(())
     }
 
@@ -776,7 +778,7 @@ mod tests {
             panic!("a new written session sets a cookie");
         };
         let record = store.get(&id).await.unwrap().unwrap();
-        assert_eq!(record.data["user_id"], b"42");
+        assert_eq!(record.data["user_id"], &b"42"[..]);
         assert!(!record.data.contains_key("role"));
     }
 
@@ -796,7 +798,7 @@ mod tests {
         let store = MemorySessionStore::new(std::time::Duration::from_secs(60));
         let id = id::generate();
         let mut data = SessionData::new();
-        data.insert("a".into(), b"1".to_vec());
+        data.insert("a".into(), b"1".to_vec().into());
         store.save(Save::new(&id, data)).await.unwrap();
 
         let first = session(&store, Some(&id));
@@ -812,8 +814,8 @@ mod tests {
         let record = store.get(&id).await.unwrap().unwrap();
         assert_eq!(record.version, 3);
         assert_eq!(record.data.get("a"), None);
-        assert_eq!(record.data["b"], b"2");
-        assert_eq!(record.data["c"], b"3");
+        assert_eq!(record.data["b"], &b"2"[..]);
+        assert_eq!(record.data["c"], &b"3"[..]);
     }
 
     #[tokio::test]
@@ -931,7 +933,7 @@ mod tests {
         let store = MemorySessionStore::new(std::time::Duration::from_secs(60));
         let old = id::generate();
         let mut data = SessionData::new();
-        data.insert("cart".into(), b"[1]".to_vec());
+        data.insert("cart".into(), b"[1]".to_vec().into());
         store.save(Save::new(&old, data)).await.unwrap();
         let s = session(&store, Some(&old));
         s.load().await.unwrap();
@@ -943,6 +945,9 @@ mod tests {
         };
         assert_eq!(sent, new);
         assert_eq!(store.get(&old).await.unwrap(), None);
-        assert_eq!(store.get(&new).await.unwrap().unwrap().data["cart"], b"[1]");
+        assert_eq!(
+            store.get(&new).await.unwrap().unwrap().data["cart"],
+            &b"[1]"[..]
+        );
     }
 }

@@ -225,17 +225,13 @@ pub fn error_to_pb(status: &Status) -> pb::Error {
     pb::Error {
         code: status.code() as i32,
         message: status.message().to_owned(),
-        details: status.details().to_vec(),
+        details: bytes::Bytes::copy_from_slice(status.details()),
     }
 }
 
 /// The status a failed `Pipeline` operation's answer stands for.
 pub fn error_from_pb(error: pb::Error) -> Status {
-    Status::with_details(
-        Code::from(error.code),
-        error.message,
-        bytes::Bytes::from(error.details),
-    )
+    Status::with_details(Code::from(error.code), error.message, error.details)
 }
 
 #[cfg(test)]

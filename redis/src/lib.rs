@@ -35,7 +35,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gonest_session_core::codec::{decode_data, encode_data};
+use gonest_session_core::Bytes;
+use gonest_session_core::codec::{decode_shared, encode_data};
 use gonest_session_core::{
     Expiry, Result, Save, Saved, SessionRecord, SessionStore, StoreError, StoreLimits, async_trait,
     data_size, validate_id, validate_owner,
@@ -623,8 +624,8 @@ fn u64_at(value: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// A stored value as a record.
-fn record(id: &str, value: &[u8]) -> Result<SessionRecord> {
+/// A stored value as a record, its values slices of `value` (no copy).
+fn record(id: &str, value: Vec<u8>) -> Result<SessionRecord> {
     if value.len() < HEADER {
         return Err(StoreError::Internal(
             "a value under the session prefix is not a session".into(),
@@ -638,11 +639,11 @@ fn record(id: &str, value: &[u8]) -> Result<SessionRecord> {
         .map_err(|_| StoreError::Internal("a stored owner is not UTF-8".into()))?;
     Ok(SessionRecord {
         id: id.to_owned(),
-        version: u64_at(value, 0),
-        created_at: time(u64_at(value, 8)),
-        expires_at: time(u64_at(value, 16) & ((1 << 48) - 1)),
-        data: decode_data(&value[HEADER + owner_len..])?,
+        version: u64_at(&value, 0),
+        created_at: time(u64_at(&value, 8)),
+        expires_at: time(u64_at(&value, 16) & ((1 << 48) - 1)),
         owner: (!owner.is_empty()).then(|| owner.to_owned()),
+        data: decode_shared(&Bytes::from(value).slice(HEADER + owner_len..))?,
     })
 }
 
@@ -658,7 +659,7 @@ impl SessionStore for RedisSessionStore {
                     .query_async(&mut connection),
             )
             .await?;
-        value.map(|value| record(id, &value)).transpose()
+        value.map(|value| record(id, value)).transpose()
     }
 
     async fn save(&self, save: Save) -> Result<Saved> {

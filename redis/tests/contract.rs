@@ -11,7 +11,7 @@ use gonest_session_testing::RedisServer;
 fn data(pairs: &[(&str, &str)]) -> SessionData {
     pairs
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+        .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec().into()))
         .collect()
 }
 
@@ -46,7 +46,7 @@ async fn race_writers(store: &RedisSessionStore, id: &'static str, writers: usiz
                     loop {
                         let record = store.get(id).await.unwrap().unwrap();
                         let mut data = record.data;
-                        data.insert(format!("w{writer}-{n}"), b"1".to_vec());
+                        data.insert(format!("w{writer}-{n}"), b"1".to_vec().into());
                         match store
                             .save(Save::new(id, data).expected_version(record.version))
                             .await

@@ -130,7 +130,7 @@ async fn owners_over_the_wire(
         assert!(session.created_at.is_some() && session.expires_at.is_some());
     }
     let listed = b.list_by_owner(list(true)).await.unwrap().into_inner();
-    assert_eq!(listed.sessions[0].data["k"], b"v");
+    assert_eq!(listed.sessions[0].data["k"], &b"v"[..]);
     assert_eq!(stored(&mut b, "s1").await.unwrap().owner, "user 42");
 
     // An older client's save, without an owner, clears it.
@@ -241,7 +241,7 @@ async fn save_get_touch_destroy_round_trip(store: Store) {
 
     let got = stored(&mut client, "abc").await.unwrap();
     assert_eq!(got.id, "abc");
-    assert_eq!(got.data["user_id"], b"42");
+    assert_eq!(got.data["user_id"], &b"42"[..]);
     assert_eq!(got.version, 1);
     assert_eq!(got.created_at, saved.created_at);
     assert_eq!(got.expires_at, saved.expires_at);
@@ -465,7 +465,7 @@ async fn an_oversized_session_is_resource_exhausted_and_the_stored_one_stays_wri
     let updated = client.save(save("a", &[("k", "2")], None)).await.unwrap();
     assert_eq!(updated.into_inner().version, 2);
     let got = stored(&mut client, "a").await.unwrap();
-    assert_eq!(got.data["k"], b"2");
+    assert_eq!(got.data["k"], &b"2"[..]);
 }
 
 #[tokio::test]
@@ -557,7 +557,9 @@ async fn pipeline_applies_in_order_and_answers_errors_inline(store: Store) {
     assert_eq!(tags, (10..19).collect::<Vec<_>>());
     let results: Vec<Answer> = answers.into_iter().map(|a| a.result.unwrap()).collect();
     assert!(matches!(&results[0], Answer::Save(s) if s.version == 1));
-    assert!(matches!(&results[1], Answer::Get(g) if g.session.as_ref().unwrap().data["n"] == b"1"));
+    assert!(
+        matches!(&results[1], Answer::Get(g) if g.session.as_ref().unwrap().data["n"] == b"1"[..])
+    );
     assert!(matches!(&results[2], Answer::Save(s) if s.version == 2));
     assert!(
         matches!(&results[3], Answer::Error(e) if e.code == Code::Aborted as i32 && e.message.contains("version conflict"))
@@ -835,7 +837,7 @@ fn big_save(id: &str, bytes: usize) -> pb::SaveRequest {
     pb::SaveRequest {
         session: Some(pb::Session {
             id: id.to_owned(),
-            data: [("blob".to_owned(), vec![b'x'; bytes])].into(),
+            data: [("blob".to_owned(), vec![b'x'; bytes].into())].into(),
             ..Default::default()
         }),
         expected_version: None,
@@ -868,7 +870,9 @@ async fn an_oversized_pipeline_op_is_answered_inline_and_the_stream_goes_on(stor
         "{:?}",
         answers[1]
     );
-    assert!(matches!(&answers[2], Answer::Get(g) if g.session.as_ref().unwrap().data["n"] == b"1"));
+    assert!(
+        matches!(&answers[2], Answer::Get(g) if g.session.as_ref().unwrap().data["n"] == b"1"[..])
+    );
     assert!(matches!(&answers[3], Answer::Save(s) if s.version == 1));
 }
 
@@ -1029,7 +1033,9 @@ async fn a_batch_is_applied_in_order_and_answered_in_one_message(store: Store) {
         .collect();
     assert!(matches!(results[0], Answer::Save(s) if s.version == 1));
     assert!(matches!(results[1], Answer::Error(e) if e.code == Code::Aborted as i32));
-    assert!(matches!(results[2], Answer::Get(g) if g.session.as_ref().unwrap().data["n"] == b"1"));
+    assert!(
+        matches!(results[2], Answer::Get(g) if g.session.as_ref().unwrap().data["n"] == b"1"[..])
+    );
     assert!(
         matches!(results[3], Answer::Error(e) if e.code == Code::InvalidArgument as i32 && e.message.contains("nest"))
     );

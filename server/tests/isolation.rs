@@ -238,7 +238,7 @@ async fn never_reading_peers(gets: u64, batched: bool, flags: &[&str]) {
         .save(pb::SaveRequest {
             session: Some(pb::Session {
                 id: "big".into(),
-                data: [("blob".to_owned(), blob)].into(),
+                data: [("blob".to_owned(), blob.into())].into(),
                 ..Default::default()
             }),
             expected_version: None,

@@ -12,8 +12,8 @@ use gonest_session_core::{Save, SessionData, SessionRecord, SessionStore};
 
 fn data(i: usize) -> SessionData {
     let mut data = SessionData::new();
-    data.insert("user_id".into(), i.to_string().into_bytes());
-    data.insert("blob".into(), vec![(i % 251) as u8; i % 300]);
+    data.insert("user_id".into(), i.to_string().into_bytes().into());
+    data.insert("blob".into(), vec![(i % 251) as u8; i % 300].into());
     data
 }
 

@@ -14,7 +14,7 @@ pub fn save(id: &str, pairs: &[(&str, &str)], expected: Option<u64>) -> pb::Save
             id: id.to_owned(),
             data: pairs
                 .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec().into()))
                 .collect(),
             ..Default::default()
         }),
