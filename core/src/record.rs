@@ -6,7 +6,9 @@ use bytes::Bytes;
 /// A session's values: opaque bytes under string keys.
 ///
 /// Values are [`Bytes`]: `Bytes::from(vec)` takes a `Vec<u8>` without copying, and a value read
-/// from a store shares the store's buffer (or the received message) instead of being copied.
+/// from a store shares the store's buffer (or the received message) instead of being copied. A
+/// value kept long after the request that read it keeps that buffer too; keep a copy
+/// (`Bytes::copy_from_slice`) instead.
 pub type SessionData = HashMap<String, Bytes>;
 
 /// The size a store counts against its per-session limit: every key plus every value, in bytes.
