@@ -38,9 +38,13 @@ pub fn decode_data(bytes: &[u8]) -> Result<SessionData> {
     decode_with(bytes, Bytes::copy_from_slice)
 }
 
-/// Decodes what [`encode_data`] wrote, each value a slice of `bytes` (no copy).
-pub fn decode_shared(bytes: &Bytes) -> Result<SessionData> {
-    decode_with(bytes, |value| bytes.slice_ref(value))
+/// Decodes what [`encode_data`] wrote at `bytes[start..]`, each value a slice of `bytes` (no
+/// copy).
+pub fn decode_shared(bytes: &Bytes, start: usize) -> Result<SessionData> {
+    let Some(encoded) = bytes.get(start..) else {
+        return Err(StoreError::Internal("session data is truncated".into()));
+    };
+    decode_with(encoded, |value| bytes.slice_ref(value))
 }
 
 fn decode_with(mut bytes: &[u8], mut value_of: impl FnMut(&[u8]) -> Bytes) -> Result<SessionData> {
@@ -112,7 +116,7 @@ mod tests {
         let encoded = encode_data(&data);
         assert_eq!(decode_data(&encoded).unwrap(), data);
         let shared = Bytes::from(encoded.to_vec());
-        let decoded = decode_shared(&shared).unwrap();
+        let decoded = decode_shared(&shared, 0).unwrap();
         assert_eq!(decoded, data);
         // Each value is a slice of the encoded buffer, not a copy.
         let big = decoded["big"].as_ptr() as usize;

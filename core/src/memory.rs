@@ -74,7 +74,7 @@ impl Record {
 
     /// The session's values, each a slice of the stored buffer (no copy).
     fn shared_data(&self) -> Result<SessionData> {
-        decode_shared(&self.shared().slice(self.data_start()..))
+        decode_shared(&self.shared(), self.data_start())
     }
 
     fn owner_string(&self) -> Option<String> {

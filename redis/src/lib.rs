@@ -643,7 +643,7 @@ fn record(id: &str, value: Vec<u8>) -> Result<SessionRecord> {
         created_at: time(u64_at(&value, 8)),
         expires_at: time(u64_at(&value, 16) & ((1 << 48) - 1)),
         owner: (!owner.is_empty()).then(|| owner.to_owned()),
-        data: decode_shared(&Bytes::from(value).slice(HEADER + owner_len..))?,
+        data: decode_shared(&Bytes::from(value), HEADER + owner_len)?,
     })
 }
 
