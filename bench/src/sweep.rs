@@ -51,7 +51,11 @@ pub(crate) async fn run(args: SweepArgs) -> anyhow::Result<()> {
         "--mix must have gets: their latency is measured"
     );
     let target = Target::sessiond(&args.sessiond, args.load.streams).await?;
-    let monitor = RemoteSessionStore::connect(args.sessiond.as_str())
+    // Stats removes the expired sessions before it answers, paced so that requests go on
+    // meanwhile: with a million of them that takes seconds, so it may take up to --wait.
+    let monitor = RemoteSessionStore::builder(args.sessiond.as_str())
+        .timeout(args.wait)
+        .connect()
         .await
         .with_context(|| format!("cannot reach gonest-sessiond at {}", args.sessiond))?;
     println!(
