@@ -51,8 +51,8 @@ pub(crate) async fn run(args: SweepArgs) -> anyhow::Result<()> {
         "--mix must have gets: their latency is measured"
     );
     let target = Target::sessiond(&args.sessiond, args.load.streams).await?;
-    // Patient: a daemon of an earlier version removes the expired sessions before it answers
-    // Stats, which takes seconds with a million of them.
+    // Stats removes the expired sessions before it answers, paced so that requests go on
+    // meanwhile: with a million of them that takes seconds, so it may take up to --wait.
     let monitor = RemoteSessionStore::builder(args.sessiond.as_str())
         .timeout(args.wait)
         .connect()
@@ -197,8 +197,8 @@ async fn watch(
     loop {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the daemon did not remove the expired sessions within {}; was it started with a \
-             --sweep-interval shorter than that?",
+            "the daemon did not remove the expired sessions within {}; is it a \
+             gonest-sessiond that removes them when Stats is asked?",
             humantime::format_duration(args.wait)
         );
         tokio::time::sleep(POLL).await;

@@ -366,17 +366,6 @@ impl Table {
         self.shards[index].earliest.load(Ordering::Relaxed) <= now.0
     }
 
-    /// How many records of shard `index` are live at `now`, read under its read lock: its
-    /// length when it holds nothing expired, else a count of its records.
-    pub(crate) fn live_in_shard(&self, index: usize, now: Nanos) -> u64 {
-        let Shard { records, earliest } = &self.shards[index];
-        let shard = records.read();
-        if earliest.load(Ordering::Relaxed) > now.0 {
-            return shard.len() as u64;
-        }
-        shard.iter().filter(|record| record.is_live(now)).count() as u64
-    }
-
     /// Keeps only the records of shard `index` for which `keep` is true; returns how many it
     /// removed. Locks that one shard.
     pub(crate) fn retain_shard(&self, index: usize, mut keep: impl FnMut(&Record) -> bool) -> u64 {
