@@ -52,10 +52,8 @@ pub(crate) async fn run(args: HttpArgs) -> anyhow::Result<()> {
         }
         outcomes.push(outcome);
     }
-    if args.reverse {
-        outcomes.reverse();
-    }
-    if let [ours, theirs] = outcomes.as_slice() {
+    let named = |name| outcomes.iter().find(|outcome| outcome.name == name);
+    if let (Some(ours), Some(theirs)) = (named("ours"), named("theirs")) {
         println!(
             "ratio ours/theirs req/s: {:.2}",
             ours.ops_per_second() / theirs.ops_per_second()
