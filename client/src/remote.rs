@@ -105,7 +105,9 @@ impl RemoteSessionStore {
         self.inner
             .limits
             .get_or_try_init(|| async {
-                let stats = self.stats().await?;
+                // The limits need no count: the daemon answers at once instead of first removing
+                // what has expired, which takes seconds after a great many sessions expired.
+                let stats = self.request_stats(true).await?;
                 if stats.pipeline_batches {
                     self.inner.lanes.batch();
                 }
@@ -170,10 +172,23 @@ impl RemoteSessionStore {
             .map_err(|status| error_from_status(&status, None))
     }
 
-    /// The daemon's counters.
+    /// The daemon's counters, `live_sessions` exactly. The daemon first removes the sessions
+    /// that have expired since its last sweep, at the sweeper's pace: right after a great many
+    /// expired at once (a million: about 5 s) this can outlast the store's timeout.
     pub async fn stats(&self) -> Result<RemoteStats> {
+        self.request_stats(false).await
+    }
+
+    /// The daemon's counters as they stand, at once: `live_sessions` may still count sessions
+    /// that expired since the daemon's last sweep. An older daemon (before v1.2) answers as
+    /// [`stats`](Self::stats) does.
+    pub async fn stats_as_stored(&self) -> Result<RemoteStats> {
+        self.request_stats(true).await
+    }
+
+    async fn request_stats(&self, as_stored: bool) -> Result<RemoteStats> {
         let mut client = self.inner.client.clone();
-        let call = client.stats(pb::StatsRequest {});
+        let call = client.stats(pb::StatsRequest { as_stored });
         let stats = tokio::time::timeout(self.inner.timeout, call)
             .await
             .map_err(|_| StoreError::Timeout)?

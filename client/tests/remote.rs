@@ -251,7 +251,7 @@ async fn with_several_daemons_on_one_redis_one_going_away_is_survived() {
         let mut client = daemon.client();
         async move {
             client
-                .stats(gonest_session_proto::pb::StatsRequest {})
+                .stats(gonest_session_proto::pb::StatsRequest::default())
                 .await
                 .is_ok()
         }
@@ -288,4 +288,32 @@ async fn with_several_daemons_on_one_redis_one_going_away_is_survived() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     b.stop().await.unwrap();
+}
+
+/// Connecting learns the daemon's limits from a `Stats` that does not wait for the expired
+/// sessions to be removed (seconds, after a great many expired at once): the daemon still holds
+/// them afterwards, until an exact `stats` removes them.
+#[tokio::test(start_paused = true)]
+async fn connecting_does_not_wait_for_the_expired_sessions_to_be_removed() {
+    let daemon = Daemon::start(Config::default()).await;
+    let filler = RemoteSessionStore::connect(daemon.url()).await.unwrap();
+    for i in 0..20 {
+        filler
+            .save(Save::new(format!("s{i}"), data(&[])).ttl(Duration::from_secs(1)))
+            .await
+            .unwrap();
+    }
+    tokio::time::advance(Duration::from_secs(2)).await;
+
+    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
+    store.save(Save::new("new", data(&[]))).await.unwrap();
+
+    let stored = store.stats_as_stored().await.unwrap();
+    assert_eq!(
+        (stored.live_sessions, stored.expired_removed_total),
+        (21, 0),
+        "nothing was removed to answer the new client"
+    );
+    let exact = store.stats().await.unwrap();
+    assert_eq!((exact.live_sessions, exact.expired_removed_total), (1, 20));
 }

@@ -65,8 +65,14 @@ enum Command {
         /// The session id.
         id: String,
     },
-    /// Prints the daemon's counters and limits.
-    Stats,
+    /// Prints the daemon's counters and limits. The daemon first removes the sessions that have
+    /// expired since its last sweep, which takes seconds after a great many expired at once.
+    Stats {
+        /// Print the counters as they stand, at once: live_sessions may then still count
+        /// sessions expired since the last sweep.
+        #[arg(long)]
+        as_stored: bool,
+    },
 }
 
 /// What a command ends with.
@@ -132,8 +138,11 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             true => Outcome::Done(json!({ "destroyed": true })),
             false => Outcome::NotFound(json!({ "destroyed": false })),
         },
-        Command::Stats => {
-            let stats = store.stats().await?;
+        Command::Stats { as_stored } => {
+            let stats = match as_stored {
+                true => store.stats_as_stored().await?,
+                false => store.stats().await?,
+            };
             Outcome::Done(json!({
                 "live_sessions": stats.live_sessions,
                 "expired_removed_total": stats.expired_removed_total,

@@ -108,6 +108,9 @@ async fn every_command_against_a_daemon_with_its_exit_codes() {
     assert_eq!(run.code, 0, "{}", run.err);
     assert_eq!(run.out["live_sessions"], 1);
     assert_eq!(run.out["max_session_bytes"], 1 << 20);
+    let run = ctl(&daemon, &token_file, &["stats", "--as-stored"]).await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    assert_eq!(run.out["live_sessions"], 1);
 
     // Usage and connection errors: 2, with the reason on stderr.
     let run = ctl(&daemon, &token_file, &["list"]).await;

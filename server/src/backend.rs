@@ -93,10 +93,12 @@ impl Backend {
         }
     }
 
-    /// The counters `Stats` reports. On Redis, the daemon counts nothing: the sessions and their
-    /// expiry are Redis's.
-    pub(crate) async fn stats(&self) -> StoreStats {
+    /// The counters `Stats` reports: exact after removing what has expired, or, `as_stored`, at
+    /// once as they stand. On Redis, the daemon counts nothing: the sessions and their expiry are
+    /// Redis's.
+    pub(crate) async fn stats(&self, as_stored: bool) -> StoreStats {
         match self {
+            Self::Memory(store) if as_stored => store.stats(),
             Self::Memory(store) => store.live_stats().await,
             Self::Redis(_) => StoreStats {
                 live_sessions: 0,

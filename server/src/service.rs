@@ -671,9 +671,9 @@ impl pb::session_store_server::SessionStore for SessionService {
 
     async fn stats(
         &self,
-        _request: Request<pb::StatsRequest>,
+        request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        let stats = self.store.stats().await;
+        let stats = self.store.stats(request.get_ref().as_stored).await;
         Ok(Response::new(pb::StatsResponse {
             live_sessions: stats.live_sessions,
             expired_removed_total: stats.expired_removed_total,

@@ -494,7 +494,7 @@ async fn the_session_limit_is_resource_exhausted_and_existing_sessions_stay_writ
     assert_eq!(updated.into_inner().version, 2);
 
     let stats = client
-        .stats(pb::StatsRequest {})
+        .stats(pb::StatsRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -780,13 +780,57 @@ async fn stats_count_sessions() {
         .await
         .unwrap();
     let stats = client
-        .stats(pb::StatsRequest {})
+        .stats(pb::StatsRequest::default())
         .await
         .unwrap()
         .into_inner();
     assert_eq!(stats.live_sessions, 4);
     assert_eq!(stats.expired_removed_total, 0);
     assert_eq!(stats.sweeps_total, 0);
+}
+
+/// `as_stored` answers from the counters as they stand, without removing what has expired; the
+/// plain request removes it first and counts exactly.
+#[tokio::test(start_paused = true)]
+async fn stats_as_stored_answers_without_removing_the_expired() {
+    let daemon = Daemon::start(Config::default()).await;
+    let mut client = daemon.client();
+    for i in 0..5 {
+        let mut request = save(&format!("s{i}"), &[], None);
+        request.ttl = Some(duration_to_pb(Duration::from_secs(if i < 3 {
+            1
+        } else {
+            3600
+        })));
+        client.save(request).await.unwrap();
+    }
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let stats = |as_stored| {
+        let mut client = client.clone();
+        async move {
+            client
+                .stats(pb::StatsRequest { as_stored })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+
+    let stored = stats(true).await;
+    assert_eq!(
+        (stored.live_sessions, stored.expired_removed_total),
+        (5, 0),
+        "as they stand: the three expired ones are still stored"
+    );
+    assert_eq!(
+        stored.max_session_bytes,
+        Config::default().max_session_bytes as u64,
+        "the limits are there"
+    );
+    let exact = stats(false).await;
+    assert_eq!((exact.live_sessions, exact.expired_removed_total), (2, 3));
+    let stored = stats(true).await;
+    assert_eq!((stored.live_sessions, stored.expired_removed_total), (2, 3));
 }
 
 #[tokio::test(start_paused = true)]
@@ -993,7 +1037,7 @@ async fn a_batch_is_applied_in_order_and_answered_in_one_message(store: Store) {
     let daemon = Daemon::start(store.config()).await;
     let mut client = daemon.client();
     let stats = client
-        .stats(pb::StatsRequest {})
+        .stats(pb::StatsRequest::default())
         .await
         .unwrap()
         .into_inner();

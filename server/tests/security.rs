@@ -86,7 +86,7 @@ async fn every_rpc(channel: Channel, token: Option<&str>) -> Vec<(&'static str, 
             "stats",
             code(
                 client
-                    .stats(with_token(pb::StatsRequest {}, token))
+                    .stats(with_token(pb::StatsRequest::default(), token))
                     .await
                     .map(drop),
             ),
