@@ -15,6 +15,7 @@
 //! # }
 //! ```
 
+pub mod chunked;
 pub mod codec;
 mod convert;
 mod limits;

@@ -34,6 +34,7 @@ pub mod logging;
 mod memory_usage;
 mod metrics;
 mod persistence;
+mod pipeline;
 mod server;
 mod service;
 pub mod shutdown;

@@ -267,9 +267,15 @@ pub async fn run(
             // Requests may carry a session of up to --max-session-bytes and its framing; answers
             // are not limited, so whatever was stored (even under an earlier, larger limit) can
             // be read back.
-            SessionStoreServer::new(service)
-                .max_decoding_message_size(message_limit(config.max_session_bytes))
-                .max_encoding_message_size(usize::MAX),
+            // Pipeline calls are answered by a body of our own that sends large values without
+            // copying them (pipeline.rs); the same limits apply.
+            crate::pipeline::WithPipeline::new(
+                SessionStoreServer::new(service.clone())
+                    .max_decoding_message_size(message_limit(config.max_session_bytes))
+                    .max_encoding_message_size(usize::MAX),
+                service,
+                message_limit(config.max_session_bytes),
+            ),
             config.tokens.clone(),
         ))
         .serve_with_incoming_shutdown(crate::incoming::accept(listener, accept), async move {

@@ -87,6 +87,7 @@ on_both_backends!(
     refusals_carry_their_figures_as_error_details,
     a_batch_is_applied_in_order_and_answered_in_one_message,
     a_batch_with_large_answers_comes_back_in_parts_in_order,
+    large_and_small_values_come_back_exactly,
     interleaved_sessions_each_keep_their_order,
 );
 
@@ -833,6 +834,39 @@ async fn stats_as_stored_answers_without_removing_the_expired() {
     assert_eq!((stored.live_sessions, stored.expired_removed_total), (2, 3));
 }
 
+/// A compressed `Pipeline` request is refused as the generated server refuses one (the daemon
+/// offers no compression), not read as protobuf.
+#[tokio::test]
+async fn a_compressed_pipeline_request_is_unimplemented() {
+    let daemon = Daemon::start(Config::default()).await;
+    let tcp = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!(
+        "http://{}/gonest.session.v1.SessionStore/Pipeline",
+        daemon.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("grpc-encoding", "gzip")
+    .body(())
+    .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(bytes::Bytes::from_static(&[1, 0, 0, 0, 1, 0]), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "12", "{response:?}");
+    assert!(
+        response.headers()["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("gzip")
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_connection_that_sends_nothing_is_closed() {
     use tokio::io::AsyncReadExt;
@@ -1122,6 +1156,75 @@ async fn a_batch_with_large_answers_comes_back_in_parts_in_order(store: Store) {
         );
     }
     assert!(matches!(&inner[10].result, Some(Answer::Save(s)) if s.version == 1));
+}
+
+/// Values around the size the daemon sends without copying (as frames of their own), several in
+/// one session and in one batch, come back byte for byte.
+async fn large_and_small_values_come_back_exactly(store: Store) {
+    use gonest_session_proto::chunked::LARGE_VALUE;
+    let daemon = Daemon::start(store.config()).await;
+    let mut client = daemon.client().max_decoding_message_size(usize::MAX);
+    let value = |len: usize, seed: u8| -> bytes::Bytes {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<u8>>()
+            .into()
+    };
+    let sessions: Vec<pb::Session> = (0..4u8)
+        .map(|n| pb::Session {
+            id: format!("s{n}"),
+            data: [
+                ("a".to_owned(), value(LARGE_VALUE - 1, n)),
+                ("b".to_owned(), value(LARGE_VALUE, n + 1)),
+                ("c".to_owned(), value(3 * LARGE_VALUE + 5, n + 2)),
+                ("d".to_owned(), value(10, n + 3)),
+                ("e".to_owned(), bytes::Bytes::new()),
+            ]
+            .into(),
+            ..Default::default()
+        })
+        .collect();
+    for session in &sessions {
+        client
+            .save(pb::SaveRequest {
+                session: Some(session.clone()),
+                expected_version: None,
+                ttl: None,
+            })
+            .await
+            .unwrap();
+    }
+    let batch = (0..4u64)
+        .map(|n| op(n + 1, Op::Get(get(&format!("s{n}")))))
+        .collect();
+    let single = op(9, Op::Get(get("s3")));
+    let answers = pipelined(
+        &mut client,
+        [
+            single,
+            pb::PipelineRequest {
+                tag: 10,
+                op: None,
+                batch,
+            },
+        ],
+    )
+    .await;
+    let got: Vec<&pb::Session> = answers
+        .iter()
+        .flat_map(|answer| std::iter::once(answer).chain(&answer.batch))
+        .filter_map(|answer| match &answer.result {
+            Some(Answer::Get(get)) => get.session.as_ref(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 5);
+    assert_eq!(got[0].data, sessions[3].data);
+    for (got, sent) in got[1..].iter().zip(&sessions) {
+        assert_eq!(got.id, sent.id);
+        assert_eq!(got.data, sent.data);
+        assert_eq!(got.version, 1);
+    }
 }
 
 /// Saves of four sessions in turn, each expecting the version its session's last save left, in
