@@ -84,7 +84,20 @@ def main() -> None:
             assert not answers[2].get.HasField("session"), answers
             stats = store.Stats(pb.StatsRequest())
             assert stats.live_sessions == 0, stats
-            print("python client: 6 checks passed against", addr)
+            # Values of 8 KiB and more come back as HTTP/2 frames of their own.
+            large = {"a": bytes(range(256)) * 80, "b": b"small", "c": b"\x07" * (300 << 10)}
+            store.Save(pb.SaveRequest(session=pb.Session(id="py-2", data=large)))
+            answers = list(store.Pipeline(iter([
+                pb.PipelineRequest(tag=10, get=pb.GetRequest(id="py-2")),
+                pb.PipelineRequest(tag=11, batch=[
+                    pb.PipelineRequest(tag=12, get=pb.GetRequest(id="py-2")),
+                ]),
+            ])))
+            sessions = [answers[0].get.session, answers[1].batch[0].get.session]
+            assert all(dict(s.data) == large for s in sessions), "large values differ"
+            stored = store.Stats(pb.StatsRequest(as_stored=True))
+            assert stored.live_sessions == 1 and stored.max_session_bytes > 0, stored
+            print("python client: 8 checks passed against", addr)
         finally:
             daemon.terminate()
             daemon.wait(timeout=15)
