@@ -180,7 +180,7 @@ impl RemoteSessionStore {
     }
 
     /// The daemon's counters as they stand, at once: `live_sessions` may still count sessions
-    /// that expired since the daemon's last sweep. An older daemon (before v1.2) answers as
+    /// that expired since the daemon's last sweep. An older daemon (before v1.3) answers as
     /// [`stats`](Self::stats) does.
     pub async fn stats_as_stored(&self) -> Result<RemoteStats> {
         self.request_stats(true).await
