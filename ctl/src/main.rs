@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use clap::{Parser, Subcommand};
 use gonest_session_client::RemoteSessionStore;
-use gonest_session_core::{SessionRecord, SessionStore};
+use gonest_session_core::{SessionRecord, SessionStore, StoreError};
 use serde_json::{Map, Value, json};
 
 /// Inspect and revoke the sessions a gonest-sessiond daemon holds.
@@ -141,7 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Stats { as_stored } => {
             let stats = match as_stored {
                 true => store.stats_as_stored().await?,
-                false => store.stats().await?,
+                false => store.stats().await.map_err(exact_stats_failed)?,
             };
             Outcome::Done(json!({
                 "live_sessions": stats.live_sessions,
@@ -153,6 +153,17 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             }))
         }
     })
+}
+
+/// Why an exact `stats` failed; a timeout says what is likely behind it and what answers at once.
+fn exact_stats_failed(err: StoreError) -> anyhow::Error {
+    match err {
+        StoreError::Timeout => anyhow::anyhow!(
+            "{err}: right after a great many sessions expired, the daemon removes them before it \
+             counts (seconds for a million); --as-stored answers at once, or give a longer --timeout"
+        ),
+        err => err.into(),
+    }
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -185,5 +196,21 @@ fn value_json(value: &[u8]) -> Value {
     match std::str::from_utf8(value) {
         Ok(text) => Value::String(text.to_owned()),
         Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(value) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exact_stats_that_times_out_points_at_as_stored() {
+        let message = format!("{:#}", exact_stats_failed(StoreError::Timeout));
+        assert!(message.contains("--as-stored"), "{message}");
+        let other = format!(
+            "{:#}",
+            exact_stats_failed(StoreError::Unavailable("down".into()))
+        );
+        assert!(!other.contains("--as-stored"), "{other}");
     }
 }
