@@ -255,4 +255,64 @@ mod tests {
         assert_eq!(chunks.len(), 1);
         assert_eq!(chunks.concat(), framed(&answers));
     }
+
+    mod random {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = Bytes> {
+            prop_oneof![
+                Just(Bytes::new()),
+                proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from),
+                (LARGE_VALUE - 2..LARGE_VALUE + 2, any::<u8>())
+                    .prop_map(|(len, byte)| Bytes::from(vec![byte; len])),
+                (2 * LARGE_VALUE..3 * LARGE_VALUE, any::<u8>())
+                    .prop_map(|(len, byte)| Bytes::from(vec![byte; len])),
+            ]
+        }
+
+        /// 0 (left out of the encoding), 1 or 2, or anything.
+        fn small_or_any() -> impl Strategy<Value = u64> {
+            prop_oneof![0..3u64, any::<u64>()]
+        }
+
+        fn answer() -> impl Strategy<Value = pb::PipelineResponse> {
+            let data = proptest::collection::hash_map("[a-z]{0,3}", value(), 0..4);
+            let session = (any::<bool>(), data, small_or_any(), "[a-z]{0,2}").prop_map(
+                |(found, data, version, owner)| {
+                    found.then(|| pb::Session {
+                        id: "s".into(),
+                        data,
+                        created_at: None,
+                        expires_at: Some(prost_types::Timestamp {
+                            seconds: 9,
+                            nanos: 1,
+                        }),
+                        version,
+                        owner,
+                    })
+                },
+            );
+            (small_or_any(), session).prop_map(|(tag, session)| get(tag, session))
+        }
+
+        proptest! {
+            #[test]
+            fn chunks_are_prosts_encoding(
+                answers in proptest::collection::vec(
+                    (answer(), proptest::collection::vec(answer(), 0..4)),
+                    1..4,
+                )
+            ) {
+                let answers: Vec<pb::PipelineResponse> = answers
+                    .into_iter()
+                    .map(|(mut answer, batch)| {
+                        answer.batch = batch;
+                        answer
+                    })
+                    .collect();
+                prop_assert_eq!(chunks_of(&answers).concat(), framed(&answers));
+            }
+        }
+    }
 }
