@@ -6,6 +6,9 @@ use gonest_session_testing::Daemon;
 use tokio::net::TcpListener;
 use tokio::process::Command;
 
+/// A short `throughput` load: enough operations to measure, over in about a second a target.
+const SHORT_LOAD: [&str; 6] = ["--clients", "4", "--keys", "100", "--duration", "1s"];
+
 async fn daemon() -> Daemon {
     Daemon::start(gonest_sessiond::Config::default()).await
 }
@@ -67,20 +70,9 @@ fn figure(line: &str, label: &str) -> f64 {
 async fn throughput_runs_against_the_daemon() {
     let daemon = daemon().await;
     let url = daemon.url();
-    let output = bench(&[
-        "throughput",
-        "--sessiond",
-        &url,
-        "--clients",
-        "4",
-        "--keys",
-        "100",
-        "--duration",
-        "1s",
-        "--mix",
-        "get:50,save:50",
-    ])
-    .await;
+    let mut args = vec!["throughput", "--sessiond", &url, "--mix", "get:50,save:50"];
+    args.extend(SHORT_LOAD);
+    let output = bench(&args).await;
     let stdout = succeeded(&output);
     let line = target_line(&stdout, "sessiond");
     assert!(figure(line, "ops/s:") > 100.0, "{line}");
@@ -99,7 +91,7 @@ async fn throughput_runs_the_daemon_on_redis_the_redis_store_and_redis_in_one_ru
     .await;
     let (url, redis_url) = (daemon.url(), redis.url());
     for reverse in [false, true] {
-        let args = vec![
+        let mut args = vec![
             "throughput",
             "--sessiond",
             &url,
@@ -107,13 +99,8 @@ async fn throughput_runs_the_daemon_on_redis_the_redis_store_and_redis_in_one_ru
             &redis_url,
             "--redis",
             &redis_url,
-            "--clients",
-            "4",
-            "--keys",
-            "100",
-            "--duration",
-            "1s",
         ];
+        args.extend(SHORT_LOAD);
         let names = ["sessiond", "redis-store", "redis"];
         let stdout = bench_in_order(args, reverse, &names).await;
         for name in names {

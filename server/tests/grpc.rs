@@ -845,15 +845,10 @@ async fn a_compressed_pipeline_request_is_unimplemented() {
         let _ = connection.await;
     });
     let mut client = client.ready().await.unwrap();
-    let request = http::Request::post(format!(
-        "http://{}/gonest.session.v1.SessionStore/Pipeline",
-        daemon.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("grpc-encoding", "gzip")
-    .body(())
-    .unwrap();
+    let request = common::pipeline_request(daemon.addr)
+        .header("grpc-encoding", "gzip")
+        .body(())
+        .unwrap();
     let (response, mut send) = client.send_request(request, false).unwrap();
     send.send_data(bytes::Bytes::from_static(&[1, 0, 0, 0, 1, 0]), true)
         .unwrap();

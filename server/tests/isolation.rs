@@ -173,13 +173,7 @@ impl NeverReads {
                 break;
             };
             client = ready;
-            let request = http::Request::post(format!(
-                "http://{addr}/gonest.session.v1.SessionStore/Pipeline"
-            ))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
+            let request = common::pipeline_request(addr).body(()).unwrap();
             let (response, mut send) = client.send_request(request, false).unwrap();
             send.send_data(body.clone(), false).unwrap();
             streams.push((response, send));

@@ -7,6 +7,15 @@ pub use gonest_session_testing::Daemon;
 
 use gonest_session_proto::pb;
 
+/// The headers of a `Pipeline` call to the daemon at `addr`, for a raw HTTP/2 client.
+pub fn pipeline_request(addr: impl std::fmt::Display) -> http::request::Builder {
+    http::Request::post(format!(
+        "http://{addr}/gonest.session.v1.SessionStore/Pipeline"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+}
+
 /// A Save of session `id` holding `pairs`, conditional on `expected` when given.
 pub fn save(id: &str, pairs: &[(&str, &str)], expected: Option<u64>) -> pb::SaveRequest {
     pb::SaveRequest {
