@@ -788,7 +788,11 @@ impl SessionStore for RedisSessionStore {
     /// over the set reaches all those saved before the call. Each is destroyed by a script that
     /// checks, atomically on the session's key, that it still belongs to the owner. The set
     /// itself is another key (in Redis Cluster, another slot): it is cleaned afterwards, not
-    /// atomically with the sessions.
+    /// atomically with the sessions, and only of the ids whose sessions this call destroyed. An
+    /// id whose session it did not find may be a save under way (its id goes into the set
+    /// before its session is written): forgotten here, that session would be written outside
+    /// the set, out of reach of the next call. Such ids stay until [`Self::live_of`] finds them
+    /// stale (listing the owner, or an owner at its limit).
     async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
         validate_owner(owner)?;
         let ids = self.members(owner).await?;
@@ -799,10 +803,14 @@ impl SessionStore for RedisSessionStore {
             if except.contains(&id) {
                 continue;
             }
+            // An invalid id was never a session: nothing can be written under it.
             if validate_id(&id).is_ok() {
                 let mut invocation = self.inner.destroy_if_owned.key(self.key(&id));
                 invocation.arg(owner);
                 let removed: u64 = self.run(invocation.invoke_async(&mut connection)).await?;
+                if removed == 0 {
+                    continue;
+                }
                 destroyed += removed;
             }
             gone.push(id);

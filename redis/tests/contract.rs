@@ -469,6 +469,42 @@ async fn racing_new_sessions_of_one_owner_never_pass_its_limit() {
     assert_eq!(store.list_by_owner("u", false).await.unwrap().len(), 10);
 }
 
+/// A save puts its id in the owner's set before it writes the session. A destroy that finds the
+/// id and no session yet must leave the id in the set, or the session, written a moment later,
+/// is out of reach of every later destroy.
+#[tokio::test]
+async fn destroy_by_owner_keeps_the_ids_of_sessions_it_did_not_find() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    store.save(owned("done", "u")).await.unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    // A save of "pending" half done: in the set, not written.
+    let () = redis::cmd("SADD")
+        .arg("gonest:owner:u")
+        .arg("pending")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+
+    assert_eq!(store.destroy_by_owner("u", &[]).await.unwrap(), 1);
+
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("gonest:owner:u")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        members,
+        ["pending"],
+        "the destroyed one forgotten, the pending one kept"
+    );
+    // The save completes (its own index step is idempotent) and the next destroy reaches it.
+    store.save(owned("pending", "u")).await.unwrap();
+    assert_eq!(store.destroy_by_owner("u", &[]).await.unwrap(), 1);
+    assert_eq!(store.get("pending").await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_destroy_by_owner_leaves_no_session_saved_before_it_while_more_are_saved() {
     let cluster = gonest_session_testing::RedisCluster::start().await;
