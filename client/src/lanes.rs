@@ -18,7 +18,7 @@ use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Re
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::{Code, Status};
 
-use crate::auth::Client;
+use crate::stream::{self, Connection};
 
 /// Operations a lane queues before they are sent.
 pub(crate) const QUEUE: usize = 1024;
@@ -28,7 +28,7 @@ pub(crate) const IN_FLIGHT: usize = 1024;
 /// A few lanes; a broken lane is replaced by a new one on its next use.
 #[derive(Debug)]
 pub(crate) struct Lanes {
-    client: Client,
+    connection: Connection,
     /// Each slot holds its current lane, or `None` before first use.
     slots: Vec<Mutex<Option<Lane>>>,
     /// Round-robin cursor over `slots`.
@@ -79,9 +79,9 @@ fn closed() -> Status {
 }
 
 impl Lanes {
-    pub(crate) fn new(client: Client, count: usize) -> Self {
+    pub(crate) fn new(connection: Connection, count: usize) -> Self {
         Self {
-            client,
+            connection,
             slots: (0..count.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             batching: Arc::new(AtomicBool::new(false)),
@@ -119,7 +119,7 @@ impl Lanes {
         let mut slot = lock(&self.slots[index]);
         let lane = match &*slot {
             Some(lane) if !lane.ended.load(Ordering::Acquire) => lane,
-            _ => slot.insert(Lane::open(self.client.clone(), self.batching.clone())),
+            _ => slot.insert(Lane::open(self.connection.clone(), self.batching.clone())),
         };
         if lane.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE {
             lane.queued.fetch_sub(1, Ordering::AcqRel);
@@ -143,7 +143,7 @@ enum Sent {
 
 impl Lane {
     /// Opens a stream and spawns the task that routes its answers.
-    fn open(client: Client, batching: Arc<AtomicBool>) -> Self {
+    fn open(connection: Connection, batching: Arc<AtomicBool>) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let waiting = Arc::new(Mutex::new(Waiting::default()));
@@ -157,7 +157,7 @@ impl Lane {
             carried: None,
         };
         let ended = Arc::new(AtomicBool::new(false));
-        tokio::spawn(route_answers(client, sender, ended.clone()));
+        tokio::spawn(route_answers(connection, sender, ended.clone()));
         Self {
             queue,
             queued,
@@ -295,35 +295,32 @@ fn requests(
 
 /// Runs one stream: hands each answer to the caller waiting on its tag; when the stream ends,
 /// fails every caller still waiting.
-async fn route_answers(mut client: Client, sender: Sender, ended: Arc<AtomicBool>) {
+async fn route_answers(mut connection: Connection, sender: Sender, ended: Arc<AtomicBool>) {
     let (waiting, answered) = (sender.waiting.clone(), sender.answered.clone());
-    let ended_by = match client.pipeline(requests(sender)).await {
-        Ok(response) => {
-            let mut answers = response.into_inner();
-            loop {
-                match answers.message().await {
-                    Ok(Some(answer)) => {
-                        let mut waiting = lock(&waiting);
-                        let was_full = waiting.by_tag.len() >= IN_FLIGHT;
-                        for answer in std::iter::once(answer).flat_map(|mut answer| {
-                            let batch = std::mem::take(&mut answer.batch);
-                            std::iter::once(answer).chain(batch)
-                        }) {
-                            let entry = waiting.by_tag.remove(&answer.tag);
-                            if let (Some(reply), Some(result)) = (entry, answer.result) {
-                                let _ = reply.send(Ok(result));
-                            }
-                        }
-                        drop(waiting);
-                        if was_full {
-                            answered.notify_one();
+    let ended_by = match stream::pipeline(&mut connection, requests(sender)).await {
+        Ok(mut answers) => loop {
+            match answers.message().await {
+                Ok(Some(answer)) => {
+                    let mut waiting = lock(&waiting);
+                    let was_full = waiting.by_tag.len() >= IN_FLIGHT;
+                    for answer in std::iter::once(answer).flat_map(|mut answer| {
+                        let batch = std::mem::take(&mut answer.batch);
+                        std::iter::once(answer).chain(batch)
+                    }) {
+                        let entry = waiting.by_tag.remove(&answer.tag);
+                        if let (Some(reply), Some(result)) = (entry, answer.result) {
+                            let _ = reply.send(Ok(result));
                         }
                     }
-                    Ok(None) => break Status::unavailable("session stream ended"),
-                    Err(status) => break status,
+                    drop(waiting);
+                    if was_full {
+                        answered.notify_one();
+                    }
                 }
+                Ok(None) => break Status::unavailable("session stream ended"),
+                Err(status) => break status,
             }
-        }
+        },
         Err(status) => status,
     };
     let status = ended_by;

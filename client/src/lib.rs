@@ -23,6 +23,7 @@ mod auth;
 mod builder;
 mod lanes;
 mod remote;
+mod stream;
 
 pub use builder::RemoteSessionStoreBuilder;
 pub use gonest_session_core::{SessionStore, StoreError};

@@ -14,6 +14,7 @@ use gonest_session_proto::{
     record_from_pb, save_to_pb, timestamp_from_pb,
 };
 use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::RemoteSessionStoreBuilder;
@@ -86,12 +87,13 @@ impl RemoteSessionStore {
     ) -> Self {
         // The client checks sizes itself before sending (see `check_size`), and takes any answer
         // its daemon sends: whatever the daemon stored, the app can read back.
+        let connection = InterceptedService::new(channel.clone(), auth.clone());
         let client = SessionStoreClient::with_interceptor(channel, auth)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         Self {
             inner: Arc::new(Inner {
-                lanes: Lanes::new(client.clone(), streams),
+                lanes: Lanes::new(connection, streams),
                 client,
                 timeout,
                 limits: tokio::sync::OnceCell::new(),

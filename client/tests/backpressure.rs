@@ -1,5 +1,6 @@
-//! The client's queues are bounded, and a caller that gave up withdraws its unsent operation.
-//! Against a stand-in daemon that holds its answers back until told.
+//! The client's queues are bounded, a caller that gave up withdraws its unsent operation, and a
+//! stream the daemon ends tells its waiting callers why. Against a stand-in daemon that holds its
+//! answers back until told.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use gonest_session_core::{Save, SessionData, SessionStore, StoreError};
 use gonest_session_proto::pb::session_store_server::{SessionStore as Service, SessionStoreServer};
 use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Result as Answer};
 use tokio::sync::watch;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 /// Answers every Pipeline operation once `open` is true, and notes the id of each it reads and
 /// how many messages they came in.
@@ -22,6 +23,8 @@ struct Held {
     messages: Arc<std::sync::atomic::AtomicUsize>,
     /// Whether it says it takes batches.
     batches: bool,
+    /// Ends each stream with this status after answering one message.
+    fail: Option<Code>,
 }
 
 impl Held {
@@ -123,6 +126,14 @@ impl Service for Held {
                 held.answer(request)
             }
         });
+        if let Some(code) = self.fail {
+            let answers = answers
+                .take(1)
+                .chain(futures_util::stream::iter([Err(Status::new(
+                    code, "ended",
+                ))]));
+            return Ok(Response::new(Box::pin(answers)));
+        }
         Ok(Response::new(Box::pin(answers)))
     }
 }
@@ -136,6 +147,11 @@ async fn held_daemon() -> (String, watch::Sender<bool>, Arc<Mutex<Vec<String>>>)
 
 /// Serves a [`Held`] that says whether it takes batches.
 async fn serve(batches: bool) -> (String, watch::Sender<bool>, Held) {
+    serve_ending(batches, None).await
+}
+
+/// Serves a [`Held`] that ends each stream with `fail` after its first answer, when given.
+async fn serve_ending(batches: bool, fail: Option<Code>) -> (String, watch::Sender<bool>, Held) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (open, opened) = watch::channel(false);
@@ -144,6 +160,7 @@ async fn serve(batches: bool) -> (String, watch::Sender<bool>, Held) {
         seen: Arc::default(),
         messages: Arc::default(),
         batches,
+        fail,
     };
     let service = held.clone();
     tokio::spawn(
@@ -263,4 +280,37 @@ async fn a_save_that_timed_out_before_it_was_sent_is_never_sent() {
         !seen.iter().any(|id| id == "late"),
         "a save reported as timed out was sent anyway"
     );
+}
+
+// One thread, one stream, no batches: the first get is answered, the second is not and learns
+// how the stream ended from its trailers.
+#[tokio::test(flavor = "current_thread")]
+async fn a_stream_ended_by_the_daemon_reports_its_status_to_the_callers_waiting() {
+    for (code, expected) in [
+        (
+            Code::PermissionDenied,
+            StoreError::Unauthenticated("ended".into()),
+        ),
+        // Any other ending leaves the operation's fate unknown.
+        (
+            Code::Internal,
+            StoreError::Unavailable("session stream closed: ended".into()),
+        ),
+    ] {
+        let (url, open, _held) = serve_ending(false, Some(code)).await;
+        open.send(true).unwrap();
+        let store = RemoteSessionStore::builder(&url)
+            .streams(1)
+            .connect()
+            .await
+            .unwrap();
+        let first = store.clone();
+        let first = tokio::spawn(async move { first.get("a").await });
+        let second = store.clone();
+        // A save: not retried on a new stream.
+        let second =
+            tokio::spawn(async move { second.save(Save::new("b", SessionData::new())).await });
+        assert_eq!(first.await.unwrap(), Ok(None));
+        assert_eq!(second.await.unwrap(), Err(expected), "{code:?}");
+    }
 }

@@ -212,6 +212,53 @@ async fn an_oversized_save_is_refused_before_sending_and_other_callers_go_on() {
     daemon.stop().await.unwrap();
 }
 
+// Values on both sides of the size the daemon sends as frames of their own (8 KiB), read by many
+// callers at once so that answers of every size share the stream's frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_of_large_and_small_values_come_back_exactly() {
+    let daemon = Daemon::start(Config::default()).await;
+    let store = RemoteSessionStore::builder(daemon.url())
+        .streams(2)
+        .connect()
+        .await
+        .unwrap();
+    let value =
+        |len: usize, seed: usize| -> Vec<u8> { (0..len).map(|i| (i * 31 + seed) as u8).collect() };
+    let sessions: Vec<SessionData> = (0..24)
+        .map(|n| {
+            let len = [0, 10, 1000, 8191, 8192, 8193, 16384, 40_000][n % 8];
+            [
+                ("v".to_owned(), value(len, n).into()),
+                ("w".to_owned(), value(n * 300, n + 1).into()),
+            ]
+            .into()
+        })
+        .collect();
+    for (n, data) in sessions.iter().enumerate() {
+        store
+            .save(Save::new(format!("s{n}"), data.clone()))
+            .await
+            .unwrap();
+    }
+    let sessions = std::sync::Arc::new(sessions);
+    let tasks: Vec<_> = (0..40)
+        .map(|worker| {
+            let (store, sessions) = (store.clone(), sessions.clone());
+            tokio::spawn(async move {
+                for round in 0..25 {
+                    let n = (worker * 5 + round * 7) % sessions.len();
+                    let record = store.get(&format!("s{n}")).await.unwrap().unwrap();
+                    assert_eq!(record.data, sessions[n], "s{n}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    daemon.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_over_4_mib_reads_back() {
     let daemon = Daemon::start(Config {

@@ -141,7 +141,7 @@ fn nested(tag: u32, len: usize, buf: &mut BytesMut) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn session(values: &[(&str, Bytes)]) -> pb::Session {
@@ -187,7 +187,7 @@ mod tests {
     }
 
     /// What tonic sends: each message's prefix and prost's encoding.
-    fn framed(messages: &[pb::PipelineResponse]) -> Vec<u8> {
+    pub(crate) fn framed(messages: &[pb::PipelineResponse]) -> Vec<u8> {
         let mut out = Vec::new();
         for message in messages {
             out.push(0);

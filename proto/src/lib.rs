@@ -18,6 +18,7 @@
 pub mod chunked;
 pub mod codec;
 mod convert;
+pub mod framed;
 mod limits;
 mod token_file;
 

@@ -1,0 +1,314 @@
+//! The `Pipeline` call below the generated client, so that answers are decoded straight from the
+//! received frames.
+//!
+//! tonic's `Streaming` copies every received DATA frame into one buffer before decoding it, a
+//! second copy of each session value after the kernel's. Here the response body's frames go to a
+//! [`FramedReader`], which decodes a value lying within one frame (as the daemon sends every
+//! value of 8 KiB or more) as a slice of it. The request side is encoded as tonic encodes it:
+//! each message prefixed by its flag and length, the messages ready together in one DATA frame.
+//!
+//! The call goes through the same channel and token interceptor as the generated client, and a
+//! stream ends the way tonic ends one: with the `grpc-status` the daemon sent in its headers
+//! (trailers-only) or trailers, or, without one, the status its HTTP status maps to.
+
+use std::convert::Infallible;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::Stream;
+use gonest_session_proto::framed::FramedReader;
+use gonest_session_proto::pb;
+use http::header::{CONTENT_TYPE, TE};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use prost::Message;
+use tonic::codegen::Service;
+use tonic::service::interceptor::{InterceptedService, ResponseBody};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::auth::ClientAuth;
+
+/// The connection with the token interceptor in front, as the generated client has it.
+pub(crate) type Connection = InterceptedService<Channel, ClientAuth>;
+
+/// The `Pipeline` method's path, as the generated client sends it.
+pub(crate) const PIPELINE_PATH: &str = "/gonest.session.v1.SessionStore/Pipeline";
+
+/// Opens a `Pipeline` stream sending `requests`; fails if the daemon refuses it at once.
+pub(crate) async fn pipeline(
+    connection: &mut Connection,
+    requests: impl Stream<Item = pb::PipelineRequest> + Send + 'static,
+) -> Result<Answers, Status> {
+    let body = RequestBody {
+        requests: Box::pin(requests),
+        buf: BytesMut::new(),
+        done: false,
+    };
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(PIPELINE_PATH)
+        .version(http::Version::HTTP_2)
+        .header(TE, HeaderValue::from_static("trailers"))
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
+        .body(tonic::body::Body::new(body))
+        .expect("a constant path and headers make a valid request");
+    std::future::poll_fn(|cx| connection.poll_ready(cx))
+        .await
+        .map_err(|err| Status::from_error(err.into()))?;
+    let response = connection
+        .call(request)
+        .await
+        .map_err(|err| Status::from_error(err.into()))?;
+    Answers::new(response)
+}
+
+/// Bytes of requests gathered into one DATA frame before it is sent (tonic's figure).
+const FRAME_BYTES: usize = 32 << 10;
+
+/// The request side of a stream: each message prefixed by its flag (not compressed) and length,
+/// then prost's encoding; the messages ready together sent as one DATA frame, as tonic sends
+/// them.
+struct RequestBody<S> {
+    requests: std::pin::Pin<Box<S>>,
+    buf: BytesMut,
+    /// Set once `requests` has ended.
+    done: bool,
+}
+
+impl<S: Stream<Item = pb::PipelineRequest>> http_body::Body for RequestBody<S> {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        while !this.done && this.buf.len() < FRAME_BYTES {
+            match this.requests.as_mut().poll_next(cx) {
+                Poll::Ready(Some(request)) => encode(&request, &mut this.buf),
+                Poll::Ready(None) => this.done = true,
+                Poll::Pending if this.buf.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
+            }
+        }
+        if this.buf.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))))
+    }
+}
+
+/// Appends one request: not compressed, its length, prost's encoding.
+fn encode(request: &pb::PipelineRequest, buf: &mut BytesMut) {
+    let len = request.encoded_len();
+    buf.reserve(5 + len);
+    buf.put_u8(0);
+    // The client sends at most 256 KiB of operations in a message, and one save alone only after
+    // checking it against the daemon's limits.
+    buf.put_u32(u32::try_from(len).expect("a request is under 4 GiB"));
+    request.encode_raw(buf);
+}
+
+/// The answers of one `Pipeline` stream.
+pub(crate) struct Answers {
+    body: ResponseBody<tonic::body::Body>,
+    reader: FramedReader,
+    /// Set once the body has ended.
+    ended: bool,
+}
+
+impl std::fmt::Debug for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answers")
+            .field("buffered", &self.reader.buffered())
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Answers {
+    fn new(response: http::Response<ResponseBody<tonic::body::Body>>) -> Result<Self, Status> {
+        // A daemon that refuses the call at once sends its status in the headers.
+        let ended = match Status::from_header_map(response.headers()) {
+            Some(status) if status.code() != Code::Ok => return Err(status),
+            Some(_) => true,
+            None if response.status() != StatusCode::OK => {
+                return Err(status_of_http(response.status()));
+            }
+            None => false,
+        };
+        Ok(Self {
+            body: response.into_body(),
+            // The client takes any answer its daemon sends: whatever it stored, the app can read
+            // back (as the generated client is configured in `RemoteSessionStore`).
+            reader: FramedReader::new(usize::MAX),
+            ended,
+        })
+    }
+
+    /// The next answer; `None` once the daemon has ended the stream with OK.
+    pub(crate) async fn message(&mut self) -> Result<Option<pb::PipelineResponse>, Status> {
+        loop {
+            if let Some(answer) = self
+                .reader
+                .next_message()
+                .map_err(|err| Status::internal(format!("daemon sent a bad answer: {err}")))?
+            {
+                return Ok(Some(answer));
+            }
+            if self.ended {
+                return self.end(None);
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.reader.push(data),
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            return self.end(Some(&trailers));
+                        }
+                    }
+                },
+                Some(Err(status)) => {
+                    self.ended = true;
+                    return Err(status);
+                }
+                None => return self.end(None),
+            }
+        }
+    }
+
+    fn end(
+        &mut self,
+        trailers: Option<&HeaderMap>,
+    ) -> Result<Option<pb::PipelineResponse>, Status> {
+        self.ended = true;
+        if self.reader.buffered() > 0 {
+            return Err(Status::internal("session stream ended inside an answer"));
+        }
+        match trailers.and_then(Status::from_header_map) {
+            Some(status) if status.code() == Code::Ok => Ok(None),
+            Some(status) => Err(status),
+            None => Err(Status::unknown(
+                "session stream ended without a grpc-status",
+            )),
+        }
+    }
+}
+
+/// The status a response without `grpc-status` and with this HTTP status stands for, as gRPC
+/// maps them.
+fn status_of_http(status: StatusCode) -> Status {
+    let code = match status {
+        StatusCode::BAD_REQUEST => Code::Internal,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND => Code::Unimplemented,
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    Status::new(code, format!("daemon answered HTTP {status}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_is_the_generated_clients() {
+        // The generated server routes by this name; a renamed service or method fails here.
+        assert_eq!(
+            PIPELINE_PATH,
+            format!("/{}/Pipeline", pb::session_store_server::SERVICE_NAME)
+        );
+    }
+
+    fn get(tag: u64, id_len: usize) -> pb::PipelineRequest {
+        pb::PipelineRequest {
+            tag,
+            op: Some(pb::pipeline_request::Op::Get(pb::GetRequest {
+                id: "i".repeat(id_len),
+            })),
+            batch: Vec::new(),
+        }
+    }
+
+    fn body_of(
+        requests: impl Stream<Item = pb::PipelineRequest> + 'static,
+    ) -> RequestBody<impl Stream<Item = pb::PipelineRequest>> {
+        RequestBody {
+            requests: Box::pin(requests),
+            buf: BytesMut::new(),
+            done: false,
+        }
+    }
+
+    fn decode_all(frames: &[Bytes]) -> Vec<pb::PipelineRequest> {
+        let mut reader = FramedReader::new(usize::MAX);
+        let mut read = Vec::new();
+        for frame in frames {
+            reader.push(frame.clone());
+            while let Some(request) = reader.next_message().unwrap() {
+                read.push(request);
+            }
+        }
+        assert_eq!(reader.buffered(), 0, "frames end on a message's end");
+        read
+    }
+
+    async fn data(body: &mut RequestBody<impl Stream<Item = pb::PipelineRequest>>) -> Bytes {
+        body.frame().await.unwrap().unwrap().into_data().unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_ready_together_go_in_one_frame_and_wait_for_no_more() {
+        let (queue, queued) = tokio::sync::mpsc::unbounded_channel();
+        let mut body = body_of(tokio_stream::wrappers::UnboundedReceiverStream::new(queued));
+        let sent = vec![get(1, 3), get(2, 0), get(3, 100)];
+        for request in &sent {
+            queue.send(request.clone()).unwrap();
+        }
+        let frame = data(&mut body).await;
+        assert_eq!(decode_all(&[frame]), sent);
+        // Nothing more is queued: the body waits instead of sending an empty frame.
+        assert!(futures_util::FutureExt::now_or_never(body.frame()).is_none());
+        queue.send(get(4, 1)).unwrap();
+        assert_eq!(decode_all(&[data(&mut body).await]), [get(4, 1)]);
+        drop(queue);
+        assert!(body.frame().await.is_none(), "ends with its requests");
+    }
+
+    #[tokio::test]
+    async fn a_frame_closes_once_it_holds_32_kib() {
+        let sent: Vec<_> = (1..=40).map(|tag| get(tag, 1000)).collect();
+        let mut body = body_of(futures_util::stream::iter(sent.clone()));
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frames.push(frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(frames.len(), 2);
+        assert!(frames[0].len() >= FRAME_BYTES && frames[0].len() < FRAME_BYTES + 1100);
+        assert_eq!(decode_all(&frames), sent);
+    }
+
+    #[test]
+    fn http_statuses_map_as_grpc_maps_them() {
+        assert_eq!(
+            status_of_http(StatusCode::UNAUTHORIZED).code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            status_of_http(StatusCode::SERVICE_UNAVAILABLE).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            status_of_http(StatusCode::IM_A_TEAPOT).code(),
+            Code::Unknown
+        );
+    }
+}
