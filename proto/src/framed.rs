@@ -84,6 +84,22 @@ impl FramedReader {
         if self.buffered < 5 + len {
             return Ok(None);
         }
+        let front = self
+            .frames
+            .front_mut()
+            .expect("the frames hold the message");
+        if front.len() >= 5 + len {
+            // All of it in one frame, as most answers are: decode from a slice of the frame.
+            front.advance(5);
+            let bytes = front.split_to(len);
+            if front.is_empty() {
+                self.frames.pop_front();
+            }
+            self.buffered -= 5 + len;
+            return M::decode(bytes)
+                .map(Some)
+                .map_err(|err| FramedError::Malformed(err.to_string()));
+        }
         let mut message = MessageBytes {
             frames: &mut self.frames,
             remaining: 5 + len,
@@ -139,6 +155,12 @@ impl Buf for MessageBytes<'_> {
     fn advance(&mut self, mut cnt: usize) {
         assert!(cnt <= self.remaining, "advance past the message's end");
         self.remaining -= cnt;
+        if let Some(frame) = self.frames.front_mut()
+            && cnt < frame.len()
+        {
+            frame.advance(cnt);
+            return;
+        }
         while cnt > 0 {
             let frame = self
                 .frames
