@@ -113,14 +113,14 @@ fn encode(request: &pb::PipelineRequest, buf: &mut BytesMut) {
 }
 
 /// The answers of one `Pipeline` stream.
-pub(crate) struct Answers {
-    body: ResponseBody<tonic::body::Body>,
+pub(crate) struct Answers<B = ResponseBody<tonic::body::Body>> {
+    body: B,
     reader: FramedReader,
-    /// Set once the body has ended.
-    ended: bool,
+    /// How the stream ended, once it has.
+    ended: Option<Result<(), Status>>,
 }
 
-impl std::fmt::Debug for Answers {
+impl<B> std::fmt::Debug for Answers<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Answers")
             .field("buffered", &self.reader.buffered())
@@ -129,16 +129,20 @@ impl std::fmt::Debug for Answers {
     }
 }
 
-impl Answers {
-    fn new(response: http::Response<ResponseBody<tonic::body::Body>>) -> Result<Self, Status> {
-        // A daemon that refuses the call at once sends its status in the headers.
+impl<B> Answers<B>
+where
+    B: http_body::Body<Data = Bytes, Error = Status> + Unpin,
+{
+    fn new(response: http::Response<B>) -> Result<Self, Status> {
+        // A daemon that refuses the call at once sends its status in the headers
+        // ("trailers-only"); an OK there is a stream without answers.
         let ended = match Status::from_header_map(response.headers()) {
             Some(status) if status.code() != Code::Ok => return Err(status),
-            Some(_) => true,
+            Some(_) => Some(Ok(())),
             None if response.status() != StatusCode::OK => {
                 return Err(status_of_http(response.status()));
             }
-            None => false,
+            None => None,
         };
         Ok(Self {
             body: response.into_body(),
@@ -159,8 +163,8 @@ impl Answers {
             {
                 return Ok(Some(answer));
             }
-            if self.ended {
-                return self.end(None);
+            if let Some(ended) = &self.ended {
+                return ended.clone().map(|()| None);
             }
             match self.body.frame().await {
                 Some(Ok(frame)) => match frame.into_data() {
@@ -172,7 +176,7 @@ impl Answers {
                     }
                 },
                 Some(Err(status)) => {
-                    self.ended = true;
+                    self.ended = Some(Err(status.clone()));
                     return Err(status);
                 }
                 None => return self.end(None),
@@ -180,21 +184,24 @@ impl Answers {
         }
     }
 
+    /// Ends the stream with the status of `trailers`.
     fn end(
         &mut self,
         trailers: Option<&HeaderMap>,
     ) -> Result<Option<pb::PipelineResponse>, Status> {
-        self.ended = true;
-        if self.reader.buffered() > 0 {
-            return Err(Status::internal("session stream ended inside an answer"));
-        }
-        match trailers.and_then(Status::from_header_map) {
-            Some(status) if status.code() == Code::Ok => Ok(None),
-            Some(status) => Err(status),
-            None => Err(Status::unknown(
-                "session stream ended without a grpc-status",
-            )),
-        }
+        let ended = if self.reader.buffered() > 0 {
+            Err(Status::internal("session stream ended inside an answer"))
+        } else {
+            match trailers.and_then(Status::from_header_map) {
+                Some(status) if status.code() == Code::Ok => Ok(()),
+                Some(status) => Err(status),
+                None => Err(Status::unknown(
+                    "session stream ended without a grpc-status",
+                )),
+            }
+        };
+        self.ended = Some(ended.clone());
+        ended.map(|()| None)
     }
 }
 
@@ -294,6 +301,140 @@ mod tests {
         assert_eq!(frames.len(), 2);
         assert!(frames[0].len() >= FRAME_BYTES && frames[0].len() < FRAME_BYTES + 1100);
         assert_eq!(decode_all(&frames), sent);
+    }
+
+    /// A response with `headers` whose body is `frames` (data, then trailers if given).
+    fn response(
+        headers: &[(&'static str, &'static str)],
+        http_status: StatusCode,
+        data: Vec<Bytes>,
+        trailers: Option<&[(&'static str, &'static str)]>,
+    ) -> http::Response<tonic::body::Body> {
+        let mut frames: Vec<Result<Frame<Bytes>, Status>> =
+            data.into_iter().map(|data| Ok(Frame::data(data))).collect();
+        if let Some(trailers) = trailers {
+            let mut map = HeaderMap::new();
+            for (name, value) in trailers {
+                map.insert(*name, HeaderValue::from_static(value));
+            }
+            frames.push(Ok(Frame::trailers(map)));
+        }
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let mut response = http::Response::new(tonic::body::Body::new(body));
+        *response.status_mut() = http_status;
+        for (name, value) in headers {
+            response
+                .headers_mut()
+                .insert(*name, HeaderValue::from_static(value));
+        }
+        response
+    }
+
+    fn answer(tag: u64) -> pb::PipelineResponse {
+        pb::PipelineResponse {
+            tag,
+            result: Some(pb::pipeline_response::Result::Destroy(
+                pb::DestroyResponse { existed: true },
+            )),
+            batch: Vec::new(),
+        }
+    }
+
+    fn framed(answers: &[pb::PipelineResponse]) -> Bytes {
+        let mut buf = BytesMut::new();
+        for answer in answers {
+            buf.put_u8(0);
+            buf.put_u32(answer.encoded_len() as u32);
+            answer.encode_raw(&mut buf);
+        }
+        buf.freeze()
+    }
+
+    async fn read_all(
+        response: http::Response<tonic::body::Body>,
+    ) -> (Vec<pb::PipelineResponse>, Result<(), Status>) {
+        let mut answers = match Answers::new(response) {
+            Ok(answers) => answers,
+            Err(status) => return (Vec::new(), Err(status)),
+        };
+        let mut read = Vec::new();
+        loop {
+            match answers.message().await {
+                Ok(Some(answer)) => read.push(answer),
+                Ok(None) => break,
+                Err(status) => {
+                    // Asked again, the stream says the same.
+                    let again = answers.message().await.unwrap_err();
+                    assert_eq!(again.code(), status.code());
+                    return (read, Err(status));
+                }
+            }
+        }
+        assert!(matches!(answers.message().await, Ok(None)), "stays ended");
+        (read, Ok(()))
+    }
+
+    #[tokio::test]
+    async fn answers_then_the_trailers_status() {
+        let bytes = framed(&[answer(1), answer(2)]);
+        // Split inside the second answer.
+        let (head, tail) = (bytes.slice(..9), bytes.slice(9..));
+        let ok = response(
+            &[],
+            StatusCode::OK,
+            vec![head, tail],
+            Some(&[("grpc-status", "0")]),
+        );
+        assert_eq!(read_all(ok).await.0, [answer(1), answer(2)]);
+
+        let denied = response(
+            &[],
+            StatusCode::OK,
+            vec![framed(&[answer(1)])],
+            Some(&[("grpc-status", "7"), ("grpc-message", "revoked")]),
+        );
+        let (read, end) = read_all(denied).await;
+        assert_eq!(read, [answer(1)]);
+        let status = end.unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::PermissionDenied, "revoked")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_status_in_the_headers_ends_the_stream_before_any_answer() {
+        let empty = response(&[("grpc-status", "0")], StatusCode::OK, Vec::new(), None);
+        let (read, end) = read_all(empty).await;
+        assert!(read.is_empty() && end.is_ok(), "{end:?}");
+        let refused = response(&[("grpc-status", "16")], StatusCode::OK, Vec::new(), None);
+        assert_eq!(
+            read_all(refused).await.1.unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        let http = response(&[], StatusCode::SERVICE_UNAVAILABLE, Vec::new(), None);
+        assert_eq!(
+            read_all(http).await.1.unwrap_err().code(),
+            Code::Unavailable
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_short_is_an_error() {
+        let bytes = framed(&[answer(1), answer(2)]);
+        let cut = response(
+            &[],
+            StatusCode::OK,
+            vec![bytes.slice(..bytes.len() - 1)],
+            None,
+        );
+        let (read, end) = read_all(cut).await;
+        assert_eq!(read, [answer(1)]);
+        assert_eq!(end.unwrap_err().code(), Code::Internal);
+        let no_status = response(&[], StatusCode::OK, vec![framed(&[answer(1)])], None);
+        let (read, end) = read_all(no_status).await;
+        assert_eq!(read, [answer(1)]);
+        assert_eq!(end.unwrap_err().code(), Code::Unknown);
     }
 
     #[test]
