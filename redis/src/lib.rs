@@ -25,7 +25,9 @@
 //!   owners existed have a 64-bit `expires_at` whose top 16 bits are zero, so they read as
 //!   sessions without an owner.)
 //! - A set per owner, `OWNER_PREFIX + owner` (`gonest:owner:` unless set), holding the ids of
-//!   its sessions; it expires after the longest-lived of them.
+//!   its sessions; it expires after the longest-lived of them. A save enters its id before it
+//!   writes the session (so that the owner's limit holds) and again after (so that a cleanup of
+//!   the set in between cannot leave the session outside it).
 //! - Expiry is Redis's own: each key expires at its session's `expires_at` (`PXAT`), so a
 //!   session past its expiry is gone for every command.
 //! - Each operation touches that one key and is atomic: Get is a `GET`, Destroy a `DEL`, Save
@@ -512,6 +514,85 @@ impl RedisSessionStore {
         Ok(())
     }
 
+    /// Saves `save`, running `between` after its id has gone into its owner's set and before
+    /// its session is written (a seam for tests of what may happen in that gap).
+    async fn save_with(&self, save: Save, between: impl Future<Output = ()>) -> Result<Saved> {
+        validate_id(&save.id)?;
+        let size = data_size(&save.data);
+        if size > self.inner.max_session_bytes {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.inner.max_session_bytes,
+            });
+        }
+        let ttl = self.ttl_millis(save.expiry)?;
+        let owner = save.owner.as_deref().filter(|owner| !owner.is_empty());
+        if let Some(owner) = owner {
+            validate_owner(owner)?;
+            // Indexed before the session is written: once a save has answered, its session is
+            // in its owner's set, where DestroyByOwner will find it.
+            self.index(owner, &save.id, ttl).await?;
+        }
+        between.await;
+        let expected = save
+            .expected_version
+            .map_or_else(String::new, |v| v.to_string());
+        let mut connection = self.connection.clone();
+        let mut invocation = self.inner.save.key(self.key(&save.id));
+        invocation
+            .arg(expected)
+            .arg(ttl)
+            .arg(&*encode_data(&save.data))
+            .arg(owner.unwrap_or(""));
+        let answer: Vec<redis::Value> = self.run(invocation.invoke_async(&mut connection)).await?;
+        let int = |value: &redis::Value| match value {
+            redis::Value::Int(int) => Some(*int),
+            _ => None,
+        };
+        match answer.as_slice() {
+            [flag, actual] if int(flag) == Some(-1) => Err(StoreError::Conflict {
+                expected: save.expected_version.unwrap_or(0),
+                actual: int(actual)
+                    .and_then(|v| u64::try_from(v).ok())
+                    .filter(|&v| v != 0),
+            }),
+            [version, created, expires, previous] => {
+                let previous: String = redis::from_redis_value(previous)
+                    .map_err(|err| StoreError::Internal(format!("redis: {err}")))?;
+                if let Some(owner) = owner {
+                    // Entered again now that the session is written: the set is another key,
+                    // cleaned apart from the sessions, and a cleanup between the two steps may
+                    // have removed the id (a listing dropping ids it found no session for, or
+                    // DestroyByOwner destroying the session this save then wrote again).
+                    let ttl = ttl.saturating_add(OWNER_SET_MARGIN_MS);
+                    self.try_index(owner, &save.id, 0, ttl).await?;
+                }
+                if !previous.is_empty() && Some(previous.as_str()) != owner {
+                    // Best effort: a stale id left in the previous owner's set is skipped and
+                    // removed when that set is next read.
+                    let _: Result<()> = self
+                        .run(
+                            redis::cmd("SREM")
+                                .arg(self.owner_key(&previous))
+                                .arg(&save.id)
+                                .query_async(&mut connection),
+                        )
+                        .await;
+                }
+                let millis = |value| int(value).and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+                self.replicated().await?;
+                Ok(Saved {
+                    version: millis(version),
+                    created_at: time(millis(created)),
+                    expires_at: time(millis(expires)),
+                })
+            }
+            other => Err(StoreError::Internal(format!(
+                "unexpected answer from the save script: {other:?}"
+            ))),
+        }
+    }
+
     fn owner_key(&self, owner: &str) -> String {
         format!("{}{owner}", self.inner.owner_prefix)
     }
@@ -543,7 +624,8 @@ impl RedisSessionStore {
     }
 
     /// The live sessions of `owner`; ids in its set that no longer are (expired, destroyed or
-    /// given to another owner) are removed from the set.
+    /// given to another owner) are removed from the set. An id removed while its save is under
+    /// way is entered again by that save once it has written the session.
     async fn live_of(&self, owner: &str) -> Result<Vec<SessionRecord>> {
         let ids = self.members(owner).await?;
         let mut live = Vec::new();
@@ -663,71 +745,7 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn save(&self, save: Save) -> Result<Saved> {
-        validate_id(&save.id)?;
-        let size = data_size(&save.data);
-        if size > self.inner.max_session_bytes {
-            return Err(StoreError::TooLarge {
-                size,
-                limit: self.inner.max_session_bytes,
-            });
-        }
-        let ttl = self.ttl_millis(save.expiry)?;
-        let owner = save.owner.as_deref().filter(|owner| !owner.is_empty());
-        if let Some(owner) = owner {
-            validate_owner(owner)?;
-            // Indexed before the session is written: once a save has answered, its session is
-            // in its owner's set, where DestroyByOwner will find it.
-            self.index(owner, &save.id, ttl).await?;
-        }
-        let expected = save
-            .expected_version
-            .map_or_else(String::new, |v| v.to_string());
-        let mut connection = self.connection.clone();
-        let mut invocation = self.inner.save.key(self.key(&save.id));
-        invocation
-            .arg(expected)
-            .arg(ttl)
-            .arg(&*encode_data(&save.data))
-            .arg(owner.unwrap_or(""));
-        let answer: Vec<redis::Value> = self.run(invocation.invoke_async(&mut connection)).await?;
-        let int = |value: &redis::Value| match value {
-            redis::Value::Int(int) => Some(*int),
-            _ => None,
-        };
-        match answer.as_slice() {
-            [flag, actual] if int(flag) == Some(-1) => Err(StoreError::Conflict {
-                expected: save.expected_version.unwrap_or(0),
-                actual: int(actual)
-                    .and_then(|v| u64::try_from(v).ok())
-                    .filter(|&v| v != 0),
-            }),
-            [version, created, expires, previous] => {
-                let previous: String = redis::from_redis_value(previous)
-                    .map_err(|err| StoreError::Internal(format!("redis: {err}")))?;
-                if !previous.is_empty() && Some(previous.as_str()) != owner {
-                    // Best effort: a stale id left in the previous owner's set is skipped and
-                    // removed when that set is next read.
-                    let _: Result<()> = self
-                        .run(
-                            redis::cmd("SREM")
-                                .arg(self.owner_key(&previous))
-                                .arg(&save.id)
-                                .query_async(&mut connection),
-                        )
-                        .await;
-                }
-                let millis = |value| int(value).and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
-                self.replicated().await?;
-                Ok(Saved {
-                    version: millis(version),
-                    created_at: time(millis(created)),
-                    expires_at: time(millis(expires)),
-                })
-            }
-            other => Err(StoreError::Internal(format!(
-                "unexpected answer from the save script: {other:?}"
-            ))),
-        }
+        self.save_with(save, std::future::ready(())).await
     }
 
     async fn destroy(&self, id: &str) -> Result<bool> {
@@ -790,9 +808,10 @@ impl SessionStore for RedisSessionStore {
     /// itself is another key (in Redis Cluster, another slot): it is cleaned afterwards, not
     /// atomically with the sessions, and only of the ids whose sessions this call destroyed. An
     /// id whose session it did not find may be a save under way (its id goes into the set
-    /// before its session is written): forgotten here, that session would be written outside
-    /// the set, out of reach of the next call. Such ids stay until [`Self::live_of`] finds them
-    /// stale (listing the owner, or an owner at its limit).
+    /// before its session is written, and again after): it stays until [`Self::live_of`] finds
+    /// it stale (listing the owner, or an owner at its limit). A session this call destroys may
+    /// be written again by an unconditional save that was under way, as after any destroy; that
+    /// save enters its id again after writing, so the next call reaches it.
     async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
         validate_owner(owner)?;
         let ids = self.members(owner).await?;
@@ -825,5 +844,69 @@ impl SessionStore for RedisSessionStore {
             max_session_bytes: Some(self.inner.max_session_bytes),
             max_ttl: Some(self.inner.max_ttl),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gonest_session_core::SessionData;
+    use gonest_session_testing::RedisServer;
+
+    fn owned(id: &str) -> Save {
+        let data: SessionData = [("k".to_owned(), b"v".to_vec().into())].into();
+        Save::new(id, data).owner("u")
+    }
+
+    async fn listed(store: &RedisSessionStore) -> Vec<String> {
+        let sessions = store.list_by_owner("u", false).await.unwrap();
+        sessions.into_iter().map(|session| session.id).collect()
+    }
+
+    /// A listing drops the ids it finds no session for. Run between a new session's two steps
+    /// (entered in the set, then written), it drops that session's id; the save enters it again.
+    #[tokio::test]
+    async fn a_listing_during_a_save_leaves_the_new_session_in_its_owners_set() {
+        let redis = RedisServer::start().await;
+        let store = RedisSessionStore::builder(redis.url())
+            .connect()
+            .await
+            .unwrap();
+        store
+            .save_with(owned("new"), async {
+                assert_eq!(
+                    listed(&store).await,
+                    Vec::<String>::new(),
+                    "not written yet"
+                );
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed(&store).await, ["new"]);
+        assert_eq!(store.destroy_by_owner("u", &[]).await.unwrap(), 1);
+        assert_eq!(store.get("new").await.unwrap(), None);
+    }
+
+    /// "Log out everywhere" while an unconditional save of one of the sessions is under way:
+    /// the save writes the session again after the destroy; it must then be within reach of
+    /// the next DestroyByOwner.
+    #[tokio::test]
+    async fn a_session_written_again_after_destroy_by_owner_is_reached_by_the_next() {
+        let redis = RedisServer::start().await;
+        let store = RedisSessionStore::builder(redis.url())
+            .connect()
+            .await
+            .unwrap();
+        store.save(owned("s")).await.unwrap();
+        store
+            .save_with(owned("s"), async {
+                assert_eq!(store.destroy_by_owner("u", &[]).await.unwrap(), 1);
+            })
+            .await
+            .unwrap();
+        assert!(store.get("s").await.unwrap().is_some(), "written again");
+        assert_eq!(listed(&store).await, ["s"]);
+        assert_eq!(store.destroy_by_owner("u", &[]).await.unwrap(), 1);
+        assert_eq!(store.get("s").await.unwrap(), None);
     }
 }
