@@ -50,24 +50,31 @@ impl AnswerBudget {
 
     /// Waits until the connection's answers in flight are under the limit, then calls `answer`
     /// and counts the size it reports.
-    pub(crate) async fn produce<T>(&self, answer: impl FnOnce() -> (T, usize)) -> T {
-        let mut answer = Some(answer);
+    pub(crate) async fn produce<T, F: FnOnce() -> (T, usize)>(&self, mut answer: F) -> T {
         loop {
             // Created before the check, so a write between the check and the wait still wakes it.
             let written = self.written.notified();
-            {
-                let _producing = self
-                    .producing
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if self.in_flight.load(Ordering::Acquire) < self.limit {
-                    let (value, bytes) = (answer.take().expect("called once"))();
-                    self.in_flight.fetch_add(bytes, Ordering::AcqRel);
-                    return value;
-                }
+            match self.try_produce(answer) {
+                Ok(value) => return value,
+                Err(back) => answer = back,
             }
             written.await;
         }
+    }
+
+    /// Calls `answer` and counts the size it reports if the connection's answers in flight are
+    /// under the limit; else gives `answer` back uncalled (then [`wait`](Self::wait)).
+    pub(crate) fn try_produce<T, F: FnOnce() -> (T, usize)>(&self, answer: F) -> Result<T, F> {
+        let _producing = self
+            .producing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.in_flight.load(Ordering::Acquire) >= self.limit {
+            return Err(answer);
+        }
+        let (value, bytes) = answer();
+        self.in_flight.fetch_add(bytes, Ordering::AcqRel);
+        Ok(value)
     }
 
     /// Waits until the connection's answers in flight are under the limit, for an answer that

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::budget::AnswerBudget;
-use crate::draining::{InFlight, WriteGate};
+use crate::draining::{Call, InFlight, WriteGate};
 use crate::incoming::ConnInfo;
 use crate::memory_usage;
 use crate::metrics::Metrics;
@@ -201,53 +201,7 @@ impl SessionService {
         Ok(pb::DestroyByOwnerResponse { destroyed })
     }
 
-    /// Answers one `Pipeline` message: its operation, then those of its batch, in order, each
-    /// answer produced under the connection's `budget`. A failure becomes an inline `Error`.
-    ///
-    /// A batch is answered in parts of about [`BATCH_PART_BYTES`]: however many operations a
-    /// batch holds, and however large the sessions they read, no answer the daemon holds is
-    /// larger than that and one session. Operations are applied one after another, each
-    /// awaited before the next starts, which keeps a Redis backend applying them in order.
-    fn answers(
-        &self,
-        request: pb::PipelineRequest,
-        budget: Option<Arc<AnswerBudget>>,
-    ) -> impl Stream<Item = pb::PipelineResponse> + Send + use<> {
-        if request.batch.is_empty() {
-            // One operation, one answer: the common case, kept to one future.
-            let service = self.clone();
-            let answer = async move {
-                let answer = service.apply(request.tag, request.op);
-                service
-                    .budgeted(budget.as_deref(), answer, prost::Message::encoded_len)
-                    .await
-            };
-            return futures_util::stream::once(answer).left_stream();
-        }
-        // With a batch, a message has an answer of its own only if it has an operation.
-        let batch = Batch {
-            tag: request.tag,
-            own: request.op,
-            rest: request.batch.into_iter(),
-            assembler: Assembler::default(),
-        };
-        let service = self.clone();
-        futures_util::stream::unfold(Some(batch), move |batch| {
-            let (service, budget) = (service.clone(), budget.clone());
-            async move {
-                let mut batch = batch?;
-                let part = service.next_part(&mut batch);
-                let part = service
-                    .budgeted(budget.as_deref(), part, prost::Message::encoded_len)
-                    .await;
-                let more = batch.rest.len() > 0;
-                Some((part, more.then_some(batch)))
-            }
-        })
-        .right_stream()
-    }
-
-    /// Answers a stream's messages as [`answers`](Self::answers) does, but with up to
+    /// Answers a stream's messages as [`MemoryAnswers`] does, but with up to
     /// [`REDIS_PIPELINE_DEPTH`] operations in progress at once (within the connection's
     /// [`OPS_IN_PROGRESS`](crate::budget::OPS_IN_PROGRESS)), each waiting only for the stream's
     /// operations before it on the same session: for a backend that waits, so that a stream
@@ -546,9 +500,157 @@ struct Batch {
     assembler: Assembler,
 }
 
-/// A batch's answers go back in messages of about this many bytes; see
-/// [`SessionService::answers`].
+/// A batch's answers go back in messages of about this many bytes; see [`MemoryAnswers`].
 pub(crate) const BATCH_PART_BYTES: usize = 1 << 20;
+
+/// The answers of a `Pipeline` stream on the memory backend: each message's operation, then
+/// those of its batch, in order, each answer produced under the connection's budget. While the
+/// budget is spent no operation is applied and no further request is read. A failure becomes an
+/// inline `Error`.
+///
+/// A batch is answered in parts of about [`BATCH_PART_BYTES`]: however many operations a
+/// batch holds, and however large the sessions they read, no answer the daemon holds is
+/// larger than that and one session.
+///
+/// Memory operations complete at once, so each answer is produced in the poll that asks for it,
+/// by this one state machine rather than a chain of stream adapters and futures per message.
+struct MemoryAnswers<S> {
+    requests: S,
+    service: SessionService,
+    budget: Option<Arc<AnswerBudget>>,
+    /// The message read and not yet wholly answered.
+    work: Option<Work>,
+    /// While the budget is spent: completes once it may not be.
+    room: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Completes when the daemon starts shutting down, which ends the answers.
+    stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ended: bool,
+    /// Counts the call (for shutdown) until the answers are dropped.
+    _call: Call,
+}
+
+/// One `Pipeline` message to answer.
+enum Work {
+    One(u64, Option<pb::pipeline_request::Op>),
+    /// Boxed: its answers so far make it twice the size of a single operation.
+    Batch(Box<Batch>),
+}
+
+impl Work {
+    fn of(request: pb::PipelineRequest) -> Self {
+        if request.batch.is_empty() {
+            return Self::One(request.tag, request.op);
+        }
+        // With a batch, a message has an answer of its own only if it has an operation.
+        Self::Batch(Box::new(Batch {
+            tag: request.tag,
+            own: request.op,
+            rest: request.batch.into_iter(),
+            assembler: Assembler::default(),
+        }))
+    }
+}
+
+impl<S> MemoryAnswers<S> {
+    fn new(
+        service: SessionService,
+        requests: S,
+        budget: Option<Arc<AnswerBudget>>,
+        stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+        call: Call,
+    ) -> Self {
+        Self {
+            requests,
+            service,
+            budget,
+            work: None,
+            room: None,
+            stopped,
+            ended: false,
+            _call: call,
+        }
+    }
+
+    /// The next answer of `work`: a single operation's, or a batch's next part. Leaves in
+    /// `work` what is left to answer.
+    fn answer(service: &SessionService, work: &mut Option<Work>) -> pb::PipelineResponse {
+        let answer = match work {
+            Some(Work::Batch(batch)) => {
+                let part = service.next_part(batch).now_or_never();
+                if batch.rest.len() == 0 {
+                    *work = None;
+                }
+                part
+            }
+            Some(Work::One(..)) => match work.take() {
+                Some(Work::One(tag, op)) => service.apply(tag, op).now_or_never(),
+                _ => unreachable!("matched above"),
+            },
+            None => unreachable!("answered only with work to do"),
+        };
+        answer.expect("memory answers complete at once")
+    }
+}
+
+impl<S> Stream for MemoryAnswers<S>
+where
+    S: Stream<Item = Result<pb::PipelineRequest, Status>> + Unpin,
+{
+    type Item = Result<pb::PipelineResponse, Status>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.ended || this.stopped.as_mut().poll(cx).is_ready() {
+            this.ended = true;
+            return Poll::Ready(None);
+        }
+        loop {
+            if this.work.is_none() {
+                match this.requests.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(request))) => this.work = Some(Work::of(request)),
+                    Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(Err(status))),
+                    Poll::Ready(None) => {
+                        this.ended = true;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if let Some(room) = this.room.as_mut() {
+                if room.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.room = None;
+            }
+            let Self {
+                service,
+                budget,
+                work,
+                room,
+                ..
+            } = &mut *this;
+            let Some(budget) = budget else {
+                return Poll::Ready(Some(Ok(Self::answer(service, work))));
+            };
+            let produced = budget.try_produce(|| {
+                let answer = Self::answer(service, work);
+                let bytes = prost::Message::encoded_len(&answer);
+                (answer, bytes)
+            });
+            match produced {
+                Ok(answer) => return Poll::Ready(Some(Ok(answer))),
+                Err(_) => {
+                    let budget = budget.clone();
+                    *room = Some(Box::pin(async move { budget.wait().await }));
+                }
+            }
+        }
+    }
+}
 
 /// The answer of a failed pipelined operation.
 fn error_answer(tag: u64, status: &Status) -> pb::PipelineResponse {
@@ -708,21 +810,137 @@ impl pb::session_store_server::SessionStore for SessionService {
         // budget before it is applied, and the stream reads no further requests.
         let requests = request.into_inner();
         let answers: PipelineStream = match self.store {
-            Backend::Memory(_) => {
-                let answer = move |item: Result<pb::PipelineRequest, Status>| match item {
-                    Ok(request) => service
-                        .answers(request, budget.clone())
-                        .map(Ok)
-                        .left_stream(),
-                    Err(status) => futures_util::stream::once(async { Err(status) }).right_stream(),
-                };
-                Box::pin(requests.flat_map(answer))
-            }
-            Backend::Redis(_) => Box::pin(service.answers_at_once(requests, budget)),
+            Backend::Memory(_) => Box::pin(MemoryAnswers::new(
+                service,
+                requests,
+                budget,
+                Box::pin(stopped),
+                call,
+            )),
+            Backend::Redis(_) => Box::pin(
+                service
+                    .answers_at_once(requests, budget)
+                    .take_until(Box::pin(stopped))
+                    .inspect(move |_| {
+                        let _counted = &call;
+                    }),
+            ),
         };
-        let answers = answers.take_until(Box::pin(stopped)).inspect(move |_| {
-            let _counted = &call;
+        Ok(Response::new(answers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use gonest_session_core::MemorySessionStore;
+
+    use super::*;
+
+    fn memory_service() -> (SessionService, watch::Sender<bool>) {
+        let (stop, stopping) = watch::channel(false);
+        let store = Backend::Memory(MemorySessionStore::new(Duration::from_secs(60)));
+        let limits = Limits {
+            max_session_bytes: 1 << 20,
+            max_ttl: Duration::from_secs(3600),
+        };
+        (SessionService::new(store, limits, stopping), stop)
+    }
+
+    fn save(tag: u64, id: &str) -> pb::PipelineRequest {
+        pb::PipelineRequest {
+            tag,
+            op: Some(pb::pipeline_request::Op::Save(pb::SaveRequest {
+                session: Some(pb::Session {
+                    id: id.into(),
+                    data: [("k".to_owned(), b"v".to_vec().into())].into(),
+                    ..Default::default()
+                }),
+                expected_version: None,
+                ttl: None,
+            })),
+            batch: Vec::new(),
+        }
+    }
+
+    /// `requests` as a stream that counts how many have been taken from it.
+    fn counted(
+        requests: Vec<pb::PipelineRequest>,
+    ) -> (
+        impl Stream<Item = Result<pb::PipelineRequest, Status>> + Unpin,
+        Arc<AtomicUsize>,
+    ) {
+        let taken = Arc::new(AtomicUsize::new(0));
+        let counter = taken.clone();
+        let stream = futures_util::stream::iter(requests).map(move |request| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(request)
         });
-        Ok(Response::new(Box::pin(answers)))
+        (stream, taken)
+    }
+
+    fn stopped_on(stop: &watch::Sender<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let mut stopping = stop.subscribe();
+        Box::pin(async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        })
+    }
+
+    async fn stored(service: &SessionService, id: &str) -> bool {
+        service.store.get(id).await.unwrap().is_some()
+    }
+
+    #[tokio::test]
+    async fn while_the_budget_is_spent_nothing_is_applied_and_no_further_request_read() {
+        let (service, stop) = memory_service();
+        let budget = Arc::new(AnswerBudget::new(100));
+        budget.produced(100);
+        let (requests, taken) = counted(vec![save(1, "a"), save(2, "b")]);
+        let call = service.in_flight.start();
+        let mut answers = MemoryAnswers::new(
+            service.clone(),
+            requests,
+            Some(budget.clone()),
+            stopped_on(&stop),
+            call,
+        );
+        assert!(answers.next().now_or_never().is_none(), "pending");
+        assert_eq!(taken.load(Ordering::SeqCst), 1, "one message read, no more");
+        assert!(
+            !stored(&service, "a").await,
+            "not applied while the budget is spent"
+        );
+
+        budget.written(1);
+        let answer = answers.next().await.unwrap().unwrap();
+        assert_eq!(answer.tag, 1);
+        assert!(stored(&service, "a").await);
+        // The first answer took the budget over its limit again: the second waits in turn.
+        assert!(answers.next().now_or_never().is_none(), "pending");
+        assert!(!stored(&service, "b").await);
+        budget.written(1 << 20);
+        assert_eq!(answers.next().await.unwrap().unwrap().tag, 2);
+        assert!(answers.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn answers_end_when_the_daemon_stops_and_count_the_call_until_dropped() {
+        let (service, stop) = memory_service();
+        let (requests, taken) = counted(vec![save(1, "a"), save(2, "b")]);
+        let call = service.in_flight.start();
+        let mut answers =
+            MemoryAnswers::new(service.clone(), requests, None, stopped_on(&stop), call);
+        assert_eq!(answers.next().await.unwrap().unwrap().tag, 1);
+        stop.send(true).unwrap();
+        assert!(answers.next().await.is_none());
+        assert!(answers.next().await.is_none(), "and stays ended");
+        assert_eq!(taken.load(Ordering::SeqCst), 1);
+        assert!(!stored(&service, "b").await);
+        let idle = || service.in_flight.idle().now_or_never().is_some();
+        assert!(!idle(), "counted while the answers live");
+        drop(answers);
+        assert!(idle());
     }
 }
