@@ -22,6 +22,10 @@ pub enum Command {
     Http(HttpArgs),
     /// Operations per second and latency under concurrent load.
     Throughput(ThroughputArgs),
+    /// Two targets (such as two builds of the daemon) under the same load, in turn, pair after
+    /// pair, the order alternating: B's figures as ratios to A's, with their mean and standard
+    /// error.
+    Compare(CompareArgs),
     /// Resident memory per stored session.
     Memory(MemoryArgs),
     /// Latency while the daemon sweeps many expired sessions, against latency without a sweep.
@@ -57,6 +61,29 @@ pub struct ThroughputArgs {
     /// that runs first can fare better or worse for that alone: run both orders and compare.
     #[arg(long)]
     pub reverse: bool,
+}
+
+/// Flags of `compare`.
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Target A, the baseline: a daemon (http://127.0.0.1:7071) or Redis (redis://…).
+    #[arg(long)]
+    pub a: String,
+    /// Target B, compared with A (it may be A again, to see the machine's noise).
+    #[arg(long)]
+    pub b: String,
+    /// Pairs of runs: A then B, then B then A, and so on.
+    #[arg(long, default_value_t = 8, value_parser = parse_pairs)]
+    pub pairs: usize,
+    /// The load: callers, mix, keys and streams.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Bytes in each session's value.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// How long each run lasts.
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
 }
 
 /// Flags of the get/save load `throughput` and `sweep` run.
@@ -178,6 +205,15 @@ fn parse_threads(text: &str) -> Result<usize, String> {
     match text.parse() {
         Ok(0) | Err(_) => Err(format!("`{text}` is not a positive number of threads")),
         Ok(threads) => Ok(threads),
+    }
+}
+
+fn parse_pairs(text: &str) -> Result<usize, String> {
+    match text.parse() {
+        Ok(pairs) if pairs >= 2 => Ok(pairs),
+        _ => Err(format!(
+            "`{text}` is not a number of pairs of at least 2 (one pair has no standard error)"
+        )),
     }
 }
 

@@ -3,6 +3,7 @@
 //! connection, as a Redis session store does), with the figures side by side.
 
 mod cli;
+mod compare;
 mod http;
 mod memory;
 mod procfs;
@@ -11,13 +12,16 @@ mod sweep;
 mod target;
 mod throughput;
 
-pub use cli::{Cli, Command, HttpArgs, LoadArgs, MemoryArgs, Route, SweepArgs, ThroughputArgs};
+pub use cli::{
+    Cli, Command, CompareArgs, HttpArgs, LoadArgs, MemoryArgs, Route, SweepArgs, ThroughputArgs,
+};
 
 /// Runs the command the flags name.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Http(args) => http::run(args).await,
         Command::Throughput(args) => throughput::run(args).await,
+        Command::Compare(args) => compare::run(args).await,
         Command::Memory(args) => memory::run(args).await,
         Command::Sweep(args) => sweep::run(args).await,
     }

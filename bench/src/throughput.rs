@@ -4,10 +4,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::ThroughputArgs;
 use crate::procfs::Process;
 use crate::report::{self, CpuUse, Outcome, histogram};
 use crate::target::{self, Lifetime, Target, Walk, session_id};
+use crate::{LoadArgs, ThroughputArgs};
 
 /// Lifetime of the sessions the bench writes.
 const TTL: Duration = Duration::from_secs(3600);
@@ -26,13 +26,8 @@ pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
     );
 
     println!(
-        "throughput: {} clients, {} byte values, {} keys, get:{} save:{}, {} per target",
-        args.load.clients,
-        args.size,
-        args.load.keys,
-        args.load.mix.get,
-        100 - args.load.mix.get,
-        humantime::format_duration(args.duration)
+        "throughput: {} per target",
+        describe(&args.load, args.size, args.duration)
     );
     if args.reverse {
         targets.reverse();
@@ -87,8 +82,21 @@ fn print_ratios(ours: &Outcome, redis: &Outcome) {
     }
 }
 
+/// The load, for the first line of a run: `50 clients, 1024 byte values, …, 10s`.
+pub(crate) fn describe(load: &LoadArgs, size: usize, duration: Duration) -> String {
+    format!(
+        "{} clients, {} byte values, {} keys, get:{} save:{}, {}",
+        load.clients,
+        size,
+        load.keys,
+        load.mix.get,
+        100 - load.mix.get,
+        humantime::format_duration(duration)
+    )
+}
+
 /// The port of a URL such as `http://127.0.0.1:7070` or `redis://host:6379/0`.
-fn port_of(url: &str) -> Option<u16> {
+pub(crate) fn port_of(url: &str) -> Option<u16> {
     let authority = url.split_once("://")?.1.split('/').next()?;
     authority.rsplit_once(':')?.1.parse().ok()
 }
@@ -102,7 +110,7 @@ struct Tally {
     seconds: Vec<(u64, hdrhistogram::Histogram<u64>)>,
 }
 
-async fn run_one(
+pub(crate) async fn run_one(
     target: Target,
     args: &ThroughputArgs,
     server: Option<Process>,

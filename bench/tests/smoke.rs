@@ -273,6 +273,42 @@ async fn an_absent_redis_gets_instructions() {
     );
 }
 
+/// `compare` runs A and B in turn, the order alternating, and prints B's figures as ratios to
+/// A's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_runs_two_targets_in_turn_and_prints_the_ratios() {
+    let (first, second) = (daemon().await, daemon().await);
+    let (a, b) = (first.url(), second.url());
+    let mut args = vec!["compare", "--a", &a, "--b", &b, "--pairs", "2"];
+    args.extend(SHORT_LOAD);
+    let stdout = succeeded(&bench(&args).await);
+    let runs: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with("pair") && line.contains("ops/s:"))
+        .map(|line| line.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        runs,
+        ["pair  1 A", "pair  1 B", "pair  2 B", "pair  2 A"],
+        "{stdout}"
+    );
+    for run in stdout
+        .lines()
+        .filter(|line| line.starts_with("pair") && line.contains("ops/s:"))
+    {
+        assert_eq!(figure(run, "errors:"), 0.0, "{run}");
+    }
+    for name in ["ops/s:", "p50:", "server CPU per op:"] {
+        let line = stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("ratio B/A {name}")))
+            .unwrap_or_else(|| panic!("no {name} ratio in {stdout}"));
+        let ratio = figure(line, name);
+        assert!(ratio > 0.0 && ratio.is_finite(), "{line}");
+        assert!(line.contains("standard error"), "{line}");
+    }
+}
+
 #[tokio::test]
 async fn bad_flags_are_refused_clearly() {
     let output = bench(&["throughput", "--mix", "get:90,save:20"]).await;
@@ -281,4 +317,7 @@ async fn bad_flags_are_refused_clearly() {
     let output = bench(&["throughput"]).await;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--sessiond"));
+    let output = bench(&["compare", "--a", "x", "--b", "y", "--pairs", "1"]).await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("at least 2"));
 }
