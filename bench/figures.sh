@@ -15,11 +15,13 @@ T="throughput --sessiond http://127.0.0.1:7070 --redis redis://127.0.0.1:6379"
 H="http --ours http://127.0.0.1:8080 --ours-store 7070 --theirs http://127.0.0.1:8090 --theirs-store 6379 --clients 50 --duration 10s"
 
 servers=()
+logs=$(mktemp -d "${TMPDIR:-/tmp}/gonest-figures.XXXXXX")
 
 # Whether something accepts connections on 127.0.0.1:$1.
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Starts a server pinned to CPU 1 and waits until it listens on port $1.
+# Starts a server pinned to CPU 1 and waits until it listens on port $1 (its output goes to
+# $logs/$1.log).
 serve() {
     local port=$1
     shift
@@ -27,9 +29,16 @@ serve() {
         echo "port $port is taken; stop what listens there first" >&2
         exit 1
     fi
-    taskset -c 1 "$@" >/dev/null 2>&1 &
-    servers+=($!)
-    until listening "$port"; do sleep 0.1; done
+    taskset -c 1 "$@" >"$logs/$port.log" 2>&1 &
+    local pid=$!
+    servers+=("$pid")
+    until listening "$port"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "$1 exited before listening on $port; see $logs/$port.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
 }
 
 # Stops the servers started so far and waits until they are gone (a daemon holding a million
