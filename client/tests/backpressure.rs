@@ -171,17 +171,22 @@ async fn serve_ending(batches: bool, fail: Option<Code>) -> (String, watch::Send
     (url, open, held)
 }
 
+/// Lets the stand-in daemon behind `open` answer, and connects a store to it over one stream.
+async fn answering(url: &str, open: &watch::Sender<bool>) -> RemoteSessionStore {
+    open.send(true).unwrap();
+    RemoteSessionStore::builder(url)
+        .streams(1)
+        .connect()
+        .await
+        .unwrap()
+}
+
 // One thread: the 200 callers all queue their operation before the stream's sender runs.
 #[tokio::test(flavor = "current_thread")]
 async fn queued_operations_travel_as_batches_to_a_daemon_that_takes_them() {
     for batches in [true, false] {
         let (url, open, held) = serve(batches).await;
-        open.send(true).unwrap();
-        let store = RemoteSessionStore::builder(&url)
-            .streams(1)
-            .connect()
-            .await
-            .unwrap();
+        let store = answering(&url, &open).await;
         let calls: Vec<_> = (0..200)
             .map(|i| {
                 let store = store.clone();
@@ -298,12 +303,7 @@ async fn a_stream_ended_by_the_daemon_reports_its_status_to_the_callers_waiting(
         ),
     ] {
         let (url, open, _held) = serve_ending(false, Some(code)).await;
-        open.send(true).unwrap();
-        let store = RemoteSessionStore::builder(&url)
-            .streams(1)
-            .connect()
-            .await
-            .unwrap();
+        let store = answering(&url, &open).await;
         let first = store.clone();
         let first = tokio::spawn(async move { first.get("a").await });
         let second = store.clone();

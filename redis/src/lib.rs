@@ -868,10 +868,7 @@ mod tests {
     #[tokio::test]
     async fn a_listing_during_a_save_leaves_the_new_session_in_its_owners_set() {
         let redis = RedisServer::start().await;
-        let store = RedisSessionStore::builder(redis.url())
-            .connect()
-            .await
-            .unwrap();
+        let store = RedisSessionStore::connect(redis.url()).await.unwrap();
         store
             .save_with(owned("new"), async {
                 assert_eq!(
@@ -893,10 +890,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_written_again_after_destroy_by_owner_is_reached_by_the_next() {
         let redis = RedisServer::start().await;
-        let store = RedisSessionStore::builder(redis.url())
-            .connect()
-            .await
-            .unwrap();
+        let store = RedisSessionStore::connect(redis.url()).await.unwrap();
         store.save(owned("s")).await.unwrap();
         store
             .save_with(owned("s"), async {
