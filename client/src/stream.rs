@@ -13,7 +13,7 @@
 
 use std::convert::Infallible;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use gonest_session_proto::framed::FramedReader;
 use gonest_session_proto::pb;
@@ -105,10 +105,9 @@ impl<S: Stream<Item = pb::PipelineRequest>> http_body::Body for RequestBody<S> {
 fn encode(request: &pb::PipelineRequest, buf: &mut BytesMut) {
     let len = request.encoded_len();
     buf.reserve(5 + len);
-    buf.put_u8(0);
     // The client sends at most 256 KiB of operations in a message, and one save alone only after
     // checking it against the daemon's limits.
-    buf.put_u32(u32::try_from(len).expect("a request is under 4 GiB"));
+    gonest_session_proto::framed::put_prefix(buf, len);
     request.encode_raw(buf);
 }
 
@@ -225,6 +224,7 @@ fn status_of_http(status: StatusCode) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
 
     #[test]
     fn the_path_is_the_generated_clients() {

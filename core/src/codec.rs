@@ -47,16 +47,46 @@ pub fn decode_shared(bytes: &Bytes, start: usize) -> Result<SessionData> {
     decode_with(encoded, |value| bytes.slice_ref(value))
 }
 
-fn decode_with(mut bytes: &[u8], mut value_of: impl FnMut(&[u8]) -> Bytes) -> Result<SessionData> {
+fn decode_with(bytes: &[u8], mut value_of: impl FnMut(&[u8]) -> Bytes) -> Result<SessionData> {
     let mut data = SessionData::new();
-    while !bytes.is_empty() {
-        let key = take(&mut bytes)?;
-        let key = std::str::from_utf8(key)
-            .map_err(|_| StoreError::Internal("session key is not UTF-8".into()))?;
-        let value = take(&mut bytes)?;
+    for entry in entries(bytes) {
+        let (key, value) = entry?;
         data.insert(key.to_owned(), value_of(value));
     }
     Ok(data)
+}
+
+/// The entries [`encode_data`] wrote, each key and value borrowed from `bytes`, in the order
+/// they were written. Malformed input is an error item (after which there are no more), never
+/// a panic.
+pub fn entries(bytes: &[u8]) -> Entries<'_> {
+    Entries { bytes }
+}
+
+/// The iterator of [`entries`].
+#[derive(Debug, Clone)]
+pub struct Entries<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<(&'a str, &'a [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.bytes.is_empty() {
+            return None;
+        }
+        let entry = (|| {
+            let key = take(&mut self.bytes)?;
+            let key = std::str::from_utf8(key)
+                .map_err(|_| StoreError::Internal("session key is not UTF-8".into()))?;
+            Ok((key, take(&mut self.bytes)?))
+        })();
+        if entry.is_err() {
+            self.bytes = &[];
+        }
+        Some(entry)
+    }
 }
 
 /// Appends `value` as a LEB128 varint.

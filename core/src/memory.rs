@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use hashbrown::hash_table::Entry;
 use tokio::sync::Notify;
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 
 use crate::codec::{decode_shared, encode_into, encoded_len};
 use crate::owners::OwnerIndex;
@@ -55,6 +55,76 @@ pub(crate) struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop_sweeper.notify_one();
+    }
+}
+
+/// A live session as the store holds it, shared with the store (no copy): what a Get reads when
+/// it only writes the session out again, without building a [`SessionRecord`].
+///
+/// Its id, owner and keys were checked to be UTF-8 when it was read.
+#[derive(Clone)]
+pub struct StoredSession(Record);
+
+impl std::fmt::Debug for StoredSession {
+    /// Without the id, which is a credential.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSession")
+            .field("version", &self.version())
+            .field("data_bytes", &self.0.data().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoredSession {
+    fn new(record: &Record) -> Result<Self> {
+        std::str::from_utf8(record.id())
+            .map_err(|_| StoreError::Internal("stored session id is not UTF-8".into()))?;
+        for entry in crate::codec::entries(record.data()) {
+            entry?;
+        }
+        Ok(Self(record.clone()))
+    }
+
+    /// The session id.
+    pub fn id(&self) -> &str {
+        std::str::from_utf8(self.0.id()).unwrap_or_default()
+    }
+
+    /// Who the session belongs to; empty for nobody.
+    pub fn owner(&self) -> &str {
+        std::str::from_utf8(self.0.owner()).unwrap_or_default()
+    }
+
+    /// When the session was first saved.
+    pub fn created_at(&self) -> SystemTime {
+        self.0.created_at().into()
+    }
+
+    /// When the session stops existing.
+    pub fn expires_at(&self) -> SystemTime {
+        self.0.expires_at().into()
+    }
+
+    /// How many times the session's data was saved.
+    pub fn version(&self) -> u64 {
+        self.0.version()
+    }
+
+    /// The session's keys and values, in the order they were saved, borrowed from the store.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        // Checked when read: every entry decodes.
+        crate::codec::entries(self.0.data()).map_while(Result::ok)
+    }
+
+    /// `value`, one of [`entries`](Self::entries)' values, as [`Bytes`] sharing the store's
+    /// buffer (no copy).
+    pub fn shared_value(&self, value: &[u8]) -> Bytes {
+        self.0.shared().slice_ref(value)
+    }
+
+    /// The session as a [`SessionRecord`].
+    pub fn to_record(&self) -> Result<SessionRecord> {
+        self.0.to_record()
     }
 }
 
@@ -311,11 +381,22 @@ impl MemorySessionStore {
 
     /// Reads a session now. The same as [`SessionStore::get`], without the future.
     pub fn get_now(&self, id: &str) -> Result<Option<SessionRecord>> {
+        self.read_now(id, Record::to_record)
+    }
+
+    /// Reads a live session as the store holds it, shared with the store: the same as
+    /// [`get_now`](Self::get_now) without building the record.
+    pub fn get_stored_now(&self, id: &str) -> Result<Option<StoredSession>> {
+        self.read_now(id, StoredSession::new)
+    }
+
+    /// `read` of the live session `id`; an expired one is removed and absent.
+    fn read_now<T>(&self, id: &str, read: impl FnOnce(&Record) -> Result<T>) -> Result<Option<T>> {
         validate_id(id)?;
         let now = Nanos::from(self.inner.clock.now());
         let mut expired = false;
         let found = self.inner.map.read(id, |record| match record {
-            Some(record) if record.is_live(now) => record.to_record().map(Some),
+            Some(record) if record.is_live(now) => read(record).map(Some),
             Some(_) => {
                 expired = true;
                 Ok(None)

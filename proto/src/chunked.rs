@@ -10,10 +10,146 @@
 use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use gonest_session_core::StoredSession;
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-use crate::pb;
+use crate::{pb, record_to_pb};
+
+/// A `Pipeline` answer as the daemon holds it until it is written: the fields of a
+/// [`pb::PipelineResponse`], except that a Get may be answered straight from a stored session,
+/// without building the map and strings of a [`pb::Session`].
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    /// The operation's tag, as `PipelineResponse.tag`.
+    pub tag: u64,
+    /// As `PipelineResponse.result`.
+    pub result: Option<Outcome>,
+    /// As `PipelineResponse.batch`.
+    pub batch: Vec<Answer>,
+}
+
+/// The result of one answer.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A result as prost's message holds it.
+    Message(pb::pipeline_response::Result),
+    /// A Get that found a session, written from the store's own form of it.
+    Stored(StoredGet),
+}
+
+/// A Get's session as the store holds it, ready to be written as a `GetResponse`.
+#[derive(Debug, Clone)]
+pub struct StoredGet {
+    session: StoredSession,
+    created_at: prost_types::Timestamp,
+    expires_at: prost_types::Timestamp,
+    /// The length of the session's encoding (a `Session` message).
+    len: usize,
+}
+
+impl StoredGet {
+    /// A Get answer with `session`.
+    pub fn new(session: StoredSession) -> Self {
+        let created_at = prost_types::Timestamp::from(session.created_at());
+        let expires_at = prost_types::Timestamp::from(session.expires_at());
+        let mut len = str_len(1, session.id()) + str_len(6, session.owner());
+        for (key, value) in session.entries() {
+            len += embedded_len(2, entry_len(key, value));
+        }
+        len += prost::encoding::message::encoded_len(3, &created_at)
+            + prost::encoding::message::encoded_len(4, &expires_at);
+        if session.version() != 0 {
+            len += prost::encoding::uint64::encoded_len(5, &session.version());
+        }
+        Self {
+            session,
+            created_at,
+            expires_at,
+            len,
+        }
+    }
+
+    /// The length of the `GetResponse` holding the session.
+    fn response_len(&self) -> usize {
+        embedded_len(1, self.len)
+    }
+}
+
+/// The length of a length-delimited field `tag` whose content is `len` bytes.
+fn embedded_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// The length of a `string` field, left out when empty.
+fn str_len(tag: u32, value: &str) -> usize {
+    match value.is_empty() {
+        true => 0,
+        false => embedded_len(tag, value.len()),
+    }
+}
+
+/// The length of a `map<string, bytes>` entry, its empty key or value left out.
+fn entry_len(key: &str, value: &[u8]) -> usize {
+    str_len(1, key)
+        + match value.is_empty() {
+            true => 0,
+            false => embedded_len(2, value.len()),
+        }
+}
+
+impl Answer {
+    /// The length of its protobuf encoding, which is that of [`into_pb`](Self::into_pb)'s
+    /// message.
+    pub fn encoded_len(&self) -> usize {
+        let tag = match self.tag {
+            0 => 0,
+            tag => prost::encoding::uint64::encoded_len(1, &tag),
+        };
+        let result = match &self.result {
+            None => 0,
+            Some(Outcome::Message(result)) => result.encoded_len(),
+            Some(Outcome::Stored(get)) => embedded_len(2, get.response_len()),
+        };
+        let batch: usize = self
+            .batch
+            .iter()
+            .map(|part| embedded_len(7, part.encoded_len()))
+            .sum();
+        tag + result + batch
+    }
+
+    /// The answer as prost's message. A stored session that no longer converts (it cannot: it
+    /// was checked when read) becomes an `INTERNAL` error.
+    pub fn into_pb(self) -> pb::PipelineResponse {
+        let result = self.result.map(|result| match result {
+            Outcome::Message(result) => result,
+            Outcome::Stored(get) => match get.session.to_record() {
+                Ok(record) => pb::pipeline_response::Result::Get(pb::GetResponse {
+                    session: Some(record_to_pb(record)),
+                }),
+                Err(err) => pb::pipeline_response::Result::Error(crate::error_to_pb(
+                    &crate::status_from_error(&err),
+                )),
+            },
+        });
+        pb::PipelineResponse {
+            tag: self.tag,
+            result,
+            batch: self.batch.into_iter().map(Self::into_pb).collect(),
+        }
+    }
+}
+
+impl From<pb::PipelineResponse> for Answer {
+    fn from(response: pb::PipelineResponse) -> Self {
+        Self {
+            tag: response.tag,
+            result: response.result.map(Outcome::Message),
+            batch: response.batch.into_iter().map(Self::from).collect(),
+        }
+    }
+}
 
 /// The smallest value sent as a chunk of its own. Each chunk is an HTTP/2 frame with a 9-byte
 /// header and a frame for the receiver to read; below this the copy costs less than that.
@@ -32,12 +168,21 @@ impl Chunks {
     /// Appends `message` as one gRPC message: the 5-byte prefix (not compressed, its length),
     /// then its protobuf encoding.
     pub fn push(&mut self, message: &pb::PipelineResponse) {
-        let len = message.encoded_len();
-        self.open.reserve(5 + len.min(LARGE_VALUE));
-        self.open.put_u8(0);
-        self.open
-            .put_u32(u32::try_from(len).expect("an answer is under 4 GiB"));
+        self.prefix(message.encoded_len());
         self.response(message);
+    }
+
+    /// Appends `answer` as one gRPC message, byte for byte what [`push`](Self::push) writes for
+    /// [`Answer::into_pb`]'s message (a stored session's entries in the order it holds them).
+    pub fn push_answer(&mut self, answer: &Answer) {
+        self.prefix(answer.encoded_len());
+        self.answer(answer);
+    }
+
+    /// Starts a message of `len` bytes, with room for it up to its first large value.
+    fn prefix(&mut self, len: usize) {
+        self.open.reserve(5 + len.min(LARGE_VALUE));
+        crate::framed::put_prefix(&mut self.open, len);
     }
 
     /// Bytes written and not yet taken.
@@ -73,20 +218,78 @@ impl Chunks {
         if message.tag != 0 {
             prost::encoding::uint64::encode(1, &message.tag, &mut self.open);
         }
-        match &message.result {
-            Some(pb::pipeline_response::Result::Get(get)) => {
+        if let Some(result) = &message.result {
+            self.result(result);
+        }
+        for part in &message.batch {
+            nested(7, part.encoded_len(), &mut self.open);
+            self.response(part);
+        }
+    }
+
+    fn answer(&mut self, answer: &Answer) {
+        if answer.tag != 0 {
+            prost::encoding::uint64::encode(1, &answer.tag, &mut self.open);
+        }
+        match &answer.result {
+            Some(Outcome::Message(result)) => self.result(result),
+            Some(Outcome::Stored(get)) => {
+                nested(2, get.response_len(), &mut self.open);
+                nested(1, get.len, &mut self.open);
+                self.stored(get);
+            }
+            None => {}
+        }
+        for part in &answer.batch {
+            nested(7, part.encoded_len(), &mut self.open);
+            self.answer(part);
+        }
+    }
+
+    fn result(&mut self, result: &pb::pipeline_response::Result) {
+        match result {
+            pb::pipeline_response::Result::Get(get) => {
                 nested(2, get.encoded_len(), &mut self.open);
                 if let Some(session) = &get.session {
                     nested(1, session.encoded_len(), &mut self.open);
                     self.session(session);
                 }
             }
-            Some(other) => other.encode(&mut self.open),
-            None => {}
+            other => other.encode(&mut self.open),
         }
-        for part in &message.batch {
-            nested(7, part.encoded_len(), &mut self.open);
-            self.response(part);
+    }
+
+    /// Writes a stored session as [`session`](Self::session) writes its `pb::Session`.
+    fn stored(&mut self, get: &StoredGet) {
+        use prost::encoding::{message, uint64};
+        let session = &get.session;
+        self.str_field(1, session.id());
+        for (key, value) in session.entries() {
+            nested(2, entry_len(key, value), &mut self.open);
+            self.str_field(1, key);
+            if value.len() >= LARGE_VALUE {
+                nested(2, value.len(), &mut self.open);
+                self.close();
+                self.ready_len += value.len();
+                self.ready.push_back(session.shared_value(value));
+            } else if !value.is_empty() {
+                nested(2, value.len(), &mut self.open);
+                self.open.put_slice(value);
+            }
+        }
+        message::encode(3, &get.created_at, &mut self.open);
+        message::encode(4, &get.expires_at, &mut self.open);
+        if session.version() != 0 {
+            uint64::encode(5, &session.version(), &mut self.open);
+        }
+        self.str_field(6, session.owner());
+    }
+
+    /// A `string` field, left out when empty.
+    fn str_field(&mut self, tag: u32, value: &str) {
+        if !value.is_empty() {
+            nested(tag, value.len(), &mut self.open);
+            self.open.put_slice(value.as_bytes());
         }
     }
 
@@ -256,6 +459,104 @@ pub(crate) mod tests {
         assert_eq!(chunks.concat(), framed(&answers));
     }
 
+    /// `data` saved under `id` (by `owner`) in a store of its own, read back as stored.
+    fn stored(id: &str, owner: &str, data: &[(&str, Bytes)]) -> StoredSession {
+        let store =
+            gonest_session_core::MemorySessionStore::new(std::time::Duration::from_secs(60));
+        let data = data
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), value.clone()))
+            .collect();
+        let mut save = gonest_session_core::Save::new(id, data);
+        if !owner.is_empty() {
+            save = save.owner(owner);
+        }
+        store.save_now(save).unwrap();
+        store.get_stored_now(id).unwrap().unwrap()
+    }
+
+    fn stored_get(tag: u64, session: StoredSession) -> Answer {
+        Answer {
+            tag,
+            result: Some(Outcome::Stored(StoredGet::new(session))),
+            batch: Vec::new(),
+        }
+    }
+
+    /// What [`Chunks::push_answer`] writes for `answers`, and each answer as prost's message.
+    fn written(answers: &[Answer]) -> (Vec<Bytes>, Vec<pb::PipelineResponse>) {
+        let mut chunks = Chunks::default();
+        for answer in answers {
+            chunks.push_answer(answer);
+        }
+        let taken = std::iter::from_fn(|| chunks.next_chunk()).collect();
+        let messages = answers.iter().cloned().map(Answer::into_pb).collect();
+        (taken, messages)
+    }
+
+    /// The gRPC messages in `bytes`, decoded.
+    fn decoded(mut bytes: &[u8]) -> Vec<pb::PipelineResponse> {
+        let mut messages = Vec::new();
+        while !bytes.is_empty() {
+            assert_eq!(bytes[0], 0, "not compressed");
+            let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+            messages.push(pb::PipelineResponse::decode(&bytes[5..5 + len]).unwrap());
+            bytes = &bytes[5 + len..];
+        }
+        messages
+    }
+
+    #[test]
+    fn a_stored_get_is_written_as_its_message_and_large_values_are_the_stores() {
+        let large = Bytes::from(vec![7u8; LARGE_VALUE]);
+        let small = stored("s1", "user 42", &[("k", Bytes::from(vec![1u8; 1024]))]);
+        let big = stored(
+            "s2",
+            "",
+            &[
+                ("big", large.clone()),
+                ("", Bytes::new()),
+                ("e", Bytes::new()),
+            ],
+        );
+        let answers = vec![
+            stored_get(1, small.clone()),
+            Answer {
+                tag: 2,
+                result: None,
+                batch: vec![
+                    stored_get(3, big.clone()),
+                    Answer::from(get(4, None)),
+                    stored_get(0, small.clone()),
+                ],
+            },
+        ];
+        let (chunks, messages) = written(&answers);
+
+        // One session of one value: byte for byte what prost's message is written as.
+        let mut alone = Chunks::default();
+        alone.push_answer(&answers[0]);
+        assert_eq!(alone.next_chunk().unwrap(), framed(&messages[..1]));
+        // Sessions of several values: the same message, whatever the order of its entries.
+        assert_eq!(decoded(&chunks.concat()), messages);
+        for (answer, message) in answers.iter().zip(&messages) {
+            assert_eq!(answer.encoded_len(), message.encoded_len());
+        }
+        let session = match &messages[1].batch[0].result {
+            Some(pb::pipeline_response::Result::Get(get)) => get.session.clone().unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(session.data["big"], large);
+        assert_eq!(session.version, 1);
+        // The large value is sent as the store holds it, not copied.
+        let (_, value) = big.entries().find(|(key, _)| *key == "big").unwrap();
+        let shared = chunks
+            .iter()
+            .filter(|chunk| chunk.as_ptr() == value.as_ptr());
+        assert_eq!(shared.count(), 1);
+        assert_eq!(chunks.len(), 3, "the value and the runs around it");
+    }
+
     mod random {
         use super::*;
         use proptest::prelude::*;
@@ -312,6 +613,39 @@ pub(crate) mod tests {
                     })
                     .collect();
                 prop_assert_eq!(chunks_of(&answers).concat(), framed(&answers));
+            }
+
+            #[test]
+            fn stored_gets_are_written_as_their_messages(
+                sessions in proptest::collection::vec(
+                    (
+                        proptest::collection::hash_map("[a-z]{0,3}", value(), 0..4),
+                        "[a-z]{0,2}",
+                        small_or_any(),
+                        proptest::collection::vec(small_or_any(), 0..4),
+                    ),
+                    1..4,
+                )
+            ) {
+                let answers: Vec<Answer> = sessions
+                    .into_iter()
+                    .map(|(data, owner, tag, batch)| {
+                        let data: Vec<(&str, Bytes)> =
+                            data.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                        let session = stored("s", &owner, &data);
+                        let mut answer = stored_get(tag, session.clone());
+                        answer.batch = batch
+                            .into_iter()
+                            .map(|tag| stored_get(tag, session.clone()))
+                            .collect();
+                        answer
+                    })
+                    .collect();
+                let (chunks, messages) = written(&answers);
+                prop_assert_eq!(decoded(&chunks.concat()), messages.clone());
+                for (answer, message) in answers.iter().zip(&messages) {
+                    prop_assert_eq!(answer.encoded_len(), message.encoded_len());
+                }
             }
         }
     }

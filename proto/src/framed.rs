@@ -11,6 +11,13 @@ use std::collections::VecDeque;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 
+/// Writes the 5-byte prefix of a gRPC message of `len` bytes: not compressed, then its length.
+pub fn put_prefix(buf: &mut impl BufMut, len: usize) {
+    buf.put_u8(0);
+    // Answers and requests are bounded far below this by the limits both sides check.
+    buf.put_u32(u32::try_from(len).expect("a gRPC message is under 4 GiB"));
+}
+
 /// Why the frames do not hold a well-formed message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FramedError {

@@ -3,9 +3,11 @@
 //! tonic encodes every answer into one contiguous buffer, which copies each session value a Get
 //! returns before the socket copies it again; at 16 KiB that copy was most of the daemon's
 //! `memmove`. Here the call is decoded and served exactly as tonic would (same decoder and limit,
-//! same [`SessionStore::pipeline`]), and only the answers are written differently:
-//! [`Chunks`] leaves large values as slices of the stored sessions, each sent as a DATA frame of
-//! its own. Every other method goes to tonic's generated server unchanged.
+//! the same answers as the generated server's `pipeline`, from [`SessionService::answers`]), and
+//! only the answers are written differently: a Get on the memory backend is written straight
+//! from the stored session, and [`Chunks`] leaves large values as slices of the stored sessions,
+//! each sent as a DATA frame of its own. Every other method goes to tonic's generated server
+//! unchanged.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -15,7 +17,6 @@ use bytes::Bytes;
 use gonest_session_proto::chunked::Chunks;
 use gonest_session_proto::codec::Codec;
 use gonest_session_proto::pb;
-use gonest_session_proto::pb::session_store_server::SessionStore;
 use http_body::Frame;
 use tonic::Status;
 use tonic::body::Body;
@@ -23,7 +24,7 @@ use tonic::codec::Streaming;
 use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 
-use crate::service::{PipelineStream, SessionService};
+use crate::service::{AnswerStream, SessionService};
 
 /// The path of `Pipeline` calls.
 pub(crate) const PIPELINE_PATH: &str = "/gonest.session.v1.SessionStore/Pipeline";
@@ -112,14 +113,8 @@ where
             Some(max_request),
         )
     });
-    let answers = match service.pipeline(tonic::Request::from_http(request)).await {
-        Ok(answers) => answers,
-        Err(status) => return status.into_http(),
-    };
-    let (metadata, answers, extensions) = answers.into_parts();
+    let answers = service.answers(tonic::Request::from_http(request));
     let mut response = http::Response::new(Body::new(AnswerBody::new(answers)));
-    *response.headers_mut() = metadata.into_headers();
-    *response.extensions_mut() = extensions;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
@@ -129,13 +124,13 @@ where
 
 /// The answers of one `Pipeline` call as gRPC messages, then the status as trailers.
 struct AnswerBody {
-    answers: Option<PipelineStream>,
+    answers: Option<AnswerStream>,
     chunks: Chunks,
     trailers: Option<http::HeaderMap>,
 }
 
 impl AnswerBody {
-    fn new(answers: PipelineStream) -> Self {
+    fn new(answers: AnswerStream) -> Self {
         Self {
             answers: Some(answers),
             chunks: Chunks::default(),
@@ -170,7 +165,7 @@ impl http_body::Body for AnswerBody {
             && this.chunks.len() < YIELD_BYTES
         {
             match answers.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(answer))) => this.chunks.push(&answer),
+                Poll::Ready(Some(Ok(answer))) => this.chunks.push_answer(&answer),
                 Poll::Ready(Some(Err(status))) => this.end(&status),
                 Poll::Ready(None) => this.end(&Status::ok("")),
                 Poll::Pending if this.chunks.is_empty() => return Poll::Pending,

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use futures_util::FutureExt;
 use futures_util::{Stream, StreamExt};
 use gonest_session_core::StoreError;
+use gonest_session_proto::chunked::{Answer, Outcome, StoredGet};
 use gonest_session_proto::{
     duration_from_pb, duration_to_pb, error_to_pb, pb, record_to_pb, save_from_pb,
     status_from_error, timestamp_to_pb,
@@ -211,7 +212,7 @@ impl SessionService {
         self,
         requests: impl Stream<Item = Result<pb::PipelineRequest, Status>> + Send + 'static,
         budget: Option<Arc<AnswerBudget>>,
-    ) -> impl Stream<Item = Result<pb::PipelineResponse, Status>> + Send + 'static {
+    ) -> impl Stream<Item = Result<Answer, Status>> + Send + 'static {
         let mut order = SessionOrder::default();
         // Turns are handed out here, in the order the messages came.
         let units = requests.flat_map(move |item| {
@@ -261,7 +262,7 @@ impl SessionService {
             let message = match piece {
                 Ok(piece) => assembler.add(piece).map(|message| {
                     if let Some(budget) = &budget {
-                        budget.produced(prost::Message::encoded_len(&message));
+                        budget.produced(message.encoded_len());
                     }
                     Ok(message)
                 }),
@@ -272,7 +273,7 @@ impl SessionService {
     }
 
     /// The answer to a batch nested in a batch.
-    async fn refuse_nested(&self, tag: u64) -> pb::PipelineResponse {
+    async fn refuse_nested(&self, tag: u64) -> Answer {
         let refused = self
             .run("pipeline", async {
                 Err::<(), _>(StoreError::invalid("batches do not nest"))
@@ -283,7 +284,7 @@ impl SessionService {
 
     /// The next answer of `batch`: the message's own operation first, then as many of the
     /// batch's operations as the [`Assembler`] puts in one part (at least one).
-    async fn next_part(&self, batch: &mut Batch) -> pb::PipelineResponse {
+    async fn next_part(&self, batch: &mut Batch) -> Answer {
         if let Some(op) = batch.own.take() {
             let answer = self.apply(batch.tag, Some(op)).await;
             let piece = Piece {
@@ -314,29 +315,41 @@ impl SessionService {
         batch.assembler.take(batch.tag)
     }
 
-    /// Applies one pipelined operation; a failure becomes an inline `Error`.
-    async fn apply(&self, tag: u64, op: Option<pb::pipeline_request::Op>) -> pb::PipelineResponse {
+    /// Applies one pipelined operation; a failure becomes an inline `Error`. A Get on the memory
+    /// backend is answered from the stored session as it is (see [`StoredGet`]).
+    async fn apply(&self, tag: u64, op: Option<pb::pipeline_request::Op>) -> Answer {
         use pb::pipeline_request::Op;
-        use pb::pipeline_response::Result as Answer;
+        use pb::pipeline_response::Result as Done;
         let result = match op {
-            Some(Op::Get(op)) => {
-                self.run("get", async { self.get(op).await.map(Answer::Get) })
+            Some(Op::Get(op)) => match &self.store {
+                Backend::Memory(store) => {
+                    self.run("get", async {
+                        Ok(match store.get_stored_now(&op.id)? {
+                            Some(session) => Outcome::Stored(StoredGet::new(session)),
+                            None => Outcome::Message(Done::Get(pb::GetResponse::default())),
+                        })
+                    })
                     .await
-            }
-            Some(Op::Save(op)) => {
-                self.run("save", async { self.save(op).await.map(Answer::Save) })
+                }
+                Backend::Redis(_) => self
+                    .run("get", async { self.get(op).await.map(Done::Get) })
                     .await
-            }
-            Some(Op::Destroy(op)) => {
-                self.run("destroy", async {
-                    self.destroy(op).await.map(Answer::Destroy)
+                    .map(Outcome::Message),
+            },
+            Some(Op::Save(op)) => self
+                .run("save", async { self.save(op).await.map(Done::Save) })
+                .await
+                .map(Outcome::Message),
+            Some(Op::Destroy(op)) => self
+                .run("destroy", async {
+                    self.destroy(op).await.map(Done::Destroy)
                 })
                 .await
-            }
-            Some(Op::Touch(op)) => {
-                self.run("touch", async { self.touch(op).await.map(Answer::Touch) })
-                    .await
-            }
+                .map(Outcome::Message),
+            Some(Op::Touch(op)) => self
+                .run("touch", async { self.touch(op).await.map(Done::Touch) })
+                .await
+                .map(Outcome::Message),
             None => {
                 self.run("pipeline", async {
                     Err(StoreError::invalid("pipeline request has no operation"))
@@ -345,7 +358,7 @@ impl SessionService {
             }
         };
         match result {
-            Ok(result) => pb::PipelineResponse {
+            Ok(result) => Answer {
                 tag,
                 result: Some(result),
                 batch: Vec::new(),
@@ -442,7 +455,7 @@ struct Piece {
     message: u64,
     own: bool,
     last: bool,
-    answer: pb::PipelineResponse,
+    answer: Answer,
 }
 
 /// Puts answers back into messages, for both backends: one per message, a batch's in parts of
@@ -450,14 +463,14 @@ struct Piece {
 #[derive(Default)]
 struct Assembler {
     /// The message being put together, and the bytes of its batch answers so far.
-    part: Option<(pb::PipelineResponse, usize)>,
+    part: Option<(Answer, usize)>,
 }
 
 impl Assembler {
     /// Adds `piece`; returns a message once one is complete.
-    fn add(&mut self, piece: Piece) -> Option<pb::PipelineResponse> {
+    fn add(&mut self, piece: Piece) -> Option<Answer> {
         let (response, bytes) = self.part.get_or_insert_with(|| {
-            let header = pb::PipelineResponse {
+            let header = Answer {
                 tag: piece.message,
                 ..Default::default()
             };
@@ -468,7 +481,7 @@ impl Assembler {
             *response = piece.answer;
             response.batch = batch;
         } else {
-            *bytes += prost::Message::encoded_len(&piece.answer);
+            *bytes += piece.answer.encoded_len();
             response.batch.push(piece.answer);
         }
         if piece.last || *bytes >= BATCH_PART_BYTES {
@@ -478,9 +491,9 @@ impl Assembler {
     }
 
     /// The message being put together as it stands (a bare answer with `tag` if none).
-    fn take(&mut self, tag: u64) -> pb::PipelineResponse {
+    fn take(&mut self, tag: u64) -> Answer {
         self.part.take().map_or_else(
-            || pb::PipelineResponse {
+            || Answer {
                 tag,
                 ..Default::default()
             },
@@ -573,7 +586,7 @@ impl<S> MemoryAnswers<S> {
 
     /// The next answer of `work`: a single operation's, or a batch's next part. Leaves in
     /// `work` what is left to answer.
-    fn answer(service: &SessionService, work: &mut Option<Work>) -> pb::PipelineResponse {
+    fn answer(service: &SessionService, work: &mut Option<Work>) -> Answer {
         let answer = match work {
             Some(Work::Batch(batch)) => {
                 let part = service.next_part(batch).now_or_never();
@@ -596,7 +609,7 @@ impl<S> Stream for MemoryAnswers<S>
 where
     S: Stream<Item = Result<pb::PipelineRequest, Status>> + Unpin,
 {
-    type Item = Result<pb::PipelineResponse, Status>;
+    type Item = Result<Answer, Status>;
 
     fn poll_next(
         self: Pin<&mut Self>,
@@ -638,7 +651,7 @@ where
             };
             let produced = budget.try_produce(|| {
                 let answer = Self::answer(service, work);
-                let bytes = prost::Message::encoded_len(&answer);
+                let bytes = answer.encoded_len();
                 (answer, bytes)
             });
             match produced {
@@ -653,10 +666,12 @@ where
 }
 
 /// The answer of a failed pipelined operation.
-fn error_answer(tag: u64, status: &Status) -> pb::PipelineResponse {
-    pb::PipelineResponse {
+fn error_answer(tag: u64, status: &Status) -> Answer {
+    Answer {
         tag,
-        result: Some(pb::pipeline_response::Result::Error(error_to_pb(status))),
+        result: Some(Outcome::Message(pb::pipeline_response::Result::Error(
+            error_to_pb(status),
+        ))),
         batch: Vec::new(),
     }
 }
@@ -789,14 +804,29 @@ impl pb::session_store_server::SessionStore for SessionService {
 
     type PipelineStream = PipelineStream;
 
-    /// Answers each operation in the order it arrived. On the memory backend, operations are
-    /// applied on the task that polls this stream, one after another (different streams in
-    /// parallel: the store locks only the shard an operation touches). On Redis, up to
-    /// [`REDIS_PIPELINE_DEPTH`] are in progress at once, operations on one session in order.
+    /// Answers each operation in the order it arrived: [`SessionService::answers`], as prost's
+    /// messages.
     async fn pipeline(
         &self,
         request: Request<Streaming<pb::PipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
+        let answers = self.answers(request);
+        Ok(Response::new(Box::pin(
+            answers.map(|answer| answer.map(Answer::into_pb)),
+        )))
+    }
+}
+
+/// The answers of a `Pipeline` stream, as the daemon writes them.
+pub(crate) type AnswerStream = Pin<Box<dyn Stream<Item = Result<Answer, Status>> + Send>>;
+
+impl SessionService {
+    /// Answers each operation of a `Pipeline` stream in the order it arrived. On the memory
+    /// backend, operations are applied on the task that polls this stream, one after another
+    /// (different streams in parallel: the store locks only the shard an operation touches). On
+    /// Redis, up to [`REDIS_PIPELINE_DEPTH`] are in progress at once, operations on one session
+    /// in order.
+    pub(crate) fn answers(&self, request: Request<Streaming<pb::PipelineRequest>>) -> AnswerStream {
         let service = self.clone();
         let budget = answer_budget(&request);
         // Counted until the response stream is dropped: its last answers sent, or the peer gone.
@@ -809,7 +839,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         // While the connection's answers are not being taken, the next operation waits for the
         // budget before it is applied, and the stream reads no further requests.
         let requests = request.into_inner();
-        let answers: PipelineStream = match self.store {
+        match self.store {
             Backend::Memory(_) => Box::pin(MemoryAnswers::new(
                 service,
                 requests,
@@ -825,8 +855,7 @@ impl pb::session_store_server::SessionStore for SessionService {
                         let _counted = &call;
                     }),
             ),
-        };
-        Ok(Response::new(answers))
+        }
     }
 }
 
