@@ -4,7 +4,7 @@
 # Each throughput and http command runs three times as written and three times with
 # --reverse, alternating; the million-key and memory runs three times each on fresh servers.
 # Prints the commands and their result lines. Needs redis-server and a free 6379, 7070, 7072,
-# 8080 and 8090. About 17 minutes on the project's 2-core machine.
+# 8080 and 8090. About 25 minutes on the project's 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,6 +75,11 @@ for _ in 1 2 3; do
     run $T --clients 50 --size 16384 --duration 10s
     run $T --clients 50 --size 16384 --duration 10s --reverse
 done
+# The same loads in alternating pairs, Redis as A and the daemon as B: mean and standard error.
+C="compare --a redis://127.0.0.1:6379 --b http://127.0.0.1:7070 --duration 8s"
+run $C --pairs 10 --clients 50 --size 1024
+run $C --pairs 8 --clients 50 --size 16384
+run $C --pairs 6 --clients 1 --size 1024
 for _ in 1 2 3; do
     stop; daemon; redis
     run $T --clients 50 --size 1024 --keys 1000000 --duration 10s
