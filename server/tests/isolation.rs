@@ -277,8 +277,7 @@ impl StopsReading {
 /// three connections whose windows are wide open and whose sockets are never read: each stream
 /// alone could hold hyper's send buffer (400 KiB) of them, but the daemon produces at most its
 /// answer budget per connection (4 MiB) beyond what the socket took. (With the budget ignored,
-/// the daemon grew by 72 MiB here; with it, by 26–34 MiB: the buffers the answers are written
-/// into are allocated up to twice the bytes they hold.)
+/// the daemon grew by 72 MiB here; with it, by 26–34 MiB, of which the budgets are 12.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copied_answers_nobody_reads_are_held_to_the_connections_budget() {
     const MIB: u64 = 1 << 20;
