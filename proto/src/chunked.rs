@@ -165,24 +165,14 @@ pub struct Chunks {
 }
 
 impl Chunks {
-    /// Appends `message` as one gRPC message: the 5-byte prefix (not compressed, its length),
-    /// then its protobuf encoding.
-    pub fn push(&mut self, message: &pb::PipelineResponse) {
-        self.prefix(message.encoded_len());
-        self.response(message);
-    }
-
-    /// Appends `answer` as one gRPC message, byte for byte what [`push`](Self::push) writes for
-    /// [`Answer::into_pb`]'s message (a stored session's entries in the order it holds them).
+    /// Appends `answer` as one gRPC message: the 5-byte prefix (not compressed, its length),
+    /// then the protobuf encoding of [`Answer::into_pb`]'s message as prost writes it (a stored
+    /// session's entries in the order it holds them).
     pub fn push_answer(&mut self, answer: &Answer) {
-        self.prefix(answer.encoded_len());
-        self.answer(answer);
-    }
-
-    /// Starts a message of `len` bytes, with room for it up to its first large value.
-    fn prefix(&mut self, len: usize) {
+        let len = answer.encoded_len();
         self.open.reserve(5 + len.min(LARGE_VALUE));
         crate::framed::put_prefix(&mut self.open, len);
+        self.answer(answer);
     }
 
     /// Bytes written and not yet taken.
@@ -211,19 +201,6 @@ impl Chunks {
             let chunk = self.open.split().freeze();
             self.ready_len += chunk.len();
             self.ready.push_back(chunk);
-        }
-    }
-
-    fn response(&mut self, message: &pb::PipelineResponse) {
-        if message.tag != 0 {
-            prost::encoding::uint64::encode(1, &message.tag, &mut self.open);
-        }
-        if let Some(result) = &message.result {
-            self.result(result);
-        }
-        for part in &message.batch {
-            nested(7, part.encoded_len(), &mut self.open);
-            self.response(part);
         }
     }
 
@@ -265,17 +242,7 @@ impl Chunks {
         let session = &get.session;
         self.str_field(1, session.id());
         for (key, value) in session.entries() {
-            nested(2, entry_len(key, value), &mut self.open);
-            self.str_field(1, key);
-            if value.len() >= LARGE_VALUE {
-                nested(2, value.len(), &mut self.open);
-                self.close();
-                self.ready_len += value.len();
-                self.ready.push_back(session.shared_value(value));
-            } else if !value.is_empty() {
-                nested(2, value.len(), &mut self.open);
-                self.open.put_slice(value);
-            }
+            self.entry(key, value, || session.shared_value(value));
         }
         message::encode(3, &get.created_at, &mut self.open);
         message::encode(4, &get.expires_at, &mut self.open);
@@ -285,42 +252,13 @@ impl Chunks {
         self.str_field(6, session.owner());
     }
 
-    /// A `string` field, left out when empty.
-    fn str_field(&mut self, tag: u32, value: &str) {
-        if !value.is_empty() {
-            nested(tag, value.len(), &mut self.open);
-            self.open.put_slice(value.as_bytes());
-        }
-    }
-
     /// Writes a session as prost does (fields in order, defaults left out, a map entry's default
     /// key or value left out), its large values as chunks of their own.
     fn session(&mut self, session: &pb::Session) {
-        use prost::encoding::{bytes, message, string, uint64};
-        if !session.id.is_empty() {
-            string::encode(1, &session.id, &mut self.open);
-        }
+        use prost::encoding::{message, uint64};
+        self.str_field(1, &session.id);
         for (key, value) in &session.data {
-            let key_len = match key.is_empty() {
-                true => 0,
-                false => string::encoded_len(1, key),
-            };
-            let value_len = match value.is_empty() {
-                true => 0,
-                false => bytes::encoded_len(2, value),
-            };
-            nested(2, key_len + value_len, &mut self.open);
-            if !key.is_empty() {
-                string::encode(1, key, &mut self.open);
-            }
-            if value.len() >= LARGE_VALUE {
-                nested(2, value.len(), &mut self.open);
-                self.close();
-                self.ready_len += value.len();
-                self.ready.push_back(value.clone());
-            } else if !value.is_empty() {
-                bytes::encode(2, value, &mut self.open);
-            }
+            self.entry(key, value, || value.clone());
         }
         if let Some(created_at) = &session.created_at {
             message::encode(3, created_at, &mut self.open);
@@ -331,8 +269,30 @@ impl Chunks {
         if session.version != 0 {
             uint64::encode(5, &session.version, &mut self.open);
         }
-        if !session.owner.is_empty() {
-            string::encode(6, &session.owner, &mut self.open);
+        self.str_field(6, &session.owner);
+    }
+
+    /// One `data` map entry (field 2), its empty key or value left out; a value of
+    /// [`LARGE_VALUE`] bytes or more is not copied but sent as `shared`, a chunk of its own.
+    fn entry(&mut self, key: &str, value: &[u8], shared: impl FnOnce() -> Bytes) {
+        nested(2, entry_len(key, value), &mut self.open);
+        self.str_field(1, key);
+        if value.len() >= LARGE_VALUE {
+            nested(2, value.len(), &mut self.open);
+            self.close();
+            self.ready_len += value.len();
+            self.ready.push_back(shared());
+        } else if !value.is_empty() {
+            nested(2, value.len(), &mut self.open);
+            self.open.put_slice(value);
+        }
+    }
+
+    /// A `string` field, left out when empty.
+    fn str_field(&mut self, tag: u32, value: &str) {
+        if !value.is_empty() {
+            nested(tag, value.len(), &mut self.open);
+            self.open.put_slice(value.as_bytes());
         }
     }
 }
@@ -380,7 +340,7 @@ pub(crate) mod tests {
     fn chunks_of(messages: &[pb::PipelineResponse]) -> Vec<Bytes> {
         let mut chunks = Chunks::default();
         for message in messages {
-            chunks.push(message);
+            chunks.push_answer(&Answer::from(message.clone()));
         }
         let len = chunks.len();
         let taken: Vec<Bytes> = std::iter::from_fn(|| chunks.next_chunk()).collect();

@@ -258,7 +258,7 @@ mod tests {
             &[("big", large.clone()), ("small", Bytes::from_static(b"s"))],
         );
         let mut chunks = Chunks::default();
-        chunks.push(&answer);
+        chunks.push_answer(&crate::chunked::Answer::from(answer.clone()));
         let frames: Vec<Bytes> = std::iter::from_fn(|| chunks.next_chunk()).collect();
         // As received: a copy of each frame the daemon sent.
         let received: Vec<Bytes> = frames.iter().map(|f| Bytes::copy_from_slice(f)).collect();
