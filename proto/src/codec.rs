@@ -60,6 +60,53 @@ impl<T: Message> Encoder for ReservingEncoder<T> {
     }
 }
 
+/// The daemon's decoder of `Pipeline` requests: [`CheckedDecoder`]'s, after counting the
+/// operations a message carries on the wire: one carrying more than
+/// [`MAX_BATCH_OPERATIONS`](crate::MAX_BATCH_OPERATIONS) is refused before anything of it is
+/// decoded (see [`batch_operations`](crate::batch_operations)).
+#[derive(Debug)]
+pub struct PipelineDecoder(CheckedDecoder<crate::pb::PipelineRequest>);
+
+impl Default for PipelineDecoder {
+    fn default() -> Self {
+        Self(CheckedDecoder(ProstDecoder::default()))
+    }
+}
+
+impl Decoder for PipelineDecoder {
+    type Item = crate::pb::PipelineRequest;
+    type Error = Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut DecodeBuf<'_>,
+    ) -> Result<Option<crate::pb::PipelineRequest>, Status> {
+        use bytes::Buf;
+        let limit = crate::MAX_BATCH_OPERATIONS;
+        // tonic hands a decoder one whole message in one buffer; were it ever in pieces, it is
+        // gathered first, so that the count reads all of it.
+        if buf.chunk().len() < buf.remaining() {
+            let message = buf.copy_to_bytes(buf.remaining());
+            if crate::batch_operations(&message, limit) > limit {
+                return Err(crate::batch_too_large(limit));
+            }
+            return crate::pb::PipelineRequest::decode(message)
+                .map(Some)
+                .map_err(|err| {
+                    Status::invalid_argument(format!("malformed protobuf message: {err}"))
+                });
+        }
+        if crate::batch_operations(buf.chunk(), limit) > limit {
+            return Err(crate::batch_too_large(limit));
+        }
+        self.0.decode(buf)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
+    }
+}
+
 /// prost's decoder, answering a malformed message `INVALID_ARGUMENT`.
 #[derive(Debug)]
 pub struct CheckedDecoder<U>(ProstDecoder<U>);

@@ -174,6 +174,17 @@ pub fn status_from_error(error: &StoreError) -> Status {
     Status::with_error_details(code, error.to_string(), details)
 }
 
+/// The status that ends a `Pipeline` stream whose message carries more than `limit` operations
+/// in its batch: `RESOURCE_EXHAUSTED`, ErrorInfo reason `BATCH_TOO_LARGE` with the limit.
+pub fn batch_too_large(limit: usize) -> Status {
+    let metadata = HashMap::from([("limit".to_owned(), limit.to_string())]);
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!("a Pipeline message carries at most {limit} operations in its batch"),
+        ErrorDetails::with_error_info("BATCH_TOO_LARGE", ERROR_DOMAIN, metadata),
+    )
+}
+
 /// The store error a gRPC status stands for; the mapping back of [`status_from_error`], with
 /// the figures read from its details.
 ///

@@ -2,8 +2,9 @@
 //!
 //! tonic encodes every answer into one contiguous buffer, which copies each session value a Get
 //! returns before the socket copies it again; at 16 KiB that copy was most of the daemon's
-//! `memmove`. Here the call is decoded and served exactly as tonic would (same decoder and limit,
-//! the same answers as the generated server's `pipeline`, from [`SessionService::answers`]), and
+//! `memmove`. Here the call is decoded and served as tonic would (prost's decoder and the same
+//! size limit, with batches over [`MAX_BATCH_OPERATIONS`] refused before they are decoded; the
+//! same answers as the generated server's `pipeline`, from [`SessionService::answers`]), and
 //! only the answers are written differently: a Get on the memory backend is written straight
 //! from the stored session, and [`Chunks`] leaves large values as slices of the stored sessions,
 //! each sent as a DATA frame of its own. Every other method goes to tonic's generated server
@@ -15,8 +16,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use gonest_session_proto::chunked::Chunks;
-use gonest_session_proto::codec::Codec;
-use gonest_session_proto::pb;
+use gonest_session_proto::codec::PipelineDecoder;
 use http_body::Frame;
 use tonic::Status;
 use tonic::body::Body;
@@ -25,6 +25,9 @@ use tonic::codegen::{BoxFuture, Service};
 use tonic::server::NamedService;
 
 use crate::service::{AnswerStream, SessionService};
+
+#[cfg(doc)]
+use gonest_session_proto::MAX_BATCH_OPERATIONS;
 
 /// The path of `Pipeline` calls.
 pub(crate) const PIPELINE_PATH: &str = "/gonest.session.v1.SessionStore/Pipeline";
@@ -104,14 +107,8 @@ where
         ))
         .into_http();
     }
-    let mut codec = Codec::<pb::PipelineResponse, pb::PipelineRequest>::default();
     let request = request.map(|body| {
-        Streaming::new_request(
-            tonic::codec::Codec::decoder(&mut codec),
-            body,
-            None,
-            Some(max_request),
-        )
+        Streaming::new_request(PipelineDecoder::default(), body, None, Some(max_request))
     });
     let answers = service.answers(tonic::Request::from_http(request));
     let mut response = http::Response::new(Body::new(AnswerBody::new(answers)));

@@ -799,6 +799,8 @@ impl pb::session_store_server::SessionStore for SessionService {
             max_session_bytes: u64::try_from(self.limits.max_session_bytes).unwrap_or(u64::MAX),
             max_ttl: Some(duration_to_pb(self.limits.max_ttl)),
             pipeline_batches: true,
+            max_batch_operations: u32::try_from(gonest_session_proto::MAX_BATCH_OPERATIONS)
+                .unwrap_or(u32::MAX),
         }))
     }
 

@@ -78,6 +78,7 @@ on_both_backends!(
     many_pipeline_streams_run_at_once_and_keep_their_own_order,
     a_long_pipeline_with_batches_keeps_its_order,
     a_batch_of_saves_is_applied_in_its_order,
+    a_batch_over_the_operations_cap_is_refused_unread,
     health_says_serving_and_reflection_lists_the_service,
     shutdown_ends_open_pipeline_streams_and_returns,
     health_turns_not_serving_when_shutdown_starts,
@@ -763,6 +764,68 @@ async fn a_batch_of_saves_is_applied_in_its_order(store: Store) {
         })
         .collect();
     assert_eq!(versions, (1..=200).collect::<Vec<u64>>());
+    daemon.stop().await.unwrap();
+}
+
+/// A batch of [`gonest_session_proto::MAX_BATCH_OPERATIONS`] is answered whole; one more
+/// operation, at the top or nested, ends the stream `RESOURCE_EXHAUSTED` with the limit, and
+/// nothing of that message is applied.
+async fn a_batch_over_the_operations_cap_is_refused_unread(store: Store) {
+    use futures_util::StreamExt;
+    use tonic_types::StatusExt;
+    let daemon = Daemon::start(store.config()).await;
+    let mut client = daemon.client();
+    let stats = client
+        .stats(pb::StatsRequest { as_stored: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let cap = usize::try_from(stats.max_batch_operations).unwrap();
+    assert_eq!(cap, gonest_session_proto::MAX_BATCH_OPERATIONS);
+    let saves = |count: usize, prefix: &str| -> Vec<pb::PipelineRequest> {
+        (0..count as u64)
+            .map(|n| op(n + 1, Op::Save(save(&format!("{prefix}{n}"), &[], None))))
+            .collect()
+    };
+    let envelope = |batch| pb::PipelineRequest {
+        tag: 0,
+        op: None,
+        batch,
+    };
+    let answers = pipelined(&mut client, [envelope(saves(cap, "at-cap-"))]).await;
+    let answered: usize = answers.iter().map(|part| part.batch.len()).sum();
+    assert_eq!(answered, cap);
+    assert!(
+        stored(&mut client, &format!("at-cap-{}", cap - 1))
+            .await
+            .is_some()
+    );
+
+    let mut nested = saves(cap - 1, "nested-");
+    nested.push(pb::PipelineRequest {
+        tag: 0,
+        op: None,
+        batch: saves(1, "nested-inner-"),
+    });
+    for refused in [envelope(saves(cap + 1, "over-")), envelope(nested)] {
+        let mut answers = client
+            .pipeline(futures_util::stream::iter([
+                refused,
+                op(9, Op::Get(get("x"))),
+            ]))
+            .await
+            .unwrap()
+            .into_inner();
+        let status = answers.next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "BATCH_TOO_LARGE");
+        assert_eq!(info.metadata["limit"], cap.to_string());
+        assert!(answers.next().await.is_none(), "the stream ends");
+    }
+    for id in ["over-0", "nested-0", "nested-inner-0"] {
+        assert!(stored(&mut client, id).await.is_none(), "{id} was applied");
+    }
     daemon.stop().await.unwrap();
 }
 

@@ -395,3 +395,121 @@ async fn never_reading_peers(gets: u64, batched: bool, flags: &[&str]) {
         before / MIB
     );
 }
+
+/// Eight streams of one connection each send, again and again for 2 s, the largest message the
+/// daemon reads (2 MiB) filled with empty batch operations, two bytes each: a million per
+/// message, had nothing capped them (they once took the daemon to 2.6 GiB and it kept 1.9). The
+/// daemon's memory stays under 256 MiB, another client's Gets meanwhile have a p99 under 50 ms,
+/// and a second burst finds the memory the first took free to reuse: the daemon does not grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_of_a_million_empty_batch_operations_cost_bounded_memory() {
+    many_empty_operations(&[]).await;
+    // The same attack against a daemon on Redis, after the first (two at once would share the
+    // machine's two cores with each other's attackers).
+    let redis = gonest_session_testing::RedisServer::start().await;
+    many_empty_operations(&["--backend", &redis.url()]).await;
+}
+
+async fn many_empty_operations(flags: &[&str]) {
+    const MIB: u64 = 1 << 20;
+    let (daemon, mut client) = daemon_holding(flags, "normal", 1024).await;
+    let pid = daemon.child.id().unwrap();
+    let before = rss(pid);
+    let first = empty_operations_burst(&daemon, &mut client).await;
+    let second = empty_operations_burst(&daemon, &mut client).await;
+    eprintln!(
+        "daemon RSS {} MiB before, {} MiB after one burst, {} MiB after two",
+        before / MIB,
+        first / MIB,
+        second / MIB
+    );
+    assert!(
+        second < first + 16 * MIB,
+        "the second burst grew the daemon from {} to {} MiB",
+        first / MIB,
+        second / MIB
+    );
+}
+
+/// One burst of the attack above, with the Gets of `client` meanwhile; returns the daemon's
+/// memory once it is over.
+async fn empty_operations_burst(daemon: &Process, client: &mut Client) -> u64 {
+    use bytes::BufMut;
+    const MIB: u64 = 1 << 20;
+    const STREAMS: usize = 8;
+    let pid = daemon.child.id().unwrap();
+    // The largest message the daemon reads at its default 1 MiB session limit.
+    let limit = gonest_session_proto::message_limit(1 << 20);
+    let mut body = bytes::BytesMut::with_capacity(5 + limit);
+    body.put_u8(0);
+    body.put_u32(u32::try_from(limit).unwrap());
+    for _ in 0..limit / 2 {
+        // PipelineRequest.batch (field 6, length-delimited), empty.
+        body.put_slice(&[0x32, 0x00]);
+    }
+    let body = body.freeze();
+
+    let tcp = TcpStream::connect(&daemon.addr).await.unwrap();
+    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut attackers = Vec::new();
+    for _ in 0..STREAMS {
+        let (mut sender, body, addr) = (sender.clone(), body.clone(), daemon.addr.clone());
+        attackers.push(tokio::spawn(async move {
+            let mut sent = 0u32;
+            while tokio::time::Instant::now() < deadline {
+                sender = sender.ready().await.unwrap();
+                let request = common::pipeline_request(&addr).body(()).unwrap();
+                let (response, mut send) = sender.send_request(request, false).unwrap();
+                send.send_data(body.clone(), true).unwrap();
+                sent += 1;
+                // Whatever comes back is read and let go.
+                let Ok(response) = response.await else {
+                    continue;
+                };
+                let mut answers = response.into_body();
+                while let Some(Ok(data)) = answers.data().await {
+                    let _ = answers.flow_control().release_capacity(data.len());
+                }
+            }
+            sent
+        }));
+    }
+
+    let mut peak = 0;
+    let mut latencies = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        let started = std::time::Instant::now();
+        reads_within_5_s(client, "normal").await;
+        latencies.push(started.elapsed());
+        peak = peak.max(rss(pid));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut sent = 0;
+    for attacker in attackers {
+        sent += attacker.await.unwrap();
+    }
+    connection.abort();
+    peak = peak.max(rss(pid));
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    eprintln!(
+        "{sent} messages of {} operations; daemon RSS {} MiB at the peak; {} Gets meanwhile, \
+         p99 {p99:?}",
+        limit / 2,
+        peak / MIB,
+        latencies.len()
+    );
+    assert!(sent >= STREAMS as u32, "the attack ran");
+    assert!(peak < 256 * MIB, "RSS reached {} MiB", peak / MIB);
+    assert!(p99 < Duration::from_millis(50), "Get p99 {p99:?}");
+    // Gets a moment after, by which the attack's streams are gone.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reads_within_5_s(client, "normal").await;
+    }
+    rss(pid)
+}
