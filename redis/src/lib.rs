@@ -26,8 +26,10 @@
 //!   sessions without an owner.)
 //! - A set per owner, `OWNER_PREFIX + owner` (`gonest:owner:` unless set), holding the ids of
 //!   its sessions; it expires after the longest-lived of them. A save enters its id before it
-//!   writes the session (so that the owner's limit holds) and again after (so that a cleanup of
-//!   the set in between cannot leave the session outside it).
+//!   writes the session (so that the owner's limit holds) and again after; a clean-up that
+//!   removes ids from the set reads each session again after the removal and enters the id once
+//!   more if its session is live and the owner's. Whichever of a save and a clean-up comes
+//!   last, a live session ends in its owner's set.
 //! - Expiry is Redis's own: each key expires at its session's `expires_at` (`PXAT`), so a
 //!   session past its expiry is gone for every command.
 //! - Each operation touches that one key and is atomic: Get is a `GET`, Destroy a `DEL`, Save
@@ -103,14 +105,15 @@ return 1
 ";
 
 /// Destroys a session if it belongs to an owner: `KEYS[1]` the key; `ARGV[1]` the owner.
-/// Returns 1 if it destroyed it.
+/// Returns 1 if it destroyed it; 0 if there is no session, it is another owner's, or the key
+/// holds no session (another type, or a value too short to be one), which is left as it is.
 const DESTROY_IF_OWNED: &str = r"
-local current = redis.call('GET', KEYS[1])
-if not current then
+local current = redis.pcall('GET', KEYS[1])
+if type(current) ~= 'string' or #current < 24 then
   return 0
 end
 local length = struct.unpack('<I2', current, 23)
-if string.sub(current, 25, 24 + length) ~= ARGV[1] then
+if #current < 24 + length or string.sub(current, 25, 24 + length) ~= ARGV[1] then
   return 0
 end
 return redis.call('DEL', KEYS[1])
@@ -571,12 +574,7 @@ impl RedisSessionStore {
                     // Best effort: a stale id left in the previous owner's set is skipped and
                     // removed when that set is next read.
                     let _: Result<()> = self
-                        .run(
-                            redis::cmd("SREM")
-                                .arg(self.owner_key(&previous))
-                                .arg(&save.id)
-                                .query_async(&mut connection),
-                        )
+                        .forget(&previous, &[save.id.clone().into_bytes()])
                         .await;
                 }
                 let millis = |value| int(value).and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
@@ -624,25 +622,38 @@ impl RedisSessionStore {
     }
 
     /// The live sessions of `owner`; ids in its set that no longer are (expired, destroyed or
-    /// given to another owner) are removed from the set. An id removed while its save is under
-    /// way is entered again by that save once it has written the session.
+    /// given to another owner) are removed from the set ([`Self::forget`], which keeps those a
+    /// racing save has written meanwhile). An entry whose key holds no readable session is
+    /// skipped with a warning, and the rest are listed.
     async fn live_of(&self, owner: &str) -> Result<Vec<SessionRecord>> {
-        let ids = self.members(owner).await?;
         let mut live = Vec::new();
         let mut stale = Vec::new();
-        for id in ids {
-            match self.get(&id).await {
+        let mut unreadable = 0;
+        for member in self.members(owner).await? {
+            let Some(id) = session_id(&member) else {
+                stale.push(member);
+                continue;
+            };
+            match self.get(id).await {
                 Ok(Some(record)) if record.owner.as_deref() == Some(owner) => live.push(record),
-                Ok(_) | Err(StoreError::InvalidArgument(_)) => stale.push(id),
-                Err(err) => return Err(err),
+                Ok(_) => stale.push(member),
+                Err(err @ (StoreError::Unavailable(_) | StoreError::Timeout)) => return Err(err),
+                Err(_) => unreadable += 1,
             }
+        }
+        if unreadable > 0 {
+            tracing::warn!(
+                unreadable,
+                "entries of an owner's set hold no readable session; skipped"
+            );
         }
         self.forget(owner, &stale).await?;
         Ok(live)
     }
 
-    /// The ids in `owner`'s set.
-    async fn members(&self, owner: &str) -> Result<Vec<String>> {
+    /// The entries of `owner`'s set, as stored (an entry Redis was given by hand may not be an
+    /// id at all).
+    async fn members(&self, owner: &str) -> Result<Vec<Vec<u8>>> {
         let mut connection = self.connection.clone();
         self.run(
             redis::cmd("SMEMBERS")
@@ -652,8 +663,17 @@ impl RedisSessionStore {
         .await
     }
 
-    /// Removes `ids` from `owner`'s set.
-    async fn forget(&self, owner: &str, ids: &[String]) -> Result<()> {
+    /// Removes `ids` from `owner`'s set, then reads each of their sessions again and enters the
+    /// id once more if its session is now live and `owner`'s.
+    ///
+    /// The set is another key than the sessions (in Redis Cluster, another slot), so the removal
+    /// cannot be atomic with the read that found an id stale. A save racing it enters its id
+    /// before and after writing the session, and both may come before the removal; the session
+    /// it wrote is then found by the read after the removal, which enters it again. Whichever of
+    /// the two comes last, an owned session ends in its owner's set. Should that read fail, the
+    /// id is entered again unread: a stale id costs a later clean-up, a missing one a session
+    /// that escapes "log out everywhere".
+    async fn forget(&self, owner: &str, ids: &[Vec<u8>]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -665,7 +685,33 @@ impl RedisSessionStore {
                 .query_async(&mut connection),
         )
         .await
-        .map(|_: i64| ())
+        .map(|_: i64| ())?;
+        let mut failure = None;
+        for id in ids.iter().filter_map(|member| session_id(member)) {
+            let ttl = match self.get(id).await {
+                Ok(Some(record)) if record.owner.as_deref() == Some(owner) => {
+                    let left = record
+                        .expires_at
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
+                }
+                Ok(_) => continue,
+                Err(err @ (StoreError::Unavailable(_) | StoreError::Timeout)) => {
+                    failure = Some(err);
+                    self.inner
+                        .max_ttl
+                        .as_millis()
+                        .try_into()
+                        .unwrap_or(u64::MAX)
+                }
+                // Not a session: nothing under this id can be the owner's.
+                Err(_) => continue,
+            };
+            let ttl = ttl.saturating_add(OWNER_SET_MARGIN_MS);
+            self.try_index(owner, id, 0, ttl).await?;
+        }
+        failure.map_or(Ok(()), Err)
     }
 
     /// Runs `command` within the timeout, mapping Redis's failures to store errors.
@@ -694,6 +740,13 @@ impl RedisSessionStore {
         )?;
         Ok(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
     }
+}
+
+/// An entry of an owner's set as a session id, or `None` if it cannot be one.
+fn session_id(member: &[u8]) -> Option<&str> {
+    std::str::from_utf8(member)
+        .ok()
+        .filter(|id| validate_id(id).is_ok())
 }
 
 fn time(millis: u64) -> SystemTime {
@@ -805,34 +858,32 @@ impl SessionStore for RedisSessionStore {
     /// Every session saved with this owner is in its set before its save answers, so one pass
     /// over the set reaches all those saved before the call. Each is destroyed by a script that
     /// checks, atomically on the session's key, that it still belongs to the owner. The set
-    /// itself is another key (in Redis Cluster, another slot): it is cleaned afterwards, not
-    /// atomically with the sessions, and only of the ids whose sessions this call destroyed. An
-    /// id whose session it did not find may be a save under way (its id goes into the set
-    /// before its session is written, and again after): it stays until [`Self::live_of`] finds
-    /// it stale (listing the owner, or an owner at its limit). A session this call destroys may
-    /// be written again by an unconditional save that was under way, as after any destroy; that
-    /// save enters its id again after writing, so the next call reaches it.
+    /// itself is another key (in Redis Cluster, another slot): the ids whose sessions this call
+    /// destroyed are removed from it afterwards by [`Self::forget`], which enters again any that
+    /// a racing save has written meanwhile. An id whose session it did not find may be a save
+    /// under way (its id goes into the set before its session is written, and again after): it
+    /// stays until [`Self::live_of`] finds it stale. An entry that is not a session id, or whose
+    /// key holds no session, is passed over (the first removed, the second left as it is).
     async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
         validate_owner(owner)?;
-        let ids = self.members(owner).await?;
         let mut connection = self.connection.clone();
         let mut destroyed = 0;
         let mut gone = Vec::new();
-        for id in ids {
-            if except.contains(&id) {
+        for member in self.members(owner).await? {
+            let Some(id) = session_id(&member) else {
+                gone.push(member);
+                continue;
+            };
+            if except.iter().any(|kept| kept == id) {
                 continue;
             }
-            // An invalid id was never a session: nothing can be written under it.
-            if validate_id(&id).is_ok() {
-                let mut invocation = self.inner.destroy_if_owned.key(self.key(&id));
-                invocation.arg(owner);
-                let removed: u64 = self.run(invocation.invoke_async(&mut connection)).await?;
-                if removed == 0 {
-                    continue;
-                }
+            let mut invocation = self.inner.destroy_if_owned.key(self.key(id));
+            invocation.arg(owner);
+            let removed: u64 = self.run(invocation.invoke_async(&mut connection)).await?;
+            if removed > 0 {
                 destroyed += removed;
+                gone.push(member);
             }
-            gone.push(id);
         }
         self.forget(owner, &gone).await?;
         self.replicated().await?;
@@ -902,5 +953,59 @@ mod tests {
         assert_eq!(listed(&store).await, ["s"]);
         assert_eq!(store.destroy_by_owner("u", &[]).await.unwrap(), 1);
         assert_eq!(store.get("s").await.unwrap(), None);
+    }
+
+    /// The clean-up's removal comes after a racing save has written its session and entered
+    /// its id again (the removal was decided on a read before the write): the id must end in
+    /// the set all the same.
+    #[tokio::test]
+    async fn an_id_removed_after_its_session_was_written_is_entered_again() {
+        let redis = RedisServer::start().await;
+        let store = RedisSessionStore::connect(redis.url()).await.unwrap();
+        store.save(owned("s")).await.unwrap();
+        store.forget("u", &[b"s".to_vec()]).await.unwrap();
+        assert_eq!(listed(&store).await, ["s"]);
+        assert_eq!(store.destroy_by_owner("u", &[]).await.unwrap(), 1);
+        assert_eq!(store.get("s").await.unwrap(), None);
+    }
+
+    /// Entries of an owner's set that are no session ids, or whose keys hold no session, are
+    /// passed over: the owner's real sessions are listed and destroyed all the same.
+    #[tokio::test]
+    async fn entries_that_hold_no_session_are_passed_over() {
+        let redis = RedisServer::start().await;
+        let store = RedisSessionStore::connect(redis.url()).await.unwrap();
+        store.save(owned("real")).await.unwrap();
+        let mut connection = store.connection.clone();
+        let set = store.owner_key("u");
+        let entries: [&[u8]; 4] = [b"has space", b"\xff\xfe", b"hash", b"short"];
+        let () = redis::cmd("SADD")
+            .arg(&set)
+            .arg(&entries[..])
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let () = redis::cmd("HSET")
+            .arg(store.key("hash"))
+            .arg("field")
+            .arg("value")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let () = redis::cmd("SET")
+            .arg(store.key("short"))
+            .arg("garbage")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(listed(&store).await, ["real"]);
+        assert_eq!(store.destroy_by_owner("u", &[]).await.unwrap(), 1);
+        assert_eq!(store.get("real").await.unwrap(), None);
+        let kind: String = redis::cmd("TYPE")
+            .arg(store.key("hash"))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(kind, "hash", "what is not a session is left as it is");
     }
 }

@@ -12,6 +12,8 @@
 //! # }
 //! ```
 
+pub mod owner_races;
+
 use std::net::SocketAddr;
 
 use gonest_session_proto::pb::session_store_client::SessionStoreClient;
