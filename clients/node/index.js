@@ -8,6 +8,11 @@
 // written by the Rust layer (such as its expiry) are kept as they are. So a session written by
 // one stack is read and changed by the other.
 //
+// An entry this store cannot hand to express-session is kept as it is stored and written back
+// unchanged: a value that is not JSON, and an entry under a name express-session's session
+// object uses itself (`cookie`, `id`, `req` and its methods), which would otherwise clobber it or
+// be dropped by it.
+//
 // Saves are conditional on the version read by `get` (compare-and-swap). When another request
 // saved the session meanwhile (ABORTED), the store reloads it and applies only this request's
 // changed keys on top; when it was destroyed meanwhile, the save is dropped rather than bringing
@@ -17,7 +22,7 @@ const path = require('node:path');
 const crypto = require('node:crypto');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
-const { Store } = require('express-session');
+const { Store, Session } = require('express-session');
 
 // The repository's contract, not a copy of it.
 const PROTO = path.join(__dirname, '..', '..', 'proto', 'proto', 'gonest', 'session', 'v1', 'session.proto');
@@ -43,6 +48,11 @@ function loadService() {
   return service;
 }
 
+/** Whether express-session's session object uses `key` itself, so that an entry of that name cannot be its. */
+function reserved(key) {
+  return key === 'cookie' || key === 'id' || key === 'req' || key in Session.prototype;
+}
+
 function durationMs(ms) {
   const whole = Math.max(1, Math.ceil(ms));
   return { seconds: String(Math.floor(whole / 1000)), nanos: (whole % 1000) * 1e6 };
@@ -57,6 +67,10 @@ class GonestSessiondStore extends Store {
    * @param {Buffer|string} [options.ca] a PEM CA certificate for an https daemon with a private CA
    * @param {number} [options.ttl] session lifetime in seconds (default: the cookie's maxAge, else 24 h)
    * @param {number} [options.timeout] call timeout in ms (default 2000)
+   * @param {function(object): (string|null|undefined)} [options.owner] the owner of a session
+   *   (a user id), called with the session at every save: a string is its owner, anything else
+   *   none. Without it, a session keeps the owner it was read with.
+   * @param {function(string): void} [options.warn] where warnings go (default console.warn)
    */
   constructor(options = {}) {
     super();
@@ -78,6 +92,11 @@ class GonestSessiondStore extends Store {
     this.token = options.token;
     this.ttl = options.ttl;
     this.timeout = options.timeout || 2000;
+    if (options.owner !== undefined && typeof options.owner !== 'function') {
+      throw new TypeError('gonest-sessiond-store: the owner option must be a function of the session');
+    }
+    this.ownerOf = options.owner;
+    this.warn = options.warn || ((message) => console.warn(message));
   }
 
   call(method, request, callback) {
@@ -110,11 +129,13 @@ class GonestSessiondStore extends Store {
       if (!answer.session) {
         return callback(null, null);
       }
+      let sess;
       try {
-        callback(null, decode(answer.session));
+        sess = decode(answer.session, this.warn);
       } catch (decodeErr) {
-        callback(decodeErr);
+        return callback(decodeErr);
       }
+      callback(null, sess);
     });
   }
 
@@ -124,10 +145,20 @@ class GonestSessiondStore extends Store {
   set(sid, sess, callback = () => {}) {
     const previous = this.writing.get(sid) || Promise.resolve();
     const turn = previous.then(() => new Promise((resolve) => {
-      this.save(sid, sess, (err) => {
+      let done = false;
+      const finish = (err) => {
+        if (done) return;
+        done = true;
         resolve();
         callback(err || null);
-      });
+      };
+      try {
+        this.save(sid, sess, finish);
+      } catch (err) {
+        // A value that does not encode (a BigInt, a cycle): this save's error, and the next save
+        // of the session goes on.
+        finish(err);
+      }
     }));
     this.writing.set(sid, turn);
     turn.then(() => {
@@ -139,7 +170,7 @@ class GonestSessiondStore extends Store {
     const meta = sess[META];
     const data = encode(sess);
     const ttl = durationMs(this.ttlMs(sess));
-    const owner = meta ? meta.owner : '';
+    const owner = this.ownerOf ? ownerName(this.ownerOf(sess)) : (meta ? meta.owner : '');
     const save = (expected, entries, attempt) => {
       const request = {
         session: { id: sid, data: entries, owner },
@@ -148,13 +179,14 @@ class GonestSessiondStore extends Store {
       };
       this.call('Save', request, (err, saved) => {
         if (!err) {
+          let opaque = meta ? meta.opaque : [];
           if (entries !== data) {
             // Saved on top of another request's version: the session object takes on what was
             // stored, so that a later save of it (express-session saves again after an
             // explicit save) neither drops nor undoes the other request's keys.
-            adopt(sess, entries);
+            opaque = adopt(sess, entries, this.warn);
           }
-          sess[META] = { version: saved.version, original: snapshot(entries), owner };
+          sess[META] = { version: saved.version, original: snapshot(entries), owner, opaque };
           return callback(null);
         }
         if (err.code !== grpc.status.ABORTED || !meta || attempt >= SAVE_ATTEMPTS) {
@@ -186,47 +218,129 @@ class GonestSessiondStore extends Store {
     this.call('Destroy', { id: sid }, (err) => callback(err || null));
   }
 
+  /**
+   * The live sessions of `owner` ("your devices"), oldest first, without their data: each as
+   * `{ id, createdAt, expiresAt, owner }` (times as Dates).
+   */
+  listByOwner(owner, callback) {
+    this.call('ListByOwner', { owner, with_data: false }, (err, answer) => {
+      if (err) return callback(err);
+      const time = (ts) => new Date(Number(ts.seconds) * 1000 + Math.floor(ts.nanos / 1e6));
+      callback(null, answer.sessions.map((s) => ({
+        id: s.id,
+        createdAt: time(s.created_at),
+        expiresAt: time(s.expires_at),
+        owner: s.owner,
+      })));
+    });
+  }
+
+  /**
+   * Destroys every session of `owner` but those whose ids are in `exceptIds` ("log out
+   * everywhere else"), on every stack sharing the daemon; calls back with how many it destroyed.
+   */
+  destroyByOwner(owner, exceptIds, callback) {
+    this.call('DestroyByOwner', { owner, except_ids: exceptIds || [] }, (err, answer) => {
+      if (err) return callback(err);
+      callback(null, Number(answer.destroyed));
+    });
+  }
+
   /** Closes the connection to the daemon. */
   close() {
     this.client.close();
   }
 }
 
-/** A wire session as an express-session object, with what set() needs to save it. */
-function decode(session) {
-  const sess = {};
-  for (const [key, value] of Object.entries(session.data)) {
-    if (key === COOKIE_KEY) {
-      sess.cookie = JSON.parse(value.toString('utf8'));
-    } else if (!key.startsWith('__')) {
-      sess[key] = JSON.parse(value.toString('utf8'));
+/** What `owner` returned, as the wire's owner: a string, or '' for none. */
+function ownerName(owner) {
+  return typeof owner === 'string' ? owner : '';
+}
+
+/**
+ * The app's entries of wire `data` set on `sess`; returns the names of those kept as stored
+ * instead (reserved by express-session, or not JSON), each with a warning.
+ */
+function readEntries(sess, data, warn) {
+  const opaque = [];
+  for (const [key, value] of Object.entries(data)) {
+    if (key.startsWith('__')) {
+      continue;
+    }
+    if (reserved(key)) {
+      warn(`gonest-sessiond-store: the entry "${key}" has a name express-session uses; kept as stored`);
+      opaque.push(key);
+      continue;
+    }
+    try {
+      sess[key] = JSON.parse(Buffer.from(value).toString('utf8'));
+    } catch {
+      warn(`gonest-sessiond-store: the entry "${key}" is not JSON; kept as stored`);
+      opaque.push(key);
     }
   }
-  if (!sess.cookie) {
-    // Written by the Rust layer: express-session needs a cookie object to load the session.
-    // A browser-session cookie; express-session's own cookie options apply when it sets one.
-    sess.cookie = { originalMaxAge: null, expires: null, httpOnly: true, path: '/' };
+  return opaque;
+}
+
+/** express-session's cookie as the store wrote it, or null when the entry is missing or bad. */
+function readCookie(data, warn) {
+  const value = data[COOKIE_KEY];
+  if (value === undefined) {
+    return null;
   }
-  // The Rust layer's reserved entries are carried through `original` and written back as read.
-  sess[META] = { version: session.version, original: snapshot(session.data), owner: session.owner };
+  try {
+    const cookie = JSON.parse(Buffer.from(value).toString('utf8'));
+    if (cookie !== null && typeof cookie === 'object' && !Array.isArray(cookie)) {
+      return cookie;
+    }
+  } catch {
+    // Warned below.
+  }
+  warn(`gonest-sessiond-store: the entry "${COOKIE_KEY}" is not a cookie object; the session gets a new one`);
+  return null;
+}
+
+/** A wire session as an express-session object, with what set() needs to save it. */
+function decode(session, warn) {
+  const sess = {};
+  const opaque = readEntries(sess, session.data, warn);
+  // Written by the Rust layer, or unreadable: express-session needs a cookie object to load the
+  // session. A browser-session cookie; express-session's own cookie options apply when it sets
+  // one.
+  sess.cookie = readCookie(session.data, warn)
+    || { originalMaxAge: null, expires: null, httpOnly: true, path: '/' };
+  // The Rust layer's reserved entries, and those kept as stored, are carried through `original`
+  // and written back as read.
+  sess[META] = {
+    version: session.version,
+    original: snapshot(session.data),
+    owner: session.owner,
+    opaque,
+  };
   return sess;
 }
 
-/** An express-session object as wire data: its keys, the cookie, and the reserved entries read. */
+/**
+ * An express-session object as wire data: its keys, the cookie, the reserved entries read, and
+ * the entries kept as stored (unless the app has since set a value of that name).
+ */
 function encode(sess) {
   const data = {};
   const meta = sess[META];
   if (meta) {
     for (const [key, value] of Object.entries(meta.original)) {
-      if (key.startsWith('__') && key !== COOKIE_KEY) {
+      const carried = key.startsWith('__') && key !== COOKIE_KEY;
+      const kept = (meta.opaque || []).includes(key) && (reserved(key) || !Object.hasOwn(sess, key));
+      if (carried || kept) {
         data[key] = Buffer.from(value, 'base64');
       }
     }
   }
   for (const key of Object.keys(sess)) {
-    if (key === META || key.startsWith('__')) {
+    if (key === META || key.startsWith('__') || (key !== 'cookie' && reserved(key))) {
       continue;
     }
+    // Throws on a value JSON cannot hold (a BigInt, a cycle): set() hands that to the caller.
     const json = JSON.stringify(sess[key]);
     if (json === undefined) {
       continue;
@@ -236,18 +350,17 @@ function encode(sess) {
   return data;
 }
 
-/** Sets the app's keys of `sess` to those of `data`, removing the ones it does not hold. */
-function adopt(sess, data) {
+/**
+ * Sets the app's keys of `sess` to those of `data`, removing the ones it does not hold; returns
+ * the names kept as stored (see readEntries).
+ */
+function adopt(sess, data, warn) {
   for (const key of Object.keys(sess)) {
     if (key !== META && key !== 'cookie' && !key.startsWith('__') && !(key in data)) {
       delete sess[key];
     }
   }
-  for (const [key, value] of Object.entries(data)) {
-    if (!key.startsWith('__')) {
-      sess[key] = JSON.parse(Buffer.from(value).toString('utf8'));
-    }
-  }
+  return readEntries(sess, data, warn);
 }
 
 /** Data as base64 strings, to compare and to carry on the session object. */

@@ -1,15 +1,20 @@
 'use strict';
 
-// examples/app's controller on express: POST /login, GET /profile, POST /logout, and
-// GET/PUT /data/:key, with sessions in gonest-sessiond. With the same cookie name and secret as
-// the Rust example-app, a user logged in on one is logged in on the other.
+// examples/app's controller on express: POST /login, GET /profile, POST /logout, the user's
+// devices (GET /sessions, POST /logout-everywhere), and GET/PUT /data/:key, with sessions in
+// gonest-sessiond. With the same cookie name and secret as the Rust example-app, a user logged in
+// on one is logged in on the other, and "log out everywhere" on either ends the user's sessions
+// on both.
 
 const express = require('express');
 const session = require('express-session');
 const { GonestSessiondStore } = require('gonest-sessiond-store');
 
 function createApp({ daemonUrl, secret, token, timeout }) {
-  const store = new GonestSessiondStore({ url: daemonUrl, token, timeout });
+  // The owner is the user, as in the Rust app: "your devices" and "log out everywhere" find
+  // sessions by it, whichever stack logged them in.
+  const ownerOf = (sess) => (typeof sess.user_id === 'number' ? String(sess.user_id) : null);
+  const store = new GonestSessiondStore({ url: daemonUrl, token, timeout, owner: ownerOf });
   const app = express();
   app.use(express.json({ strict: false }));
   app.use(session({
@@ -46,6 +51,31 @@ function createApp({ daemonUrl, secret, token, timeout }) {
     saveThen(req, next, () => res.json({ status: 'logged out' }));
   });
 
+  app.get('/sessions', (req, res, next) => {
+    const owner = ownerOf(req.session);
+    if (!owner) return unauthorized(res);
+    store.listByOwner(owner, (err, sessions) => {
+      if (err) return next(err);
+      res.json({
+        sessions: sessions.map((s) => ({
+          id: s.id.slice(0, 8),
+          created_at: s.createdAt.toISOString(),
+          expires_at: s.expiresAt.toISOString(),
+          current: s.id === req.sessionID,
+        })),
+      });
+    });
+  });
+
+  app.post('/logout-everywhere', (req, res, next) => {
+    const owner = ownerOf(req.session);
+    if (!owner) return unauthorized(res);
+    store.destroyByOwner(owner, [req.sessionID], (err, destroyed) => {
+      if (err) return next(err);
+      res.json({ destroyed });
+    });
+  });
+
   app.get('/data/:key', (req, res) => {
     const key = req.params.key;
     if (key.startsWith('__') || !Object.hasOwn(req.session, key) || key === 'cookie') {
@@ -63,10 +93,14 @@ function createApp({ daemonUrl, secret, token, timeout }) {
     saveThen(req, next, () => res.json({ status: 'stored' }));
   });
 
-  // A store that is down is a 503, as on the Rust side.
+  // A store that is down (an error of the daemon's, with its gRPC status code) is a 503, as on
+  // the Rust side; anything else, such as a value the session cannot hold, a 500.
   app.use((err, req, res, next) => {
     if (res.headersSent) return next(err);
-    res.status(503).json({ statusCode: 503, message: 'session store unavailable' });
+    if (typeof err.code === 'number') {
+      return res.status(503).json({ statusCode: 503, message: 'session store unavailable' });
+    }
+    res.status(500).json({ statusCode: 500, message: 'the session could not be saved' });
   });
 
   return { app, store };

@@ -89,8 +89,10 @@ impl<S: std::fmt::Debug> std::fmt::Debug for SessionMiddleware<S> {
     }
 }
 
-/// The session id in the request's cookies, if one carries an id as `options` say (the bare
-/// form this crate issues, or a signed one that verifies).
+/// The session id in the request's first cookie of the session cookie's name, if that one
+/// carries an id as `options` say (the bare form this crate issues, or a signed one that
+/// verifies). A later cookie of the same name is never looked at, as express-session does: both
+/// stacks take the same cookie, and with a bad first one both start a new session.
 fn cookie_id(headers: &HeaderMap, options: &SessionOptions) -> Option<String> {
     headers
         .get_all(COOKIE)
@@ -98,8 +100,8 @@ fn cookie_id(headers: &HeaderMap, options: &SessionOptions) -> Option<String> {
         .filter_map(|value| value.to_str().ok())
         .flat_map(cookie::Cookie::split_parse)
         .filter_map(Result::ok)
-        .filter(|cookie| cookie.name() == options.cookie_name)
-        .find_map(|cookie| options.id_in_cookie(cookie.value()))
+        .find(|cookie| cookie.name() == options.cookie_name)
+        .and_then(|cookie| options.id_in_cookie(cookie.value()))
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionMiddleware<S>
@@ -207,9 +209,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(cookie_id(&headers, &options), None);
+        let mut headers = HeaderMap::new();
         headers.append(
             COOKIE,
-            HeaderValue::from_str(&format!("gonest.sid={good}")).unwrap(),
+            HeaderValue::from_str(&format!("other=1; gonest.sid={good}")).unwrap(),
         );
         assert_eq!(cookie_id(&headers, &options), Some(good.clone()));
         assert_eq!(cookie_id(&headers, &other), None);
@@ -222,5 +225,28 @@ mod tests {
             None,
             "a bare id is not signed"
         );
+    }
+
+    /// Only the first cookie of the name counts, valid or not, in one header or over several.
+    #[test]
+    fn the_first_session_cookie_is_the_one_taken() {
+        let (first, second) = (id::generate(), id::generate());
+        let options = SessionOptions::default();
+        let taken = |values: &[String]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(COOKIE, HeaderValue::from_str(value).unwrap());
+            }
+            cookie_id(&headers, &options)
+        };
+        let both = format!("gonest.sid={first}; gonest.sid={second}");
+        assert_eq!(taken(&[both]), Some(first.clone()));
+        let bad_first = format!("gonest.sid=bogus; gonest.sid={second}");
+        assert_eq!(taken(&[bad_first]), None);
+        let split = [
+            format!("gonest.sid={first}"),
+            format!("gonest.sid={second}"),
+        ];
+        assert_eq!(taken(&split), Some(first));
     }
 }

@@ -61,7 +61,7 @@ before(async () => {
     { EXAMPLE_APP_COOKIE_SECRET: SECRET },
   );
   rust = `http://${rustApp.addr}`;
-  const { app, store } = createApp({ daemonUrl: `http://${daemon.addr}`, secret: [SECRET], timeout: 1500 });
+    const { app, store } = createApp({ daemonUrl: `http://${daemon.addr}`, secret: [SECRET], timeout: 1500 });
   nodeStore = store;
   await new Promise((resolve) => {
     nodeServer = app.listen(0, '127.0.0.1', resolve);
@@ -200,4 +200,55 @@ test('a session destroyed meanwhile is not revived by a slow save', async () => 
   await new Promise((resolve, reject) => nodeStore.set(sid, slow, (e) => (e ? reject(e) : resolve())));
   assert.equal(await get(), null);
   assert.equal((await call(rust, 'GET', '/profile', cookie)).status, 401);
+});
+
+test('"log out everywhere" on Rust ends a Node login, and on Node ends a Rust login', async () => {
+  for (const [loginOn, revokeOn] of [[node, rust], [rust, node]]) {
+    const other = await login(loginOn);
+    const current = await login(revokeOn);
+    assert.equal((await call(loginOn, 'GET', '/profile', other)).status, 200);
+    const listed = await call(revokeOn, 'GET', '/sessions', current);
+    assert.equal(listed.status, 200);
+    assert.ok(listed.json.sessions.length >= 2, JSON.stringify(listed.json));
+    const revoked = await call(revokeOn, 'POST', '/logout-everywhere', current);
+    assert.equal(revoked.status, 200);
+    assert.ok(revoked.json.destroyed >= 1, JSON.stringify(revoked.json));
+    for (const base of [node, rust]) {
+      assert.equal((await call(base, 'GET', '/profile', other)).status, 401, `${base}: the other login`);
+      assert.equal((await call(base, 'GET', '/profile', current)).status, 200, `${base}: the caller's own`);
+    }
+  }
+});
+
+test('a Rust entry named cookie, or holding no JSON for Node, neither locks Node out nor is lost', async () => {
+  const cookie = await login(rust);
+  assert.equal((await call(rust, 'PUT', '/data/cookie', cookie, 5)).status, 200);
+  assert.equal((await call(rust, 'PUT', '/data/save', cookie, { maxAge: 1 })).status, 200);
+  assert.deepEqual((await call(node, 'GET', '/profile', cookie)).json, { user_id: 42 });
+  assert.equal((await call(node, 'PUT', '/data/color', cookie, 'red')).status, 200);
+  assert.deepEqual((await call(rust, 'GET', '/data/cookie', cookie)).json, 5, 'kept through the Node save');
+  assert.deepEqual((await call(rust, 'GET', '/data/save', cookie)).json, { maxAge: 1 });
+  assert.deepEqual((await call(rust, 'GET', '/data/color', cookie)).json, 'red');
+});
+
+test('with two session cookies, both stacks take the first', async () => {
+  const first = await login(node);
+  const second = await login(rust);
+  const tampered = first.slice(0, -1) + (first.at(-1) === 'A' ? 'B' : 'A');
+  const value = (c) => c.split('=')[1];
+  for (const base of [node, rust]) {
+    const both = `gonest.sid=${value(first)}; gonest.sid=${value(second)}`;
+    const answer = await call(base, 'GET', '/data/color', both);
+    assert.notEqual(answer.status, 401, base);
+    const badFirst = `gonest.sid=${value(tampered)}; gonest.sid=${value(second)}`;
+    assert.equal((await call(base, 'GET', '/profile', badFirst)).status, 401, `${base}: a bad first cookie`);
+    assert.equal((await call(base, 'GET', '/profile', both)).status, 200, base);
+  }
+  // Which one was taken: a key set through both cookies lands in the first cookie's session.
+  const both = `gonest.sid=${value(first)}; gonest.sid=${value(second)}`;
+  await call(rust, 'PUT', '/data/which', both, 'rust');
+  await call(node, 'PUT', '/data/which2', both, 'node');
+  assert.deepEqual((await call(node, 'GET', '/data/which', first)).json, 'rust');
+  assert.deepEqual((await call(rust, 'GET', '/data/which2', first)).json, 'node');
+  assert.equal((await call(rust, 'GET', '/data/which', second)).status, 404);
 });
