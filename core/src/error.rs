@@ -53,6 +53,11 @@ pub enum StoreError {
     /// The store refused the caller's credentials. Sent as `UNAUTHENTICATED`.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// The store has no room left for the write (Redis at its `maxmemory` with the
+    /// `noeviction` policy); reads still work. Sent as `RESOURCE_EXHAUSTED`, ErrorInfo reason
+    /// `STORE_FULL`.
+    #[error("the session store is full: {0}")]
+    StoreFull(String),
     /// The store could not be reached. Sent as `UNAVAILABLE`.
     #[error("session store unavailable: {0}")]
     Unavailable(String),

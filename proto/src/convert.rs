@@ -140,7 +140,8 @@ pub fn status_from_error(error: &StoreError) -> Status {
         StoreError::Conflict { .. } => Code::Aborted,
         StoreError::TooLarge { .. }
         | StoreError::TooManySessions { .. }
-        | StoreError::TooManyOwnerSessions { .. } => Code::ResourceExhausted,
+        | StoreError::TooManyOwnerSessions { .. }
+        | StoreError::StoreFull(_) => Code::ResourceExhausted,
         StoreError::Unsupported(_) => Code::Unimplemented,
         StoreError::Unauthenticated(_) => Code::Unauthenticated,
         StoreError::Unavailable(_) => Code::Unavailable,
@@ -163,6 +164,7 @@ pub fn status_from_error(error: &StoreError) -> Status {
         StoreError::TooManyOwnerSessions { limit } => {
             info("OWNER_SESSION_LIMIT", vec![("limit", *limit)])
         }
+        StoreError::StoreFull(_) => info("STORE_FULL", Vec::new()),
         StoreError::Conflict { expected, actual } => info(
             "VERSION_CONFLICT",
             std::iter::once(("expected", *expected))
@@ -216,6 +218,12 @@ pub fn error_from_status(status: &Status, expected_version: Option<u64>) -> Stor
             (Some("OWNER_SESSION_LIMIT"), _, Some(limit)) => {
                 StoreError::TooManyOwnerSessions { limit }
             }
+            (Some("STORE_FULL"), _, _) => StoreError::StoreFull(
+                message
+                    .strip_prefix("the session store is full: ")
+                    .unwrap_or(&message)
+                    .to_owned(),
+            ),
             _ => StoreError::Internal(format!("resource exhausted: {message}")),
         },
         Code::Unauthenticated | Code::PermissionDenied => StoreError::Unauthenticated(message),
@@ -267,6 +275,7 @@ mod tests {
             },
             StoreError::TooManySessions { limit: 10 },
             StoreError::TooManyOwnerSessions { limit: 1000 },
+            StoreError::StoreFull("redis: OOM command not allowed".into()),
             StoreError::Unsupported("listing sessions by owner".into()),
             StoreError::Unauthenticated("unauthenticated: missing token".into()),
             StoreError::Timeout,
@@ -282,6 +291,7 @@ mod tests {
                 StoreError::Unauthenticated(_)
                     | StoreError::InvalidArgument(_)
                     | StoreError::Unsupported(_)
+                    | StoreError::StoreFull(_)
             ) {
                 assert_eq!(piped, error, "through a Pipeline answer");
             }

@@ -727,6 +727,11 @@ impl RedisSessionStore {
             {
                 Err(StoreError::Unavailable(format!("redis: {err}")))
             }
+            // At `maxmemory` with `noeviction`, Redis refuses every write (scripts included)
+            // with OOM; reads go on.
+            Ok(Err(err)) if err.code() == Some("OOM") || err.to_string().contains("OOM ") => {
+                Err(StoreError::StoreFull(format!("redis: {err}")))
+            }
             Ok(Err(err)) => Err(StoreError::Internal(format!("redis: {err}"))),
         }
     }

@@ -560,3 +560,60 @@ async fn on_a_cluster_destroy_by_owner_leaves_no_session_saved_before_it_while_m
             .is_empty()
     );
 }
+
+/// Redis at its `maxmemory` with `noeviction` refuses writes: each is `StoreFull` (sent as
+/// `RESOURCE_EXHAUSTED`, reason `STORE_FULL`), not an internal error, and reads and destroys go
+/// on; once memory is freed, writes work again.
+#[tokio::test]
+async fn redis_out_of_memory_is_store_full_and_reads_go_on() {
+    let redis = RedisServer::start().await;
+    let store = RedisSessionStore::connect(redis.url()).await.unwrap();
+    store
+        .save(Save::new("kept", data(&[("k", "v")])).owner("u"))
+        .await
+        .unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let config = |key: &str, value: &str| {
+        let mut command = redis::cmd("CONFIG");
+        command.arg("SET").arg(key).arg(value);
+        command
+    };
+    let () = config("maxmemory-policy", "noeviction")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let () = config("maxmemory", "1")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+
+    for refused in [
+        store
+            .save(Save::new("new", data(&[("k", "v")])))
+            .await
+            .err(),
+        store
+            .save(Save::new("kept", data(&[("k", "w")])))
+            .await
+            .err(),
+        store
+            .touch("kept", Some(Duration::from_secs(60)))
+            .await
+            .err(),
+    ] {
+        let err = refused.expect("a write at maxmemory must fail");
+        assert!(matches!(err, StoreError::StoreFull(_)), "{err:?}");
+        let status = gonest_session_proto::status_from_error(&err);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    }
+    let kept = store.get("kept").await.unwrap().unwrap();
+    assert_eq!(kept.version, 1, "reads go on, nothing changed");
+    assert_eq!(store.list_by_owner("u", false).await.unwrap().len(), 1);
+
+    let () = config("maxmemory", "0")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    store.save(Save::new("new", data(&[]))).await.unwrap();
+}

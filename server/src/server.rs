@@ -369,9 +369,10 @@ pub async fn run(
 /// How often a Redis backend is checked for health.
 const BACKEND_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Reports `NOT_SERVING` on health while the backend cannot be reached (checked every second,
-/// each check bounded by the store's timeout) and `SERVING` again once it can, until the daemon
-/// stops.
+/// Reports `NOT_SERVING` on health while the backend cannot be reached and `SERVING` again once
+/// it can, until the daemon stops. Checked every second; a check unanswered within a second
+/// counts as unreachable (the store's own timeout, 2 s by default, would let health say
+/// `SERVING` for 3 s after Redis went away), so health follows within 2 s.
 async fn report_backend_health(
     store: Backend,
     health: tonic_health::server::HealthReporter,
@@ -385,7 +386,9 @@ async fn report_backend_health(
             _ = ticks.tick() => {}
             _ = stopping.wait_for(|stop| *stop) => return,
         }
-        let reachable = store.reachable().await;
+        let reachable = tokio::time::timeout(BACKEND_CHECK_INTERVAL, store.reachable())
+            .await
+            .unwrap_or(false);
         if reachable == serving || *stopping.borrow() {
             continue;
         }

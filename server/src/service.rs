@@ -121,7 +121,12 @@ impl SessionService {
         let started = self.metrics.as_ref().map(|_| Instant::now());
         let result = op.await.map_err(|err| {
             let status = status_from_error(&err);
-            log_failure(&status);
+            if matches!(err, StoreError::StoreFull(_)) {
+                // Refused for want of room in the backend, not for anything the caller sent.
+                tracing::warn!(message = %err, "the backend is full: writes are refused");
+            } else {
+                log_failure(&status);
+            }
             status
         });
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
