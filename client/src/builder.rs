@@ -21,7 +21,7 @@ pub struct RemoteSessionStoreBuilder {
 impl std::fmt::Debug for RemoteSessionStoreBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteSessionStoreBuilder")
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("streams", &self.streams)
@@ -117,8 +117,16 @@ impl RemoteSessionStoreBuilder {
     }
 
     fn endpoint(&self, url: &str) -> Result<Endpoint> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|err| StoreError::invalid(format!("invalid daemon url `{url}`: {err}")))?;
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        if !matches!(scheme, Some("http" | "https")) {
+            return Err(StoreError::invalid(format!(
+                "invalid daemon url `{}`: it must begin with http:// or https://",
+                redact_url(url)
+            )));
+        }
+        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|err| {
+            StoreError::invalid(format!("invalid daemon url `{}`: {err}", redact_url(url)))
+        })?;
         let endpoint = if url.starts_with("https://") {
             let tls = match &self.ca_certificate {
                 Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
@@ -150,15 +158,17 @@ impl RemoteSessionStoreBuilder {
         if self.urls().len() > 1 {
             let store = self.clone().with_channel(self.channel()?)?;
             store.learn_limits().await.map_err(|err| {
-                StoreError::Unavailable(format!("no daemon of {} answered: {err}", self.url))
+                StoreError::Unavailable(format!(
+                    "no daemon of {} answered: {err}",
+                    redact_url(&self.url)
+                ))
             })?;
             return Ok(store);
         }
         let url = self.urls().first().copied().unwrap_or_default().to_owned();
-        let channel =
-            self.endpoint(&url)?.connect().await.map_err(|err| {
-                StoreError::Unavailable(format!("cannot connect to {url}: {err}"))
-            })?;
+        let channel = self.endpoint(&url)?.connect().await.map_err(|err| {
+            StoreError::Unavailable(format!("cannot connect to {}: {err}", redact_url(&url)))
+        })?;
         let store = self.with_channel(channel)?;
         // Best effort: a store that could not learn the daemon's limits now asks again before
         // its first save, and the daemon checks sizes itself anyway.
@@ -189,5 +199,64 @@ impl RemoteSessionStoreBuilder {
             self.timeout,
             self.streams,
         ))
+    }
+}
+
+/// `url` (or several, comma-separated) with any credentials in it (`user:pass@`) replaced by
+/// `***@`, for error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let Some((scheme, rest)) = one.split_once("://") else {
+                return one.to_owned();
+            };
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***{}", &rest[at..]),
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(
+            redact_url("https://user:pa%40ss@host:7070/x"),
+            "https://***@host:7070/x"
+        );
+        assert_eq!(redact_url("http://host:7070"), "http://host:7070");
+        assert_eq!(
+            redact_url("http://a@h1:1,http://h2:2"),
+            "http://***@h1:1,http://h2:2"
+        );
+        assert_eq!(redact_url("ftp://u:p@h/a@b"), "ftp://***@h/a@b");
+    }
+
+    #[tokio::test]
+    async fn only_http_and_https_are_taken() {
+        for url in ["ftp://127.0.0.1:7070", "127.0.0.1:7070", "unix:///tmp/s"] {
+            let err = RemoteSessionStoreBuilder::new(url)
+                .connect_lazy()
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("http:// or https://"),
+                "{url}: {err}"
+            );
+        }
+        let err = RemoteSessionStoreBuilder::new("ftp://me:secret@host")
+            .connect_lazy()
+            .unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+        assert!(
+            RemoteSessionStoreBuilder::new("http://127.0.0.1:7070")
+                .connect_lazy()
+                .is_ok()
+        );
     }
 }

@@ -25,6 +25,6 @@ mod lanes;
 mod remote;
 mod stream;
 
-pub use builder::RemoteSessionStoreBuilder;
+pub use builder::{RemoteSessionStoreBuilder, redact_url};
 pub use gonest_session_core::{SessionStore, StoreError};
 pub use remote::{RemoteSessionStore, RemoteStats};

@@ -115,10 +115,12 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
         builder = builder.ca_certificate(pem);
     }
-    let store = builder
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the daemon at {}", cli.addr))?;
+    let store = builder.connect().await.with_context(|| {
+        format!(
+            "cannot reach the daemon at {}",
+            gonest_session_client::redact_url(&cli.addr)
+        )
+    })?;
     Ok(match cli.command {
         Command::Get { id } => match store.get(&id).await? {
             Some(record) => Outcome::Done(session_json(&record, true)),

@@ -141,3 +141,28 @@ async fn every_command_against_a_daemon_with_its_exit_codes() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach the daemon"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--addr` takes http:// and https:// only, and no error repeats the credentials in it.
+#[tokio::test]
+async fn other_schemes_are_refused_and_credentials_never_shown() {
+    let run = |addr: &'static str| async move {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_gonest-sessionctl"))
+            .args(["--addr", addr, "--timeout", "1s", "stats"])
+            .output()
+            .await
+            .unwrap();
+        (
+            output.status.code().unwrap(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("ftp://admin:hunter2@127.0.0.1:7070").await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("http:// or https://"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // Nothing listens on port 1: the error names the daemon, without the password.
+    let (code, err) = run("http://admin:hunter2@127.0.0.1:1").await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
