@@ -1390,6 +1390,25 @@ mod tests {
         );
     }
 
+    /// An absolute expiry too far away is named as what was sent, not as a ttl.
+    #[tokio::test]
+    async fn an_expires_at_too_far_away_is_named_as_such() {
+        let store = store();
+        let at = SystemTime::now() + 48 * HOUR;
+        let err = store
+            .save(Save {
+                expiry: Expiry::At(at),
+                ..Save::new("s", data(&[]))
+            })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("expires_at is ") && err.ends_with("over the maximum ttl of 1day"),
+            "{err}"
+        );
+    }
+
     #[tokio::test]
     async fn bad_ids_are_invalid_for_every_operation() {
         let store = store();

@@ -69,11 +69,18 @@ impl Expiry {
             return Err(StoreError::invalid("ttl must be positive"));
         }
         if ttl > max_ttl {
-            return Err(StoreError::invalid(format!(
-                "ttl of {} is over the maximum of {}",
+            let (ttl, max) = (
                 humantime::format_duration(ttl),
-                humantime::format_duration(max_ttl)
-            )));
+                humantime::format_duration(max_ttl),
+            );
+            return Err(StoreError::invalid(match self {
+                Expiry::At(_) => {
+                    format!("expires_at is {ttl} from now, over the maximum ttl of {max}")
+                }
+                Expiry::Default | Expiry::Ttl(_) => {
+                    format!("ttl of {ttl} is over the maximum of {max}")
+                }
+            }));
         }
         Ok(ttl)
     }

@@ -62,7 +62,7 @@ impl Interceptor for Tokens {
             .metadata()
             .get("authorization")
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         match presented {
             Some(token) if self.accepts(token.as_bytes()) => Ok(request),
             Some(_) => Err(Status::unauthenticated("invalid token")),
@@ -71,6 +71,15 @@ impl Interceptor for Tokens {
             )),
         }
     }
+}
+
+/// The token of an `authorization` value in the Bearer scheme, whose name is matched without
+/// regard to case (RFC 7235, section 2.1), after one or more spaces.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 #[cfg(test)]
@@ -96,9 +105,13 @@ mod tests {
                 .call(request(Some("Bearer old-token-0123456789")))
                 .is_ok()
         );
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let header = format!("{scheme} new-token-0123456789");
+            assert!(tokens.call(request(Some(&header))).is_ok(), "{header}");
+        }
         assert!(
             tokens
-                .call(request(Some("Bearer new-token-0123456789")))
+                .call(request(Some("Bearer  new-token-0123456789")))
                 .is_ok()
         );
         for bad in [
@@ -106,6 +119,8 @@ mod tests {
             Some("Bearer nope"),
             Some("old-token-0123456789"),
             Some("Bearer "),
+            Some("Basic new-token-0123456789"),
+            Some("Bearernew-token-0123456789"),
         ] {
             let status = tokens.call(request(bad)).unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unauthenticated, "{bad:?}");
