@@ -33,7 +33,7 @@ pub const MAX_OWNER_LEN: usize = 256;
 /// ending with a space, so that no owner looks blank or like another. On the wire an empty owner
 /// means none; in Rust that is `None`.
 pub fn validate_owner(owner: &str) -> Result<()> {
-    printable_owner(owner)?;
+    validate_stored_owner(owner)?;
     if owner.starts_with(' ') || owner.ends_with(' ') {
         return Err(StoreError::invalid(
             "owner begins or ends with a space (an owner is a user id, such as \"42\")",
@@ -42,9 +42,11 @@ pub fn validate_owner(owner: &str) -> Result<()> {
     Ok(())
 }
 
-/// [`validate_owner`] without its rule on spaces at either end, which came later: what a
-/// snapshot may hold, so that one written before the rule still loads whole.
-pub(crate) fn printable_owner(owner: &str) -> Result<()> {
+/// [`validate_owner`] without its rule on spaces at either end, which came later: what a stored
+/// record may hold. Checked when one is restored (from a snapshot, or imported into Redis) and
+/// when an owner's sessions are listed or destroyed, so that sessions accepted before the rule
+/// are kept whole and stay within reach of "log out everywhere".
+pub fn validate_stored_owner(owner: &str) -> Result<()> {
     if owner.is_empty() {
         return Err(StoreError::invalid("owner is empty"));
     }

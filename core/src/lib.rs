@@ -51,7 +51,7 @@ mod table;
 
 pub use clock::Clock;
 pub use error::{Result, StoreError};
-pub use id::{MAX_ID_LEN, MAX_OWNER_LEN, validate_id, validate_owner};
+pub use id::{MAX_ID_LEN, MAX_OWNER_LEN, validate_id, validate_owner, validate_stored_owner};
 pub use memory::{MemorySessionStore, MemorySessionStoreBuilder, StoreStats, StoredSession};
 pub use record::{Expiry, Save, Saved, SessionData, SessionRecord, data_size};
 pub use snapshot::SnapshotError;

@@ -157,7 +157,7 @@ fn parse(bytes: &[u8]) -> Result<Vec<RawRecord>, SnapshotError> {
             let owner = take(&mut records).ok_or_else(|| malformed("record owner"))?;
             let owner = std::str::from_utf8(owner).map_err(|_| malformed("owner is not UTF-8"))?;
             if !owner.is_empty() {
-                crate::id::printable_owner(owner)
+                crate::validate_stored_owner(owner)
                     .map_err(|err| SnapshotError::Malformed(err.to_string()))?;
             }
             (!owner.is_empty()).then(|| owner.into())

@@ -433,7 +433,7 @@ impl RedisSessionStore {
         validate_id(&record.id)?;
         let owner = record.owner.as_deref().unwrap_or("");
         if !owner.is_empty() {
-            validate_owner(owner)?;
+            gonest_session_core::validate_stored_owner(owner)?;
         }
         let millis = |time: SystemTime| {
             time.duration_since(UNIX_EPOCH).map_or(0, |since| {
@@ -849,7 +849,7 @@ impl SessionStore for RedisSessionStore {
     }
 
     async fn list_by_owner(&self, owner: &str, with_data: bool) -> Result<Vec<SessionRecord>> {
-        validate_owner(owner)?;
+        gonest_session_core::validate_stored_owner(owner)?;
         let mut sessions = self.live_of(owner).await?;
         if !with_data {
             for session in &mut sessions {
@@ -870,7 +870,7 @@ impl SessionStore for RedisSessionStore {
     /// stays until [`Self::live_of`] finds it stale. An entry that is not a session id, or whose
     /// key holds no session, is passed over (the first removed, the second left as it is).
     async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
-        validate_owner(owner)?;
+        gonest_session_core::validate_stored_owner(owner)?;
         let mut connection = self.connection.clone();
         let mut destroyed = 0;
         let mut gone = Vec::new();

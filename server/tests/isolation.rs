@@ -114,6 +114,10 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
     served(&daemon).await;
 }
 
+/// Taken by the tests that load the daemon with an attack and time or weigh what it does
+/// meanwhile, so that no two of them share the machine's cores.
+static ONE_ATTACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The daemon process's resident memory, in bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -292,6 +296,7 @@ impl StopsReading {
 /// the daemon grew by 72 MiB here; with it, by 26–34 MiB, of which the budgets are 12.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copied_answers_nobody_reads_are_held_to_the_connections_budget() {
+    let _alone = ONE_ATTACK_AT_A_TIME.lock().await;
     const MIB: u64 = 1 << 20;
     // 4 KiB with its key: well under the size at which a value is sent as a slice of the stored
     // session.
@@ -347,6 +352,7 @@ async fn answers_nobody_reads_on_redis_cost_bounded_memory() {
 /// they may open: the daemon's memory stays bounded, a normal client is served meanwhile, and
 /// the memory is returned once they go.
 async fn never_reading_peers(gets: u64, batched: bool, flags: &[&str]) {
+    let _alone = ONE_ATTACK_AT_A_TIME.lock().await;
     const MIB: u64 = 1 << 20;
     // A session at the default 1 MiB limit: key and value.
     let (daemon, mut client) = daemon_holding(flags, "big", (1 << 20) - 4).await;
@@ -411,6 +417,7 @@ async fn messages_of_a_million_empty_batch_operations_cost_bounded_memory() {
 }
 
 async fn many_empty_operations(flags: &[&str]) {
+    let _alone = ONE_ATTACK_AT_A_TIME.lock().await;
     const MIB: u64 = 1 << 20;
     let (daemon, mut client) = daemon_holding(flags, "normal", 1024).await;
     let pid = daemon.child.id().unwrap();
