@@ -33,6 +33,7 @@ const COOKIE_KEY = '__express.cookie';
 const META = '__gonest';
 const DAY_MS = 24 * 60 * 60 * 1000;
 const SAVE_ATTEMPTS = 12;
+const WARNINGS = 100;
 
 let service;
 function loadService() {
@@ -70,7 +71,8 @@ class GonestSessiondStore extends Store {
    * @param {function(object): (string|null|undefined)} [options.owner] the owner of a session
    *   (a user id), called with the session at every save: a string is its owner, anything else
    *   none. Without it, a session keeps the owner it was read with.
-   * @param {function(string): void} [options.warn] where warnings go (default console.warn)
+   * @param {function(string): void} [options.warn] where warnings go (default console.warn);
+   *   each is given once per process
    */
   constructor(options = {}) {
     super();
@@ -96,7 +98,15 @@ class GonestSessiondStore extends Store {
       throw new TypeError('gonest-sessiond-store: the owner option must be a function of the session');
     }
     this.ownerOf = options.owner;
-    this.warn = options.warn || ((message) => console.warn(message));
+    // Each warning once per process (a session read on every request would repeat it on every
+    // request), and at most WARNINGS different ones.
+    const sink = options.warn || ((message) => console.warn(message));
+    const warned = new Set();
+    this.warn = (message) => {
+      if (warned.has(message) || warned.size >= WARNINGS) return;
+      warned.add(message);
+      sink(message);
+    };
   }
 
   call(method, request, callback) {

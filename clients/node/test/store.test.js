@@ -106,6 +106,8 @@ test('entries express-session cannot take are skipped with a warning and kept as
   assert.equal(typeof sess.save, 'undefined');
   assert.equal(warnings.length, 3, warnings.join('\n'));
   assert.ok(warnings.every((w) => !w.includes(sid)), 'no session id in a warning');
+  await get(sid);
+  assert.equal(warnings.length, 3, 'each warning once');
 
   sess.more = true;
   assert.equal(await set(sid, sess), null);
