@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release -p gonest-sessiond -p gonest-session-bench -p example-app
-R=./target/release
+R="$(cargo metadata --format-version 1 --no-deps \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release"
 B="taskset -c 0 $R/gonest-session-bench"
 T="throughput --sessiond http://127.0.0.1:7070 --redis redis://127.0.0.1:6379"
 H="http --ours http://127.0.0.1:8080 --ours-store 7070 --theirs http://127.0.0.1:8090 --theirs-store 6379 --clients 50 --duration 10s"

@@ -1,7 +1,7 @@
 'use strict';
 
 // The store against the real gonest-sessiond, on 127.0.0.1 with a port chosen by the OS. The
-// binary comes from GONEST_BIN_DIR (default: the workspace's target/debug; build it with
+// binary comes from GONEST_BIN_DIR (default: `debug` in cargo's target directory; build it with
 // `cargo build -p gonest-sessiond`).
 
 const { test, before, after } = require('node:test');
@@ -10,7 +10,10 @@ const { spawn } = require('node:child_process');
 const path = require('node:path');
 const { GonestSessiondStore, COOKIE_KEY } = require('..');
 
-const BIN_DIR = process.env.GONEST_BIN_DIR || path.join(__dirname, '..', '..', '..', 'target', 'debug');
+// Where cargo builds, as cargo itself says (CARGO_TARGET_DIR included).
+const BIN_DIR = process.env.GONEST_BIN_DIR || path.join(JSON.parse(require('node:child_process')
+  .execFileSync('cargo', ['metadata', '--format-version', '1', '--no-deps'], { cwd: __dirname }))
+  .target_directory, 'debug');
 
 let daemon;
 let url;

@@ -2,7 +2,7 @@
 
 // One login across two stacks: the real gonest-sessiond, the Rust example-app and this express
 // app, all on 127.0.0.1 with ports chosen by the OS. The binaries come from GONEST_BIN_DIR
-// (default: the workspace's target/debug; build them with
+// (default: `debug` in cargo's target directory; build them with
 // `cargo build -p gonest-sessiond -p example-app`).
 
 const { test, before, after } = require('node:test');
@@ -11,7 +11,10 @@ const { spawn } = require('node:child_process');
 const path = require('node:path');
 const { createApp } = require('../app');
 
-const BIN_DIR = process.env.GONEST_BIN_DIR || path.join(__dirname, '..', '..', '..', 'target', 'debug');
+// Where cargo builds, as cargo itself says (CARGO_TARGET_DIR included).
+const BIN_DIR = process.env.GONEST_BIN_DIR || path.join(JSON.parse(require('node:child_process')
+  .execFileSync('cargo', ['metadata', '--format-version', '1', '--no-deps'], { cwd: __dirname }))
+  .target_directory, 'debug');
 const SECRET = 'a shared secret: long and random in production';
 
 const children = [];
