@@ -35,7 +35,9 @@ async fn login(session: Session) -> Answer {
     session.regenerate(); // A new id at login: an id planted before it is worthless.
     // The owner is the user: `gonest-sessionctl list --owner 42` and "log out everywhere"
     // find the session by it.
-    session.set_owner(Some(&user_id.to_string())).map_err(internal)?;
+    session
+        .set_owner(Some(&user_id.to_string()))
+        .map_err(internal)?;
     session
         .set_expiry(Expiry::OnInactivity(Duration::from_secs(30 * 24 * 3600)))
         .map_err(internal)?;

@@ -5,8 +5,8 @@
 fn the_readme_shows_this_main_rs() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    let main = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/main.rs"))
-        .unwrap();
+    let main =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/main.rs")).unwrap();
     let marker = "<!-- examples/quickstart/src/main.rs -->\n```rust\n";
     let start = readme
         .find(marker)
