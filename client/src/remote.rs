@@ -3,7 +3,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use gonest_session_core::{
-    Result, Save, Saved, SessionRecord, SessionStore, StoreError, StoreLimits, data_size,
+    Result, Save, Saved, SessionPage, SessionRecord, SessionStore, StoreError, StoreLimits,
+    data_size,
 };
 use gonest_session_proto::pb::{
     self, pipeline_request::Op, pipeline_response::Result as Answer,
@@ -306,6 +307,23 @@ impl SessionStore for RemoteSessionStore {
             }))
             .await?;
         answer.sessions.into_iter().map(record_from_pb).collect()
+    }
+
+    async fn list_sessions(&self, cursor: &str, limit: usize) -> Result<SessionPage> {
+        let mut client = self.inner.client.clone();
+        let answer = self
+            .unary(client.list_sessions(pb::ListSessionsRequest {
+                cursor: cursor.to_owned(),
+                limit: u32::try_from(limit.clamp(1, 1000)).unwrap_or(1000),
+            }))
+            .await?;
+        let sessions = answer
+            .sessions
+            .into_iter()
+            .map(record_from_pb)
+            .collect::<Result<_>>()?;
+        let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+        Ok(SessionPage::new(sessions, next))
     }
 
     async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {

@@ -98,6 +98,12 @@ impl Service for Held {
     ) -> Result<Response<pb::DestroyByOwnerResponse>, Status> {
         Err(Status::unimplemented("pipeline only"))
     }
+    async fn list_sessions(
+        &self,
+        _: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        Err(Status::unimplemented("pipeline only"))
+    }
     async fn stats(
         &self,
         _: Request<pb::StatsRequest>,

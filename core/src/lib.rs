@@ -52,10 +52,12 @@ mod table;
 pub use clock::Clock;
 pub use error::{Result, StoreError};
 pub use id::{MAX_ID_LEN, MAX_OWNER_LEN, validate_id, validate_owner, validate_stored_owner};
-pub use memory::{MemorySessionStore, MemorySessionStoreBuilder, StoreStats, StoredSession};
+pub use memory::{
+    LIST_SHARDS_PER_PAGE, MemorySessionStore, MemorySessionStoreBuilder, StoreStats, StoredSession,
+};
 pub use record::{Expiry, Save, Saved, SessionData, SessionRecord, data_size};
 pub use snapshot::SnapshotError;
-pub use store::{SessionStore, StoreLimits};
+pub use store::{SessionPage, SessionStore, StoreLimits};
 
 /// The type of a session's values ([`SessionData`]); re-exported so a custom store or an app
 /// needs no dependency of its own.

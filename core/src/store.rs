@@ -85,11 +85,43 @@ pub trait SessionStore: Send + Sync + 'static {
         ))
     }
 
+    /// One page of every live session, without data, for operators: the page that begins at
+    /// `cursor` (`""`: the first) and holds about `limit` sessions (a page may hold somewhat more
+    /// or fewer, and be empty before the end). Each page costs the store a bounded amount of
+    /// work, whatever it holds in all. Following [`SessionPage::next`] until it is `None` lists
+    /// every session that lives from the first page to the last once; one saved or destroyed
+    /// meanwhile may or may not be listed. A cursor the store did not hand out is
+    /// [`StoreError::InvalidArgument`](crate::StoreError::InvalidArgument). The default:
+    /// [`StoreError::Unsupported`](crate::StoreError::Unsupported).
+    async fn list_sessions(&self, cursor: &str, limit: usize) -> Result<SessionPage> {
+        let _ = (cursor, limit);
+        Err(crate::StoreError::Unsupported(
+            "listing every session".into(),
+        ))
+    }
+
     /// The limits this store enforces, as far as it knows them now. The session layer checks its
     /// options and each change against them, so an app hears of a session that is too large or
     /// too long-lived when it makes it, not when the save fails. The default knows nothing.
     fn limits(&self) -> StoreLimits {
         StoreLimits::default()
+    }
+}
+
+/// One page of [`SessionStore::list_sessions`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionPage {
+    /// The page's sessions, without their data.
+    pub sessions: Vec<SessionRecord>,
+    /// The cursor of the next page; `None` once every session has been listed.
+    pub next: Option<String>,
+}
+
+impl SessionPage {
+    /// A page of `sessions`, followed by the page at `next` (`None`: the last).
+    pub fn new(sessions: Vec<SessionRecord>, next: Option<String>) -> Self {
+        Self { sessions, next }
     }
 }
 
@@ -121,6 +153,9 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
     }
     async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
         (**self).destroy_by_owner(owner, except).await
+    }
+    async fn list_sessions(&self, cursor: &str, limit: usize) -> Result<SessionPage> {
+        (**self).list_sessions(cursor, limit).await
     }
     fn limits(&self) -> StoreLimits {
         (**self).limits()

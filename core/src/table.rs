@@ -389,6 +389,13 @@ impl Table {
         (before - shard.len()) as u64
     }
 
+    /// Calls `f` with every record of shard `index`, under its read lock.
+    pub(crate) fn for_each_in_shard(&self, index: usize, mut f: impl FnMut(&Record)) {
+        for record in self.shards[index].records.read().iter() {
+            f(record);
+        }
+    }
+
     /// Calls `f` with every record, one shard at a time under its read lock.
     pub(crate) fn for_each<E>(&self, mut f: impl FnMut(&Record) -> Result<(), E>) -> Result<(), E> {
         for shard in self.shards.iter() {

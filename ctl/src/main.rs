@@ -45,11 +45,23 @@ enum Command {
         /// The session id.
         id: String,
     },
-    /// Lists an owner's live sessions, oldest first, without their data.
+    /// Lists live sessions without their data: an owner's, oldest first; or, without --owner,
+    /// one page of every session, {"sessions": [...], "next_cursor": "..."} (null after the
+    /// last page), or all pages with --all.
     List {
         /// The owner, such as a user id.
         #[arg(long)]
-        owner: String,
+        owner: Option<String>,
+        /// Without --owner: the page to print, as the page before gave it in next_cursor.
+        #[arg(long, conflicts_with = "owner", default_value = "")]
+        cursor: String,
+        /// Without --owner: about how many sessions a page holds (1 to 1000).
+        #[arg(long, conflicts_with = "owner", default_value_t = 100,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// Without --owner: every page, one after another, as one array.
+        #[arg(long, conflicts_with_all = ["owner", "cursor"])]
+        all: bool,
     },
     /// Destroys every session of an owner ("log out everywhere").
     Revoke {
@@ -126,11 +138,36 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Some(record) => Outcome::Done(session_json(&record, true)),
             None => Outcome::NotFound(json!({ "error": "no such session" })),
         },
-        Command::List { owner } => {
+        Command::List {
+            owner: Some(owner), ..
+        } => {
             let sessions = store.list_by_owner(&owner, false).await?;
             Outcome::Done(Value::Array(
                 sessions.iter().map(|s| session_json(s, false)).collect(),
             ))
+        }
+        Command::List {
+            owner: None,
+            cursor,
+            limit,
+            all,
+        } => {
+            let limit = usize::try_from(limit).unwrap_or(1000);
+            let mut page = store.list_sessions(&cursor, limit).await?;
+            if !all {
+                return Ok(Outcome::Done(json!({
+                    "sessions": page.sessions.iter().map(|s| session_json(s, false)).collect::<Vec<_>>(),
+                    "next_cursor": page.next,
+                })));
+            }
+            // Page after page: each costs the daemon a bounded amount of work.
+            let mut sessions: Vec<Value> = Vec::new();
+            loop {
+                sessions.extend(page.sessions.iter().map(|s| session_json(s, false)));
+                let Some(next) = page.next else { break };
+                page = store.list_sessions(&next, limit).await?;
+            }
+            Outcome::Done(Value::Array(sessions))
         }
         Command::Revoke { owner, except } => {
             let destroyed = store.destroy_by_owner(&owner, &except).await?;

@@ -87,6 +87,43 @@ async fn every_command_against_a_daemon_with_its_exit_codes() {
     assert_eq!(ids.len(), 3);
     assert!(run.out[0].get("data").is_none(), "no data in a listing");
 
+    // Every session, with no owner too: page by page, or all at once.
+    store
+        .save(Save::new("anonymous", SessionData::new()))
+        .await
+        .unwrap();
+    let mut listed = Vec::new();
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        let run = ctl(
+            &daemon,
+            &token_file,
+            &["list", "--limit", "1", "--cursor", &cursor],
+        )
+        .await;
+        assert_eq!(run.code, 0, "{}", run.err);
+        pages += 1;
+        for session in run.out["sessions"].as_array().unwrap() {
+            assert!(session.get("data").is_none());
+            listed.push(session["id"].as_str().unwrap().to_owned());
+        }
+        match run.out["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    listed.sort();
+    assert_eq!(listed, ["anonymous", "device-a", "device-b", "device-c"]);
+    assert!(pages > 1, "listed in pages");
+    let run = ctl(&daemon, &token_file, &["list", "--all"]).await;
+    assert_eq!(run.code, 0, "{}", run.err);
+    assert_eq!(run.out.as_array().unwrap().len(), 4);
+    let run = ctl(&daemon, &token_file, &["list", "--cursor", "nonsense"]).await;
+    assert_eq!(run.code, 2);
+    assert!(run.err.contains("cursor"), "{}", run.err);
+    store.destroy("anonymous").await.unwrap();
+
     let run = ctl(&daemon, &token_file, &["destroy", "device-c"]).await;
     assert_eq!((run.code, &run.out), (0, &json!({"destroyed": true})));
     let run = ctl(&daemon, &token_file, &["destroy", "device-c"]).await;
@@ -113,7 +150,7 @@ async fn every_command_against_a_daemon_with_its_exit_codes() {
     assert_eq!(run.out["live_sessions"], 1);
 
     // Usage and connection errors: 2, with the reason on stderr.
-    let run = ctl(&daemon, &token_file, &["list"]).await;
+    let run = ctl(&daemon, &token_file, &["list", "--owner", "u", "--all"]).await;
     assert_eq!(run.code, 2);
     assert!(run.err.contains("--owner"), "{}", run.err);
     let run = ctl(&daemon, &token_file, &["get", "bad id"]).await;

@@ -42,8 +42,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gonest_session_core::Bytes;
 use gonest_session_core::codec::{decode_shared, encode_data};
 use gonest_session_core::{
-    Expiry, Result, Save, Saved, SessionRecord, SessionStore, StoreError, StoreLimits, async_trait,
-    data_size, validate_id, validate_owner,
+    Expiry, MAX_OWNER_LEN, Result, Save, Saved, SessionPage, SessionRecord, SessionStore,
+    StoreError, StoreLimits, async_trait, data_size, validate_id, validate_owner,
 };
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -747,6 +747,34 @@ impl RedisSessionStore {
     }
 }
 
+/// `text` with the characters `SCAN`'s `MATCH` reads as a pattern escaped.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The session `id` from the start of its stored value (at least its header and owner), without
+/// data; `None` if it is no session (gone meanwhile, another kind of value, a bad id).
+fn head_record(id: &str, head: &[u8]) -> Option<SessionRecord> {
+    validate_id(id).ok()?;
+    let owner_len = usize::from(u16::from_le_bytes([*head.get(22)?, *head.get(23)?]));
+    let owner = std::str::from_utf8(head.get(HEADER..HEADER + owner_len)?).ok()?;
+    Some(SessionRecord {
+        id: id.to_owned(),
+        version: u64_at(head, 0),
+        created_at: time(u64_at(head, 8)),
+        expires_at: time(u64_at(head, 16) & ((1 << 48) - 1)),
+        owner: (!owner.is_empty()).then(|| owner.to_owned()),
+        data: gonest_session_core::SessionData::new(),
+    })
+}
+
 /// An entry of an owner's set as a session id, or `None` if it cannot be one.
 fn session_id(member: &[u8]) -> Option<&str> {
     std::str::from_utf8(member)
@@ -893,6 +921,65 @@ impl SessionStore for RedisSessionStore {
         self.forget(owner, &gone).await?;
         self.replicated().await?;
         Ok(destroyed)
+    }
+
+    /// A page is one `SCAN` of the session keys (`COUNT limit`, at most 1,000) and one pipeline
+    /// of `GETRANGE`s reading each found session's header and owner, never its data; the cursor
+    /// is Redis's. `SCAN`'s guarantee holds: a session that lives from the first page to the last
+    /// is listed (a key Redis rehashes meanwhile may be listed twice). Redis Cluster, whose keys
+    /// are spread over its masters, is not listed this way: [`StoreError::Unsupported`].
+    async fn list_sessions(&self, cursor: &str, limit: usize) -> Result<SessionPage> {
+        if matches!(self.connection, Connection::Cluster(_)) {
+            return Err(StoreError::Unsupported(
+                "listing every session of a Redis Cluster (list them by owner)".into(),
+            ));
+        }
+        let cursor: u64 = if cursor.is_empty() {
+            0
+        } else {
+            cursor
+                .parse()
+                .map_err(|_| StoreError::invalid("not a cursor this store handed out"))?
+        };
+        let limit = limit.clamp(1, 1000);
+        let mut connection = self.connection.clone();
+        let (next, keys): (u64, Vec<Vec<u8>>) = self
+            .run(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{}*", glob_escape(&self.inner.prefix)))
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        let mut heads = redis::pipe();
+        for key in &keys {
+            heads
+                .cmd("GETRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(HEADER + MAX_OWNER_LEN - 1);
+        }
+        let heads: Vec<Vec<u8>> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.run(heads.query_async(&mut connection)).await?
+        };
+        let prefix = self.inner.prefix.as_bytes();
+        let sessions = keys
+            .iter()
+            .zip(heads)
+            .filter_map(|(key, head)| {
+                let id = std::str::from_utf8(key.strip_prefix(prefix)?).ok()?;
+                head_record(id, &head)
+            })
+            .collect();
+        Ok(SessionPage::new(
+            sessions,
+            (next != 0).then(|| next.to_string()),
+        ))
     }
 
     fn limits(&self) -> StoreLimits {

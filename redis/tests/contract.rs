@@ -617,3 +617,50 @@ async fn redis_out_of_memory_is_store_full_and_reads_go_on() {
         .unwrap();
     store.save(Save::new("new", data(&[]))).await.unwrap();
 }
+
+/// Every session, page by page (`SCAN`), without data: each listed, with its owner; on a
+/// Redis Cluster, `Unsupported`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_is_listed_page_by_page_but_not_on_a_cluster() {
+    let redis = RedisServer::start().await;
+    let store = RedisSessionStore::builder(redis.url())
+        .prefix("app[1]*:")
+        .connect()
+        .await
+        .unwrap();
+    let other = RedisSessionStore::connect(redis.url()).await.unwrap();
+    other.save(Save::new("elsewhere", data(&[]))).await.unwrap();
+    for n in 0..300 {
+        let save = Save::new(format!("s{n}"), data(&[("k", "v")]));
+        let save = if n % 3 == 0 { save.owner("u") } else { save };
+        store.save(save).await.unwrap();
+    }
+    let mut seen = HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let page = store.list_sessions(&cursor, 50).await.unwrap();
+        for session in page.sessions {
+            assert!(session.data.is_empty());
+            let n: u32 = session.id[1..].parse().unwrap();
+            assert_eq!(session.owner.is_some(), n % 3 == 0);
+            assert_eq!(session.version, 1);
+            seen.insert(session.id);
+        }
+        match page.next {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        300,
+        "each session, and none under another prefix"
+    );
+    let err = store.list_sessions("not a cursor", 50).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
+
+    let cluster = gonest_session_testing::RedisCluster::start().await;
+    let on_cluster = RedisSessionStore::connect(cluster.url()).await.unwrap();
+    let err = on_cluster.list_sessions("", 50).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported(_)), "{err:?}");
+}

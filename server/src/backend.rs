@@ -3,7 +3,8 @@
 use std::time::{Duration, SystemTime};
 
 use gonest_session_core::{
-    MemorySessionStore, Result, Save, Saved, SessionRecord, SessionStore, StoreError, StoreStats,
+    MemorySessionStore, Result, Save, Saved, SessionPage, SessionRecord, SessionStore, StoreError,
+    StoreStats,
 };
 use gonest_session_redis::RedisSessionStore;
 
@@ -81,6 +82,13 @@ impl Backend {
             Self::Redis(store) => {
                 unavailable_on_timeout(store.list_by_owner(owner, with_data).await)
             }
+        }
+    }
+
+    pub(crate) async fn list_sessions(&self, cursor: &str, limit: usize) -> Result<SessionPage> {
+        match self {
+            Self::Memory(store) => store.list_sessions_now(cursor, limit),
+            Self::Redis(store) => unavailable_on_timeout(store.list_sessions(cursor, limit).await),
         }
     }
 

@@ -194,6 +194,21 @@ impl SessionService {
         })
     }
 
+    async fn list_sessions(
+        &self,
+        request: pb::ListSessionsRequest,
+    ) -> Result<pb::ListSessionsResponse, StoreError> {
+        let limit = match request.limit {
+            0 => 100,
+            limit => usize::try_from(limit).unwrap_or(usize::MAX),
+        };
+        let page = self.store.list_sessions(&request.cursor, limit).await?;
+        Ok(pb::ListSessionsResponse {
+            sessions: page.sessions.into_iter().map(record_to_pb).collect(),
+            next_cursor: page.next.unwrap_or_default(),
+        })
+    }
+
     async fn destroy_by_owner(
         &self,
         request: pb::DestroyByOwnerRequest,
@@ -789,6 +804,25 @@ impl pb::session_store_server::SessionStore for SessionService {
         )
         .await
         .map(Response::new)
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let _call = self.in_flight.start();
+        let budget = answer_budget(&request);
+        let request = request.into_inner();
+        let list = self.run(
+            "list_sessions",
+            SessionService::list_sessions(self, request),
+        );
+        let size = |answer: &Result<pb::ListSessionsResponse, Status>| {
+            answer.as_ref().map_or(0, prost::Message::encoded_len)
+        };
+        self.budgeted(budget.as_deref(), list, size)
+            .await
+            .map(Response::new)
     }
 
     async fn stats(

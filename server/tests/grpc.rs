@@ -79,6 +79,7 @@ on_both_backends!(
     a_long_pipeline_with_batches_keeps_its_order,
     a_batch_of_saves_is_applied_in_its_order,
     a_batch_over_the_operations_cap_is_refused_unread,
+    every_session_is_listed_page_by_page,
     health_says_serving_and_reflection_lists_the_service,
     shutdown_ends_open_pipeline_streams_and_returns,
     health_turns_not_serving_when_shutdown_starts,
@@ -826,6 +827,54 @@ async fn a_batch_over_the_operations_cap_is_refused_unread(store: Store) {
     for id in ["over-0", "nested-0", "nested-inner-0"] {
         assert!(stored(&mut client, id).await.is_none(), "{id} was applied");
     }
+    daemon.stop().await.unwrap();
+}
+
+/// `ListSessions` pages through every live session, without data; a cursor the daemon did not
+/// hand out is `INVALID_ARGUMENT`.
+async fn every_session_is_listed_page_by_page(store: Store) {
+    let daemon = Daemon::start(store.config()).await;
+    let mut client = daemon.client();
+    for n in 0..250 {
+        let request = save(&format!("s{n}"), &[("k", "v")], None);
+        let request = if n % 2 == 0 {
+            owned_by(request, "u")
+        } else {
+            request
+        };
+        client.save(request).await.unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let page = client
+            .list_sessions(pb::ListSessionsRequest {
+                cursor: cursor.clone(),
+                limit: 40,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for session in page.sessions {
+            assert!(session.data.is_empty(), "no data in a listing");
+            let n: u32 = session.id[1..].parse().unwrap();
+            assert_eq!(session.owner.is_empty(), n % 2 == 1);
+            seen.insert(session.id);
+        }
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(seen.len(), 250);
+    let status = client
+        .list_sessions(pb::ListSessionsRequest {
+            cursor: "not a cursor".into(),
+            limit: 40,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
     daemon.stop().await.unwrap();
 }
 
