@@ -642,7 +642,7 @@ async fn every_session_is_listed_page_by_page_but_not_on_a_cluster() {
         for session in page.sessions {
             assert!(session.data.is_empty());
             let n: u32 = session.id[1..].parse().unwrap();
-            assert_eq!(session.owner.is_some(), n % 3 == 0);
+            assert_eq!(session.owner.is_some(), n.is_multiple_of(3));
             assert_eq!(session.version, 1);
             seen.insert(session.id);
         }
