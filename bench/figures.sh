@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every command behind the figures of README "Performance" (and of "Scaling out" and
-# "Sweeps and snapshots"), pinned as the README says: servers on CPU 1, the bench on CPU 0.
+# Runs every command behind the figures of bench/README.md (and of docs/redis.md's "Scaling
+# out", and "Sweeps and snapshots" in bench/README.md), pinned as bench/README.md says: servers on CPU 1, the bench on CPU 0.
 # Each throughput and http command runs three times as written and three times with
 # --reverse, alternating; the million-key and memory runs three times each on fresh servers.
 # Prints the commands and their result lines. Needs redis-server and a free 6379, 7070, 7072,

@@ -12,7 +12,7 @@ use crate::table::SHARDS;
 /// The most of a worker's time a sweep takes while it runs: when it has used more, it pauses for
 /// [`PAUSE`]. A sweep of a million expired sessions then takes 3 to 9 seconds instead of a
 /// fraction of one, and requests keep 95 % of the worker meanwhile. Get p99 during a sweep, over
-/// the p99 without one: median 1.99 at a 25 % share, 1.20–1.30 at 5 % (README, Performance).
+/// the p99 without one: median 1.99 at a 25 % share, 1.20–1.30 at 5 % (bench/README.md).
 const SHARE: f64 = 0.05;
 /// How long a sweep pauses when it is over its share.
 const PAUSE: Duration = Duration::from_millis(1);
