@@ -11,7 +11,7 @@ if [ ! -s "$token" ]; then
   echo >> "$token"
   echo "created $token"
 fi
-if ! grep -qs '^GONEST_SESSIOND_TOKEN_FILE=' .env; then
-  echo "GONEST_SESSIOND_TOKEN_FILE=./$token" >> .env
+if ! grep -qs '^SESSIOND_TOKEN_FILE=' .env; then
+  echo "SESSIOND_TOKEN_FILE=./$token" >> .env
   echo "named it in .env"
 fi
