@@ -23,7 +23,8 @@ function createApp({ daemonUrl, secret, token, timeout }) {
     store,
     resave: false,
     saveUninitialized: false,
-    cookie: { httpOnly: true, sameSite: 'lax', path: '/' },
+    // GoNest's default lifetime, as the Rust app's login: 24 hours, kept across a browser restart.
+    cookie: { httpOnly: true, sameSite: 'lax', path: '/', maxAge: 24 * 60 * 60 * 1000 },
   }));
 
   const unauthorized = (res) => res.status(401).json({ statusCode: 401, message: 'not logged in' });

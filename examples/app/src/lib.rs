@@ -68,6 +68,10 @@ pub fn app(store: impl SessionStore, options: SessionOptions) -> Result<Router, 
     Ok(routes().layer(SessionLayer::new(store, options)?))
 }
 
+/// How long a login lasts without a visit: 24 hours, the GoNest sessions' default `MaxAge`. The
+/// cookie carries it as `Max-Age`, so the login outlives a browser restart, as it does on GoNest.
+pub const LOGIN_FOR: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// How long a "remember me" login lasts without a visit: 30 days.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
@@ -142,8 +146,8 @@ const USER_ID: u64 = 42;
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Login {
-    /// Keep the user logged in across browser restarts, for [`REMEMBER_FOR`] after the last
-    /// visit. Otherwise the cookie ends with the browser session.
+    /// Keep the user logged in for [`REMEMBER_FOR`] after the last visit, instead of
+    /// [`LOGIN_FOR`].
     #[serde(default)]
     remember: bool,
 }
@@ -159,11 +163,12 @@ async fn login(session: Session, body: Bytes) -> Result<Json<Value>, AppError> {
     };
     // A new id at login, so an id planted before it is worthless afterwards.
     session.regenerate();
-    let expiry = if login.remember {
-        Expiry::OnInactivity(REMEMBER_FOR)
+    // Set either way: a login on a session that was remembered before starts afresh.
+    let expiry = Expiry::OnInactivity(if login.remember {
+        REMEMBER_FOR
     } else {
-        Expiry::OnSessionEnd
-    };
+        LOGIN_FOR
+    });
     let stored = session
         .set_expiry(expiry)
         // The owner is the user: "your devices" and "log out everywhere" find sessions by it.
