@@ -159,14 +159,7 @@ async fn rounds(
             micros(started.elapsed()),
         ));
         progress.set_message(format!("round {round}: waiting for the sweep"));
-        let sweep = watch(
-            monitor,
-            args,
-            before.expired_removed_total,
-            started,
-            &progress,
-        )
-        .await?;
+        let sweep = watch(monitor, args, expired_removed(&before)?, started, &progress).await?;
         println!(
             "round {round}: stored them in {:.1} s; the daemon removed them in {:.2} s (seen \
              from here, to within {} ms)",
@@ -204,7 +197,7 @@ async fn watch(
         tokio::time::sleep(POLL).await;
         progress.tick();
         let sent = Instant::now();
-        let removed = monitor.stats().await?.expired_removed_total - removed_before;
+        let removed = expired_removed(&monitor.stats().await?)? - removed_before;
         if removed == 0 {
             quiet_since = sent;
         } else if removed >= args.sessions as u64 {
@@ -284,4 +277,12 @@ fn report(
 
 fn micros(elapsed: Duration) -> u32 {
     u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// The daemon's count of sessions removed on expiry; an error from a daemon that counts none
+/// (one on Redis), whose sweeps this cannot watch.
+fn expired_removed(stats: &gonest_session_client::RemoteStats) -> anyhow::Result<u64> {
+    stats.expired_removed_total.ok_or_else(|| {
+        anyhow::anyhow!("the daemon counts no expired sessions (is its backend Redis?); sweep needs one in memory")
+    })
 }

@@ -53,18 +53,19 @@ struct Limits {
 /// The daemon's counters, from [`RemoteSessionStore::stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoteStats {
-    /// Live sessions: exactly those a Get would find.
-    pub live_sessions: u64,
+    /// Live sessions: exactly those a Get would find. `None` where the daemon does not count
+    /// them: on Redis, or from a daemon older than v1.4 on Redis, which says 0.
+    pub live_sessions: Option<u64>,
     /// The largest session the daemon stores, keys plus values (0 from an older daemon).
     pub max_session_bytes: u64,
     /// The longest TTL the daemon accepts (`None` from an older daemon).
     pub max_ttl: Option<Duration>,
     /// Whether the daemon takes batches of operations on `Pipeline` (false from an older one).
     pub pipeline_batches: bool,
-    /// Sessions removed because they expired.
-    pub expired_removed_total: u64,
-    /// Sweeps run.
-    pub sweeps_total: u64,
+    /// Sessions removed because they expired (`None` on Redis, which expires keys itself).
+    pub expired_removed_total: Option<u64>,
+    /// Sweeps run (`None` on Redis, where none runs).
+    pub sweeps_total: Option<u64>,
     /// The daemon's resident memory in bytes (0 where unknown).
     pub resident_memory_bytes: u64,
 }

@@ -102,17 +102,13 @@ impl Backend {
     }
 
     /// The counters `Stats` reports: exact after removing what has expired, or, `as_stored`, at
-    /// once as they stand. On Redis, the daemon counts nothing: the sessions and their expiry are
-    /// Redis's.
-    pub(crate) async fn stats(&self, as_stored: bool) -> StoreStats {
+    /// once as they stand. `None` on Redis: the daemon counts nothing there, the sessions and
+    /// their expiry are Redis's.
+    pub(crate) async fn stats(&self, as_stored: bool) -> Option<StoreStats> {
         match self {
-            Self::Memory(store) if as_stored => store.stats(),
-            Self::Memory(store) => store.live_stats().await,
-            Self::Redis(_) => StoreStats {
-                live_sessions: 0,
-                expired_removed_total: 0,
-                sweeps_total: 0,
-            },
+            Self::Memory(store) if as_stored => Some(store.stats()),
+            Self::Memory(store) => Some(store.live_stats().await),
+            Self::Redis(_) => None,
         }
     }
 

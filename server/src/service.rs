@@ -831,9 +831,9 @@ impl pb::session_store_server::SessionStore for SessionService {
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let stats = self.store.stats(request.get_ref().as_stored).await;
         Ok(Response::new(pb::StatsResponse {
-            live_sessions: stats.live_sessions,
-            expired_removed_total: stats.expired_removed_total,
-            sweeps_total: stats.sweeps_total,
+            live_sessions: stats.map(|stats| stats.live_sessions),
+            expired_removed_total: stats.map(|stats| stats.expired_removed_total),
+            sweeps_total: stats.map(|stats| stats.sweeps_total),
             resident_memory_bytes: memory_usage::resident_bytes(),
             max_session_bytes: u64::try_from(self.limits.max_session_bytes).unwrap_or(u64::MAX),
             max_ttl: Some(duration_to_pb(self.limits.max_ttl)),

@@ -501,7 +501,7 @@ async fn the_session_limit_is_resource_exhausted_and_existing_sessions_stay_writ
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stats.live_sessions, 2);
+    assert_eq!(stats.live_sessions, Some(2));
     assert!(stats.resident_memory_bytes > 0);
 }
 
@@ -878,6 +878,37 @@ async fn every_session_is_listed_page_by_page(store: Store) {
     daemon.stop().await.unwrap();
 }
 
+/// A daemon on Redis counts no sessions of its own: Stats leaves the counts unset, rather than
+/// reporting an empty store, and still gives its limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_on_redis_leave_the_counts_unset() {
+    let store = Store::redis().await;
+    let daemon = Daemon::start(store.config()).await;
+    let mut client = daemon.client();
+    client.save(save("s", &[], None)).await.unwrap();
+    for as_stored in [false, true] {
+        let stats = client
+            .stats(pb::StatsRequest { as_stored })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (
+                stats.live_sessions,
+                stats.expired_removed_total,
+                stats.sweeps_total
+            ),
+            (None, None, None)
+        );
+        assert!(stats.max_session_bytes > 0);
+    }
+    let remote = gonest_session_client::RemoteSessionStore::connect(daemon.url())
+        .await
+        .unwrap();
+    assert_eq!(remote.stats().await.unwrap().live_sessions, None);
+    daemon.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn stats_count_sessions() {
     let daemon = Daemon::start(Config::default()).await;
@@ -897,9 +928,9 @@ async fn stats_count_sessions() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stats.live_sessions, 4);
-    assert_eq!(stats.expired_removed_total, 0);
-    assert_eq!(stats.sweeps_total, 0);
+    assert_eq!(stats.live_sessions, Some(4));
+    assert_eq!(stats.expired_removed_total, Some(0));
+    assert_eq!(stats.sweeps_total, Some(0));
 }
 
 /// `as_stored` answers from the counters as they stand, without removing what has expired; the
@@ -932,7 +963,7 @@ async fn stats_as_stored_answers_without_removing_the_expired() {
     let stored = stats(true).await;
     assert_eq!(
         (stored.live_sessions, stored.expired_removed_total),
-        (5, 0),
+        (Some(5), Some(0)),
         "as they stand: the three expired ones are still stored"
     );
     assert_eq!(
@@ -941,9 +972,15 @@ async fn stats_as_stored_answers_without_removing_the_expired() {
         "the limits are there"
     );
     let exact = stats(false).await;
-    assert_eq!((exact.live_sessions, exact.expired_removed_total), (2, 3));
+    assert_eq!(
+        (exact.live_sessions, exact.expired_removed_total),
+        (Some(2), Some(3))
+    );
     let stored = stats(true).await;
-    assert_eq!((stored.live_sessions, stored.expired_removed_total), (2, 3));
+    assert_eq!(
+        (stored.live_sessions, stored.expired_removed_total),
+        (Some(2), Some(3))
+    );
 }
 
 /// A compressed `Pipeline` request is refused as the generated server refuses one (the daemon
