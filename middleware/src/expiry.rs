@@ -26,7 +26,7 @@ use crate::SessionOptions;
 pub enum Expiry {
     /// A cookie without `Max-Age` or `Expires`, which the browser drops when it ends its session.
     /// The store cannot see that happen, so it keeps the session for
-    /// [`SessionOptions::session_end_ttl`] (default: `max_age`) after each save or touch.
+    /// [`SessionOptions::session_end_ttl`](crate::SessionOptions#structfield.session_end_ttl) (default: `max_age`) after each save or touch.
     OnSessionEnd,
     /// This long after the last save (or, with [`SessionOptions::rolling`], the last request).
     OnInactivity(Duration),

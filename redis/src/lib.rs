@@ -892,10 +892,10 @@ impl SessionStore for RedisSessionStore {
     /// over the set reaches all those saved before the call. Each is destroyed by a script that
     /// checks, atomically on the session's key, that it still belongs to the owner. The set
     /// itself is another key (in Redis Cluster, another slot): the ids whose sessions this call
-    /// destroyed are removed from it afterwards by [`Self::forget`], which enters again any that
+    /// destroyed are removed from it afterwards by `forget`, which enters again any that
     /// a racing save has written meanwhile. An id whose session it did not find may be a save
     /// under way (its id goes into the set before its session is written, and again after): it
-    /// stays until [`Self::live_of`] finds it stale. An entry that is not a session id, or whose
+    /// stays until a listing finds it stale. An entry that is not a session id, or whose
     /// key holds no session, is passed over (the first removed, the second left as it is).
     async fn destroy_by_owner(&self, owner: &str, except: &[String]) -> Result<u64> {
         gonest_session_core::validate_stored_owner(owner)?;

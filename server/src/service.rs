@@ -845,7 +845,7 @@ impl pb::session_store_server::SessionStore for SessionService {
 
     type PipelineStream = PipelineStream;
 
-    /// Answers each operation in the order it arrived: [`SessionService::answers`], as prost's
+    /// Answers each operation in the order it arrived: `SessionService::answers`, as prost's
     /// messages.
     async fn pipeline(
         &self,
