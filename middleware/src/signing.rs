@@ -45,22 +45,13 @@ pub(crate) fn unsign(value: &str, secrets: &[String]) -> Option<String> {
         .then(|| id.to_owned())
 }
 
-/// Decodes `%XX` escapes; `None` for a malformed one or a result that is not UTF-8.
+/// Decodes `%XX` escapes (a `%` not followed by two hex digits stays as it is, and then no
+/// signature verifies); `None` for a result that is not UTF-8.
 fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]
