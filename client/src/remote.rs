@@ -52,6 +52,7 @@ struct Limits {
 
 /// The daemon's counters, from [`RemoteSessionStore::stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RemoteStats {
     /// Live sessions: exactly those a Get would find. `None` where the daemon does not count
     /// them: on Redis, or from a daemon older than v1.4 on Redis, which says 0.

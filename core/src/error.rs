@@ -6,6 +6,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// The daemon maps each variant to one gRPC status code and the client maps the codes back, so
 /// an app sees the same error whether its store is in-process or remote.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The request was malformed: a bad session id, TTL or expiry. Sent as `INVALID_ARGUMENT`.
     #[error("{0}")]

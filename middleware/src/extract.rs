@@ -9,6 +9,7 @@ use crate::Session;
 
 /// Why a handler could not get its [`Session`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum SessionRejection {
     /// The request did not pass through a [`SessionLayer`](crate::SessionLayer).
     MissingLayer,
