@@ -26,24 +26,9 @@ pub async fn logins_while_listing<S: SessionStore + Clone + 'static>(a: S, b: S,
     for (n, id) in ids.iter().enumerate() {
         a.save(Save::new(id.clone(), data(n))).await.unwrap();
     }
-    let logins = {
-        let (a, ids) = (a.clone(), ids.clone());
-        tokio::spawn(async move {
-            let mut running = JoinSet::new();
-            for lane in 0..8 {
-                let (a, ids) = (a.clone(), ids.clone());
-                running.spawn(async move {
-                    for (n, id) in ids.iter().enumerate().skip(lane).step_by(8) {
-                        let save = Save::new(id.clone(), data(n))
-                            .owner(owner(n))
-                            .expected_version(1);
-                        a.save(save).await.unwrap();
-                    }
-                });
-            }
-            running.join_all().await;
-        })
-    };
+    let logins = in_eight_lanes(a.clone(), ids.clone(), 1, |id, n| {
+        Save::new(id, data(n)).owner(owner(n)).expected_version(1)
+    });
     let listing = {
         let b = b.clone();
         async move {
@@ -77,24 +62,9 @@ pub async fn saves_while_destroying_by_owner<S: SessionStore + Clone + 'static>(
     for n in 0..sessions {
         a.save(save(n)).await.unwrap();
     }
-    let saves = {
-        let (a, ids) = (a.clone(), ids.clone());
-        tokio::spawn(async move {
-            let mut running = JoinSet::new();
-            for lane in 0..8 {
-                let (a, ids) = (a.clone(), ids.clone());
-                running.spawn(async move {
-                    for _round in 0..3 {
-                        for (n, id) in ids.iter().enumerate().skip(lane).step_by(8) {
-                            let save = Save::new(id.clone(), data(n)).owner(owner(n));
-                            a.save(save).await.unwrap();
-                        }
-                    }
-                });
-            }
-            running.join_all().await;
-        })
-    };
+    let saves = in_eight_lanes(a.clone(), ids.clone(), 3, |id, n| {
+        Save::new(id, data(n)).owner(owner(n))
+    });
     let mut destroyed = 0;
     while !saves.is_finished() {
         for n in 0..OWNERS {
@@ -104,6 +74,30 @@ pub async fn saves_while_destroying_by_owner<S: SessionStore + Clone + 'static>(
     saves.await.unwrap();
     assert!(destroyed > 0, "nothing was destroyed while the saves ran");
     no_session_escapes(&a, &ids).await;
+}
+
+/// Saves each of `ids` (the `n`th as `save(id, n)`) `rounds` times over, through `store`, eight
+/// saves at a time; the handle completes when all have landed.
+fn in_eight_lanes<S: SessionStore + Clone + 'static>(
+    store: S,
+    ids: Vec<String>,
+    rounds: usize,
+    save: fn(String, usize) -> Save,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut running = JoinSet::new();
+        for lane in 0..8 {
+            let (store, ids) = (store.clone(), ids.clone());
+            running.spawn(async move {
+                for _round in 0..rounds {
+                    for (n, id) in ids.iter().enumerate().skip(lane).step_by(8) {
+                        store.save(save(id.clone(), n)).await.unwrap();
+                    }
+                }
+            });
+        }
+        running.join_all().await;
+    })
 }
 
 /// Every live session of `ids` is listed by its owner's `ListByOwner`, a fresh `DestroyByOwner`
