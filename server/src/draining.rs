@@ -1,49 +1,13 @@
 //! What shutdown waits for, and what it closes: the calls in progress, and the store's writes.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
-use tokio::sync::Notify;
+/// The calls in progress, which shutdown waits for: each holds a [`Call`] until it has answered
+/// (a `Pipeline` call until its response stream is dropped). Shutdown closes it and waits.
+pub(crate) type InFlight = tokio_util::task::TaskTracker;
 
-/// Counts the `SessionStore` calls in progress: unary calls while their handler runs, and
-/// `Pipeline` streams until their response ends. Idle connections and health `Watch` streams
-/// are not calls, so they never hold shutdown up.
-#[derive(Debug, Default)]
-pub(crate) struct InFlight {
-    calls: AtomicUsize,
-    idle: Notify,
-}
-
-/// One call in progress; dropping it ends the call.
-#[derive(Debug)]
-pub(crate) struct Call(Arc<InFlight>);
-
-impl InFlight {
-    /// Counts a call until the returned guard is dropped.
-    pub(crate) fn start(self: &Arc<Self>) -> Call {
-        self.calls.fetch_add(1, Ordering::AcqRel);
-        Call(self.clone())
-    }
-
-    /// Completes once no call is in progress.
-    pub(crate) async fn idle(&self) {
-        loop {
-            let idle = self.idle.notified();
-            if self.calls.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
-}
-
-impl Drop for Call {
-    fn drop(&mut self) {
-        if self.0.calls.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
+/// One call in progress, counted until dropped.
+pub(crate) type Call = tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// Lets writes to the store through until shutdown closes it. Closing waits for the writes
 /// being applied, so once [`close`](Self::close) returns no write can land any more, and the
@@ -79,22 +43,6 @@ impl WriteGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn idle_waits_for_every_call() {
-        let in_flight = Arc::new(InFlight::default());
-        in_flight.idle().await;
-        let (first, second) = (in_flight.start(), in_flight.start());
-        let waiter = {
-            let in_flight = in_flight.clone();
-            tokio::spawn(async move { in_flight.idle().await })
-        };
-        drop(first);
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
-        drop(second);
-        waiter.await.unwrap();
-    }
 
     #[test]
     fn a_closed_gate_runs_no_write() {

@@ -333,7 +333,10 @@ pub async fn run(
     let _ = stopping_tx.send(true);
     let served = tokio::select! {
         served = &mut server => Some(served),
-        () = in_flight.idle() => None,
+        () = async {
+            in_flight.close();
+            in_flight.wait().await;
+        } => None,
         () = tokio::time::sleep(config.shutdown_timeout) => {
             tracing::warn!(
                 timeout = %humantime::format_duration(config.shutdown_timeout),

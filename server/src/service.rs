@@ -42,7 +42,7 @@ pub struct SessionService {
     /// Where operations are counted, when metrics are on.
     metrics: Option<Arc<Metrics>>,
     /// The calls in progress, which shutdown waits for.
-    in_flight: Arc<InFlight>,
+    in_flight: InFlight,
     /// Closed by shutdown before the final snapshot: no write lands after it.
     writes: Arc<WriteGate>,
     /// The limits `Stats` reports.
@@ -67,13 +67,13 @@ impl SessionService {
             store,
             stopping,
             metrics: None,
-            in_flight: Arc::default(),
+            in_flight: InFlight::new(),
             writes: Arc::default(),
         }
     }
 
     /// The calls in progress.
-    pub(crate) fn in_flight(&self) -> Arc<InFlight> {
+    pub(crate) fn in_flight(&self) -> InFlight {
         self.in_flight.clone()
     }
 
@@ -728,7 +728,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        let _call = self.in_flight.start();
+        let _call = self.in_flight.token();
         let budget = answer_budget(&request);
         let request = request.into_inner();
         let get = self.run("get", SessionService::get(self, request));
@@ -744,7 +744,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::SaveRequest>,
     ) -> Result<Response<pb::SaveResponse>, Status> {
-        let _call = self.in_flight.start();
+        let _call = self.in_flight.token();
         let request = request.into_inner();
         self.run("save", SessionService::save(self, request))
             .await
@@ -755,7 +755,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::DestroyRequest>,
     ) -> Result<Response<pb::DestroyResponse>, Status> {
-        let _call = self.in_flight.start();
+        let _call = self.in_flight.token();
         let request = request.into_inner();
         self.run("destroy", SessionService::destroy(self, request))
             .await
@@ -766,7 +766,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::TouchRequest>,
     ) -> Result<Response<pb::TouchResponse>, Status> {
-        let _call = self.in_flight.start();
+        let _call = self.in_flight.token();
         let request = request.into_inner();
         self.run("touch", SessionService::touch(self, request))
             .await
@@ -777,7 +777,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::ListByOwnerRequest>,
     ) -> Result<Response<pb::ListByOwnerResponse>, Status> {
-        let _call = self.in_flight.start();
+        let _call = self.in_flight.token();
         let budget = answer_budget(&request);
         let request = request.into_inner();
         let list = self.run(
@@ -796,7 +796,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::DestroyByOwnerRequest>,
     ) -> Result<Response<pb::DestroyByOwnerResponse>, Status> {
-        let _call = self.in_flight.start();
+        let _call = self.in_flight.token();
         let request = request.into_inner();
         self.run(
             "destroy_by_owner",
@@ -810,7 +810,7 @@ impl pb::session_store_server::SessionStore for SessionService {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let _call = self.in_flight.start();
+        let _call = self.in_flight.token();
         let budget = answer_budget(&request);
         let request = request.into_inner();
         let list = self.run(
@@ -871,7 +871,7 @@ impl SessionService {
         let service = self.clone();
         let budget = answer_budget(&request);
         // Counted until the response stream is dropped: its last answers sent, or the peer gone.
-        let call = self.in_flight.start();
+        let call = self.in_flight.token();
         let mut stopping = self.stopping.clone();
         let stopped = async move {
             // An error means the daemon is gone, which is as good as stopping.
@@ -968,7 +968,7 @@ mod tests {
         let budget = Arc::new(AnswerBudget::new(100));
         budget.produced(100);
         let (requests, taken) = counted(vec![save(1, "a"), save(2, "b")]);
-        let call = service.in_flight.start();
+        let call = service.in_flight.token();
         let mut answers = MemoryAnswers::new(
             service.clone(),
             requests,
@@ -999,7 +999,7 @@ mod tests {
     async fn answers_end_when_the_daemon_stops_and_count_the_call_until_dropped() {
         let (service, stop) = memory_service();
         let (requests, taken) = counted(vec![save(1, "a"), save(2, "b")]);
-        let call = service.in_flight.start();
+        let call = service.in_flight.token();
         let mut answers =
             MemoryAnswers::new(service.clone(), requests, None, stopped_on(&stop), call);
         assert_eq!(answers.next().await.unwrap().unwrap().tag, 1);
@@ -1008,7 +1008,10 @@ mod tests {
         assert!(answers.next().await.is_none(), "and stays ended");
         assert_eq!(taken.load(Ordering::SeqCst), 1);
         assert!(!stored(&service, "b").await);
-        let idle = || service.in_flight.idle().now_or_never().is_some();
+        let idle = || {
+            service.in_flight.close();
+            service.in_flight.wait().now_or_never().is_some()
+        };
         assert!(!idle(), "counted while the answers live");
         drop(answers);
         assert!(idle());
