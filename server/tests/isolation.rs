@@ -73,6 +73,7 @@ async fn a_handshake_left_unfinished_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_normal_client_is_served_while_2000_half_open_connections_are_held() {
+    let _alone = ONE_ATTACK_AT_A_TIME.lock().await;
     // Both ends of every connection are in this process.
     rlimit::increase_nofile_limit(8192).unwrap();
     let daemon = Daemon::start(Config {
@@ -405,25 +406,28 @@ async fn never_reading_peers(gets: u64, batched: bool, flags: &[&str]) {
 /// Eight streams of one connection each send, again and again for 2 s, the largest message the
 /// daemon reads (2 MiB) filled with empty batch operations, two bytes each: a million per
 /// message, had nothing capped them (they once took the daemon to 2.6 GiB and it kept 1.9). The
-/// daemon's memory stays under 256 MiB, another client's Gets meanwhile have a p99 under 50 ms,
-/// and a second burst finds the memory the first took free to reuse: the daemon does not grow.
+/// daemon's memory stays under 256 MiB, another client's Gets meanwhile (one every 5 ms) have a
+/// p99 under 50 ms (100 ms on Redis, where each Get is a second hop to a Redis sharing the same
+/// two cores), and a second burst finds the memory the first took free to reuse: the daemon does
+/// not grow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_of_a_million_empty_batch_operations_cost_bounded_memory() {
-    many_empty_operations(&[]).await;
+    many_empty_operations(&[], Duration::from_millis(50)).await;
     // The same attack against a daemon on Redis, after the first (two at once would share the
     // machine's two cores with each other's attackers).
     let redis = gonest_session_testing::RedisServer::start().await;
-    many_empty_operations(&["--backend", &redis.url()]).await;
+    many_empty_operations(&["--backend", &redis.url()], Duration::from_millis(100)).await;
 }
 
-async fn many_empty_operations(flags: &[&str]) {
+/// The attack against a daemon started with `flags`, twice; Gets meanwhile within `p99_bound`.
+async fn many_empty_operations(flags: &[&str], p99_bound: Duration) {
     let _alone = ONE_ATTACK_AT_A_TIME.lock().await;
     const MIB: u64 = 1 << 20;
     let (daemon, mut client) = daemon_holding(flags, "normal", 1024).await;
     let pid = daemon.child.id().unwrap();
     let before = rss(pid);
-    let first = empty_operations_burst(&daemon, &mut client).await;
-    let second = empty_operations_burst(&daemon, &mut client).await;
+    let first = empty_operations_burst(&daemon, &mut client, p99_bound).await;
+    let second = empty_operations_burst(&daemon, &mut client, p99_bound).await;
     eprintln!(
         "daemon RSS {} MiB before, {} MiB after one burst, {} MiB after two",
         before / MIB,
@@ -438,9 +442,9 @@ async fn many_empty_operations(flags: &[&str]) {
     );
 }
 
-/// One burst of the attack above, with the Gets of `client` meanwhile; returns the daemon's
+/// One burst of the attack above, with the Gets of `client` meanwhile (p99 under `p99_bound`);
 /// memory once it is over.
-async fn empty_operations_burst(daemon: &Process, client: &mut Client) -> u64 {
+async fn empty_operations_burst(daemon: &Process, client: &mut Client, p99_bound: Duration) -> u64 {
     use bytes::BufMut;
     const MIB: u64 = 1 << 20;
     const STREAMS: usize = 8;
@@ -493,7 +497,7 @@ async fn empty_operations_burst(daemon: &Process, client: &mut Client) -> u64 {
         reads_within_5_s(client, "normal").await;
         latencies.push(started.elapsed());
         peak = peak.max(rss(pid));
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut sent = 0;
     for attacker in attackers {
@@ -512,7 +516,7 @@ async fn empty_operations_burst(daemon: &Process, client: &mut Client) -> u64 {
     );
     assert!(sent >= STREAMS as u32, "the attack ran");
     assert!(peak < 256 * MIB, "RSS reached {} MiB", peak / MIB);
-    assert!(p99 < Duration::from_millis(50), "Get p99 {p99:?}");
+    assert!(p99 < p99_bound, "Get p99 {p99:?}");
     // Gets a moment after, by which the attack's streams are gone.
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(50)).await;
