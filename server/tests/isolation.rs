@@ -442,8 +442,8 @@ async fn many_empty_operations(flags: &[&str], p99_bound: Duration) {
     );
 }
 
-/// One burst of the attack above, with the Gets of `client` meanwhile (p99 under `p99_bound`);
-/// memory once it is over.
+/// One burst of the attack above, with the Gets of `client` meanwhile (their p99 under
+/// `p99_bound`); returns the daemon's memory once it is over.
 async fn empty_operations_burst(daemon: &Process, client: &mut Client, p99_bound: Duration) -> u64 {
     use bytes::BufMut;
     const MIB: u64 = 1 << 20;
