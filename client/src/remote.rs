@@ -314,10 +314,13 @@ impl SessionStore for RemoteSessionStore {
     async fn list_sessions(&self, cursor: &str, limit: usize) -> Result<SessionPage> {
         let mut client = self.inner.client.clone();
         let answer = self
-            .unary(client.list_sessions(pb::ListSessionsRequest {
-                cursor: cursor.to_owned(),
-                limit: u32::try_from(limit.clamp(1, 1000)).unwrap_or(1000),
-            }))
+            .unary(
+                client.list_sessions(pb::ListSessionsRequest {
+                    cursor: cursor.to_owned(),
+                    limit: u32::try_from(limit.clamp(1, gonest_session_core::MAX_PAGE_SESSIONS))
+                        .unwrap_or(u32::MAX),
+                }),
+            )
             .await?;
         let sessions = answer
             .sessions

@@ -57,7 +57,7 @@ pub use memory::{
 };
 pub use record::{Expiry, Save, Saved, SessionData, SessionRecord, data_size};
 pub use snapshot::SnapshotError;
-pub use store::{SessionPage, SessionStore, StoreLimits};
+pub use store::{MAX_PAGE_SESSIONS, SessionPage, SessionStore, StoreLimits};
 
 /// The type of a session's values ([`SessionData`]); re-exported so a custom store or an app
 /// needs no dependency of its own.

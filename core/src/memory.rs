@@ -591,8 +591,8 @@ impl MemorySessionStore {
     /// [`SessionStore::list_sessions`], without the future.
     ///
     /// The cursor is the number of the table's next shard. A page visits whole shards, each
-    /// under its read lock alone, until it holds `limit` sessions (at least 1, at most 1,000)
-    /// or has visited [`LIST_SHARDS_PER_PAGE`] shards; so it may hold one shard's sessions more
+    /// under its read lock alone, until it holds `limit` sessions (at least 1, at most
+    /// [`MAX_PAGE_SESSIONS`](crate::MAX_PAGE_SESSIONS)) or has visited [`LIST_SHARDS_PER_PAGE`] shards; so it may hold one shard's sessions more
     /// than `limit`, and its cost never depends on how many sessions the store holds in all. A
     /// session stays in its shard for its whole life, so each that lives from the first page to
     /// the last is listed once.
@@ -606,7 +606,7 @@ impl MemorySessionStore {
                 .filter(|&shard| shard < SHARDS)
                 .ok_or_else(|| StoreError::invalid("not a cursor this store handed out"))?
         };
-        let limit = limit.clamp(1, 1000);
+        let limit = limit.clamp(1, crate::MAX_PAGE_SESSIONS);
         let now = Nanos::from(self.inner.clock.now());
         let mut sessions = Vec::new();
         let mut shard = first;

@@ -108,6 +108,10 @@ pub trait SessionStore: Send + Sync + 'static {
     }
 }
 
+/// The most sessions a page of [`SessionStore::list_sessions`] is asked for; a larger `limit` is
+/// taken as this, and 0 as 1.
+pub const MAX_PAGE_SESSIONS: usize = 1000;
+
 /// One page of [`SessionStore::list_sessions`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -152,7 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             limit,
             all,
         } => {
-            let limit = usize::try_from(limit).unwrap_or(1000);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             let mut page = store.list_sessions(&cursor, limit).await?;
             if !all {
                 return Ok(Outcome::Done(json!({

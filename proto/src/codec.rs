@@ -92,9 +92,7 @@ impl Decoder for PipelineDecoder {
             }
             return crate::pb::PipelineRequest::decode(message)
                 .map(Some)
-                .map_err(|err| {
-                    Status::invalid_argument(format!("malformed protobuf message: {err}"))
-                });
+                .map_err(|err| malformed(&err));
         }
         if crate::batch_operations(buf.chunk(), limit) > limit {
             return Err(crate::batch_too_large(limit));
@@ -107,6 +105,11 @@ impl Decoder for PipelineDecoder {
     }
 }
 
+/// A message that does not decode, for `why`: `INVALID_ARGUMENT`, the sender's fault.
+fn malformed(why: &dyn std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("malformed protobuf message: {why}"))
+}
+
 /// prost's decoder, answering a malformed message `INVALID_ARGUMENT`.
 #[derive(Debug)]
 pub struct CheckedDecoder<U>(ProstDecoder<U>);
@@ -116,9 +119,9 @@ impl<U: Message + Default> Decoder for CheckedDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        self.0.decode(buf).map_err(|status| {
-            Status::invalid_argument(format!("malformed protobuf message: {}", status.message()))
-        })
+        self.0
+            .decode(buf)
+            .map_err(|status| malformed(&status.message()))
     }
 
     fn buffer_settings(&self) -> BufferSettings {

@@ -760,9 +760,9 @@ fn glob_escape(text: &str) -> String {
 }
 
 /// The session `id` from the start of its stored value (at least its header and owner), without
-/// data; `None` if it is no session (gone meanwhile, another kind of value, a bad id).
+/// data: the one reading of the layout's header. `None` if the bytes are no session's (too
+/// short, or an owner that is not UTF-8).
 fn head_record(id: &str, head: &[u8]) -> Option<SessionRecord> {
-    validate_id(id).ok()?;
     let owner_len = usize::from(u16::from_le_bytes([*head.get(22)?, *head.get(23)?]));
     let owner = std::str::from_utf8(head.get(HEADER..HEADER + owner_len)?).ok()?;
     Some(SessionRecord {
@@ -794,25 +794,12 @@ fn u64_at(value: &[u8], at: usize) -> u64 {
 
 /// A stored value as a record, its values slices of `value` (no copy).
 fn record(id: &str, value: Vec<u8>) -> Result<SessionRecord> {
-    if value.len() < HEADER {
-        return Err(StoreError::Internal(
-            "a value under the session prefix is not a session".into(),
-        ));
-    }
-    let owner_len = usize::from(u16::from_le_bytes([value[22], value[23]]));
-    let Some(owner) = value.get(HEADER..HEADER + owner_len) else {
-        return Err(StoreError::Internal("a stored session is cut short".into()));
-    };
-    let owner = std::str::from_utf8(owner)
-        .map_err(|_| StoreError::Internal("a stored owner is not UTF-8".into()))?;
-    Ok(SessionRecord {
-        id: id.to_owned(),
-        version: u64_at(&value, 0),
-        created_at: time(u64_at(&value, 8)),
-        expires_at: time(u64_at(&value, 16) & ((1 << 48) - 1)),
-        owner: (!owner.is_empty()).then(|| owner.to_owned()),
-        data: decode_shared(&Bytes::from(value), HEADER + owner_len)?,
-    })
+    let mut record = head_record(id, &value).ok_or_else(|| {
+        StoreError::Internal("a value under the session prefix is not a session".into())
+    })?;
+    let data_start = HEADER + record.owner.as_ref().map_or(0, String::len);
+    record.data = decode_shared(&Bytes::from(value), data_start)?;
+    Ok(record)
 }
 
 #[async_trait]
@@ -923,7 +910,7 @@ impl SessionStore for RedisSessionStore {
         Ok(destroyed)
     }
 
-    /// A page is one `SCAN` of the session keys (`COUNT limit`, at most 1,000) and one pipeline
+    /// A page is one `SCAN` of the session keys (`COUNT limit`, at most `MAX_PAGE_SESSIONS`) and one pipeline
     /// of `GETRANGE`s reading each found session's header and owner, never its data; the cursor
     /// is Redis's. `SCAN`'s guarantee holds: a session that lives from the first page to the last
     /// is listed (a key Redis rehashes meanwhile may be listed twice). Redis Cluster, whose keys
@@ -941,7 +928,7 @@ impl SessionStore for RedisSessionStore {
                 .parse()
                 .map_err(|_| StoreError::invalid("not a cursor this store handed out"))?
         };
-        let limit = limit.clamp(1, 1000);
+        let limit = limit.clamp(1, gonest_session_core::MAX_PAGE_SESSIONS);
         let mut connection = self.connection.clone();
         let (next, keys): (u64, Vec<Vec<u8>>) = self
             .run(
@@ -973,6 +960,7 @@ impl SessionStore for RedisSessionStore {
             .zip(heads)
             .filter_map(|(key, head)| {
                 let id = std::str::from_utf8(key.strip_prefix(prefix)?).ok()?;
+                validate_id(id).ok()?;
                 head_record(id, &head)
             })
             .collect();

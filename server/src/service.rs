@@ -121,12 +121,7 @@ impl SessionService {
         let started = self.metrics.as_ref().map(|_| Instant::now());
         let result = op.await.map_err(|err| {
             let status = status_from_error(&err);
-            if matches!(err, StoreError::StoreFull(_)) {
-                // Refused for want of room in the backend, not for anything the caller sent.
-                tracing::warn!(message = %err, "the backend is full: writes are refused");
-            } else {
-                log_failure(&status);
-            }
+            log_failure(&err, &status);
             status
         });
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
@@ -696,14 +691,21 @@ fn error_answer(tag: u64, status: &Status) -> Answer {
     }
 }
 
-/// Logs a failed operation. Rejections of bad requests are the caller's business and logged at
-/// debug; anything else is the daemon's and logged as an error. Never with the session id.
-fn log_failure(status: &Status) {
-    match status.code() {
-        tonic::Code::Internal | tonic::Code::Unknown => {
+/// Logs a failed operation, `err` sent as `status`. Rejections of bad requests are the caller's
+/// business and logged at debug; a backend with no room left is the operator's, a warning;
+/// anything else is the daemon's and logged as an error. Never with the session id.
+fn log_failure(err: &StoreError, status: &Status) {
+    match (err, status.code()) {
+        (StoreError::StoreFull(_), _) => {
+            tracing::warn!(
+                message = status.message(),
+                "the backend is full: writes are refused"
+            );
+        }
+        (_, tonic::Code::Internal | tonic::Code::Unknown) => {
             tracing::error!(code = ?status.code(), message = status.message(), "operation failed");
         }
-        code => tracing::debug!(?code, message = status.message(), "operation refused"),
+        (_, code) => tracing::debug!(?code, message = status.message(), "operation refused"),
     }
 }
 
