@@ -23,10 +23,11 @@
 //! [`MemorySessionStore`]: gonest_session_core::MemorySessionStore
 
 mod auth;
-mod backend;
 mod budget;
 mod cli;
+mod config;
 mod draining;
+mod engine;
 mod health;
 mod import;
 mod incoming;
@@ -38,16 +39,11 @@ mod pipeline;
 mod server;
 mod service;
 pub mod shutdown;
-mod turns;
 
 pub use auth::Tokens;
-pub use backend::Backend;
 pub use cli::{Cli, Command, LogFormat};
+pub use config::{Config, StoreBackend, TlsFiles, default_max_connections};
 pub use health::check as check_health;
 pub use import::{ImportCounts, import_snapshot};
 pub use persistence::Persistence;
-pub use server::{
-    Config, MAX_STREAMS_PER_CONNECTION, StoreBackend, TlsFiles, default_max_connections, run,
-};
-pub use service::Limits;
-pub use service::SessionService;
+pub use server::{MAX_STREAMS_PER_CONNECTION, run};

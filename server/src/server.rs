@@ -13,102 +13,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::backend::Backend;
+use crate::Persistence;
+use crate::config::{Config, StoreBackend, TlsFiles, default_max_connections};
+use crate::engine::{Engine, MemoryEngine, StoreEngine};
 use crate::metrics::Metrics;
-use crate::service::Limits;
-use crate::{Persistence, SessionService, Tokens};
-
-/// What the daemon runs with; [`Cli::config`](crate::Cli::config) builds it from flags.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Lifetime of a session saved with neither a ttl nor an expires_at.
-    pub default_ttl: Duration,
-    /// Longest lifetime a save or touch may ask for.
-    pub max_ttl: Duration,
-    /// How often expired sessions are swept.
-    pub sweep_interval: Duration,
-    /// Largest session, keys plus values, in bytes.
-    pub max_session_bytes: usize,
-    /// Most sessions held at once; 0 for no limit.
-    pub max_sessions: u64,
-    /// Most live sessions of one owner; 0 for no limit.
-    pub max_sessions_per_owner: u64,
-    /// With a Redis backend: replicas each write must reach before it is acknowledged (0: none).
-    pub redis_wait_replicas: u32,
-    /// How long a write waits for them.
-    pub redis_wait_timeout: Duration,
-    /// How long in-flight calls may run on once shutdown starts.
-    pub shutdown_timeout: Duration,
-    /// How long health reports `NOT_SERVING` before the listener closes, so load balancers and
-    /// clients move away first. Zero by default here; the binary's default is 1 s.
-    pub shutdown_drain: Duration,
-    /// The tokens `SessionStore` calls must carry; none means no authentication.
-    pub tokens: Tokens,
-    /// Serve TLS with this certificate chain and key (PEM) instead of plaintext.
-    pub tls: Option<TlsFiles>,
-    /// Keep snapshots on disk; `None` keeps sessions in memory only.
-    pub persistence: Option<Persistence>,
-    /// Serve Prometheus metrics on `/metrics` at this address.
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Where sessions are kept.
-    pub backend: StoreBackend,
-    /// Time a new connection has to finish its TLS handshake (if any), HTTP/2 preface and
-    /// first SETTINGS frame before it is closed.
-    pub handshake_timeout: Duration,
-    /// Connections open at once; `None` sizes it from the open-file limit.
-    pub max_connections: Option<usize>,
-}
-
-/// Where the daemon keeps sessions.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum StoreBackend {
-    /// In its own memory (the default), swept, optionally snapshotted.
-    #[default]
-    Memory,
-    /// In Redis or Valkey at this URL (`redis://`, `rediss://`, `redis+cluster://`).
-    Redis(String),
-}
-
-/// A PEM certificate chain and its private key. `Debug` leaves the key out.
-#[derive(Clone)]
-pub struct TlsFiles {
-    /// The certificate chain, PEM.
-    pub cert_pem: Vec<u8>,
-    /// The private key, PEM.
-    pub key_pem: Vec<u8>,
-}
-
-impl TlsFiles {
-    /// A TLS acceptor serving this certificate, offering HTTP/2.
-    fn acceptor(&self) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-        use tokio_rustls::rustls;
-        use tokio_rustls::rustls::pki_types::pem::PemObject;
-        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .context("invalid TLS certificate")?;
-        anyhow::ensure!(
-            !chain.is_empty(),
-            "the TLS certificate file holds no certificate"
-        );
-        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).context("invalid TLS key")?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("no TLS protocol version available")?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .context("the TLS key does not fit the certificate")?;
-        tls.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
-    }
-}
-
-impl std::fmt::Debug for TlsFiles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TlsFiles { .. }")
-    }
-}
+use crate::service::{Limits, SessionService};
 
 /// How long one unary call may take on the server.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,40 +31,6 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 /// and per connection.
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 2 << 20;
-/// File descriptors kept back from `--max-connections` when it is sized from the open-file limit:
-/// the listener, the snapshot files, the metrics endpoint, the log.
-const RESERVED_FDS: u64 = 64;
-
-/// The default `--max-connections`: the open-file soft limit less what the daemon needs besides.
-pub fn default_max_connections() -> usize {
-    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
-    usize::try_from(soft.saturating_sub(RESERVED_FDS).max(16)).unwrap_or(usize::MAX)
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            default_ttl: MemorySessionStore::DEFAULT_TTL,
-            max_ttl: MemorySessionStore::DEFAULT_MAX_TTL,
-            sweep_interval: MemorySessionStore::DEFAULT_SWEEP_INTERVAL,
-            max_session_bytes: MemorySessionStore::DEFAULT_MAX_SESSION_BYTES,
-            max_sessions: 0,
-            max_sessions_per_owner: MemorySessionStore::DEFAULT_MAX_SESSIONS_PER_OWNER,
-            redis_wait_replicas: 0,
-            redis_wait_timeout: Duration::from_millis(500),
-            shutdown_timeout: Duration::from_secs(10),
-            shutdown_drain: Duration::ZERO,
-            tokens: Tokens::default(),
-            tls: None,
-            persistence: None,
-            metrics_listen: None,
-            handshake_timeout: Duration::from_secs(5),
-            max_connections: None,
-            backend: StoreBackend::Memory,
-        }
-    }
-}
-
 /// Serves the session store on `listener` until `shutdown` completes.
 ///
 /// On shutdown, health turns `NOT_SERVING`, the listener stops accepting, open `Pipeline`
@@ -166,7 +41,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = match &config.backend {
+    match &config.backend {
         StoreBackend::Memory => {
             anyhow::ensure!(
                 config.redis_wait_replicas == 0,
@@ -184,7 +59,7 @@ pub async fn run(
             if let Some(persistence) = &config.persistence {
                 persistence.load(&store).await?;
             }
-            Backend::Memory(store)
+            serve(listener, config, MemoryEngine::new(store), shutdown).await
         }
         StoreBackend::Redis(url) => {
             anyhow::ensure!(
@@ -201,9 +76,18 @@ pub async fn run(
                 .connect()
                 .await
                 .map_err(|err| anyhow::anyhow!("cannot use the redis backend: {err}"))?;
-            Backend::Redis(store)
+            serve(listener, config, StoreEngine::new(store), shutdown).await
         }
-    };
+    }
+}
+
+/// Serves `engine` on `listener` until `shutdown` completes; see [`run`].
+async fn serve<E: Engine>(
+    listener: TcpListener,
+    config: Config,
+    engine: E,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let limits = Limits {
         max_session_bytes: config.max_session_bytes,
         max_ttl: config.max_ttl,
@@ -212,7 +96,7 @@ pub async fn run(
     let (stopping_tx, stopping) = watch::channel(false);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<SessionStoreServer<SessionService>>()
+        .set_serving::<SessionStoreServer<SessionService<E>>>()
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -231,11 +115,11 @@ pub async fn run(
              address can read and change every session"
         );
     }
-    let mut service = SessionService::new(store.clone(), limits, stopping.clone());
-    let (in_flight, writes) = (service.in_flight(), service.writes());
+    let mut service = SessionService::new(engine.clone(), limits, stopping.clone());
+    let (in_flight, writes) = (service.in_flight(), service.writes.clone());
     let metrics = match config.metrics_listen {
         Some(addr) => {
-            let metrics = Arc::new(Metrics::new(store.memory().cloned()));
+            let metrics = Arc::new(Metrics::new(engine.memory().cloned()));
             crate::metrics::serve(addr, metrics.clone(), stopping.clone()).await?;
             service = service.with_metrics(metrics.clone());
             Some(metrics)
@@ -283,7 +167,7 @@ pub async fn run(
         });
     let mut server = tokio::spawn(server);
     // Persistence belongs to the memory backend (checked above).
-    let snapshotted = config.persistence.clone().zip(store.memory().cloned());
+    let snapshotted = config.persistence.clone().zip(engine.memory().cloned());
     let snapshots = snapshotted.clone().map(|(persistence, memory)| {
         tokio::spawn(snapshot_every_interval(
             persistence,
@@ -292,9 +176,9 @@ pub async fn run(
             stopping.clone(),
         ))
     });
-    if let Backend::Redis(_) = &store {
+    if engine.memory().is_none() {
         tokio::spawn(report_backend_health(
-            store.clone(),
+            engine.clone(),
             health.clone(),
             stopping.clone(),
         ));
@@ -315,7 +199,7 @@ pub async fn run(
     }
 
     health
-        .set_not_serving::<SessionStoreServer<SessionService>>()
+        .set_not_serving::<SessionStoreServer<SessionService<E>>>()
         .await;
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -376,8 +260,8 @@ const BACKEND_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// it can, until the daemon stops. Checked every second; a check unanswered within a second
 /// counts as unreachable (the store's own timeout, 2 s by default, would let health say
 /// `SERVING` for 3 s after Redis went away), so health follows within 2 s.
-async fn report_backend_health(
-    store: Backend,
+async fn report_backend_health<E: Engine>(
+    engine: E,
     health: tonic_health::server::HealthReporter,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -389,9 +273,10 @@ async fn report_backend_health(
             _ = ticks.tick() => {}
             _ = stopping.wait_for(|stop| *stop) => return,
         }
-        let reachable = tokio::time::timeout(BACKEND_CHECK_INTERVAL, store.reachable())
+        let reachable = tokio::time::timeout(BACKEND_CHECK_INTERVAL, engine.reachable())
             .await
-            .unwrap_or(false);
+            .unwrap_or(Some(false))
+            .unwrap_or(true);
         if reachable == serving || *stopping.borrow() {
             continue;
         }

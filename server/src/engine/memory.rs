@@ -1,0 +1,96 @@
+//! The memory engine: the daemon's own store, called directly.
+
+use std::sync::Arc;
+
+use gonest_session_core::{MemorySessionStore, StoreError, StoreStats, StoredSession};
+use gonest_session_proto::pb;
+use tonic::Streaming;
+
+use super::{Engine, Operation, answer_size, shutting_down};
+use crate::budget::AnswerBudget;
+use crate::draining::{Call, WriteGate};
+use crate::pipeline::{AnswerStream, MemoryAnswers, Stopped};
+use crate::service::SessionService;
+
+/// Serves a [`MemorySessionStore`]: every operation is applied within the call that asks for it.
+#[derive(Clone, Debug)]
+pub(crate) struct MemoryEngine {
+    store: MemorySessionStore,
+}
+
+impl MemoryEngine {
+    pub(crate) fn new(store: MemorySessionStore) -> Self {
+        Self { store }
+    }
+
+    /// Applies `op` now; a write only while `writes` is open, so none lands after shutdown
+    /// closes it.
+    pub(crate) fn apply<O: Operation>(
+        &self,
+        op: O,
+        writes: &WriteGate,
+    ) -> Result<O::Answer, StoreError> {
+        if O::WRITES {
+            writes
+                .pass(|| op.apply_now(&self.store))
+                .unwrap_or_else(|| Err(shutting_down()))
+        } else {
+            op.apply_now(&self.store)
+        }
+    }
+
+    /// Reads a session as the store holds it, for a `Pipeline` Get written straight from it.
+    pub(crate) fn get_stored(&self, id: &str) -> Result<Option<StoredSession>, StoreError> {
+        self.store.get_stored_now(id)
+    }
+}
+
+impl Engine for MemoryEngine {
+    /// The answer is produced while the budget is checked, so only one answer at a time can
+    /// go over it.
+    async fn unary<O: Operation>(
+        &self,
+        op: O,
+        writes: &WriteGate,
+        budget: Option<&AnswerBudget>,
+    ) -> Result<O::Answer, StoreError> {
+        match budget {
+            None => self.apply(op, writes),
+            Some(budget) => {
+                budget
+                    .produce(|| {
+                        let answer = self.apply(op, writes);
+                        let bytes = answer_size(&answer);
+                        (answer, bytes)
+                    })
+                    .await
+            }
+        }
+    }
+
+    async fn stats(&self, as_stored: bool) -> Option<StoreStats> {
+        Some(if as_stored {
+            self.store.stats()
+        } else {
+            self.store.live_stats().await
+        })
+    }
+
+    async fn reachable(&self) -> Option<bool> {
+        None
+    }
+
+    fn memory(&self) -> Option<&MemorySessionStore> {
+        Some(&self.store)
+    }
+
+    fn answers(
+        service: SessionService<Self>,
+        requests: Streaming<pb::PipelineRequest>,
+        budget: Option<Arc<AnswerBudget>>,
+        stopped: Stopped,
+        call: Call,
+    ) -> AnswerStream {
+        Box::pin(MemoryAnswers::new(service, requests, budget, stopped, call))
+    }
+}
