@@ -42,12 +42,9 @@ pub mod codec;
 mod error;
 mod id;
 mod memory;
-mod owners;
 mod record;
 mod snapshot;
 mod store;
-mod sweeper;
-mod table;
 
 pub use clock::Clock;
 pub use error::{Result, StoreError};

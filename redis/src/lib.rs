@@ -19,11 +19,9 @@
 //!
 //! # In Redis
 //! - One key per session, `PREFIX + id` (prefix `gonest:sess:` unless set), holding one binary
-//!   value: the version and `created_at` (milliseconds since 1970) as little-endian u64,
-//!   `expires_at` (ms) as a little-endian 48-bit integer, the owner's length as a little-endian
-//!   u16, the owner, then the data in `gonest_session_core::codec`'s form. (Values written before
-//!   owners existed have a 64-bit `expires_at` whose top 16 bits are zero, so they read as
-//!   sessions without an owner.)
+//!   value: the version, `created_at` and `expires_at` (milliseconds since 1970), the owner, then
+//!   the data in `gonest_session_core::codec`'s form. The layout, and the Lua functions the
+//!   scripts read and write it with, are in one module (`layout.rs`).
 //! - A set per owner, `OWNER_PREFIX + owner` (`gonest:owner:` unless set), holding the ids of
 //!   its sessions; it expires after the longest-lived of them. A save enters its id before it
 //!   writes the session (so that the owner's limit holds) and again after; a clean-up that
@@ -39,8 +37,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gonest_session_core::Bytes;
-use gonest_session_core::codec::{decode_shared, encode_data};
+use gonest_session_core::codec::encode_data;
 use gonest_session_core::{
     Expiry, MAX_OWNER_LEN, Result, Save, Saved, SessionPage, SessionRecord, SessionStore,
     StoreError, StoreLimits, async_trait, data_size, validate_id, validate_owner,
@@ -48,7 +45,9 @@ use gonest_session_core::{
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
+mod layout;
 mod sentinel;
+use layout::{HEADER, head_record, record, time};
 use sentinel::SentinelConnection;
 
 /// The key prefix sessions are kept under unless set otherwise.
@@ -56,9 +55,6 @@ pub const DEFAULT_PREFIX: &str = "gonest:sess:";
 
 /// The key prefix owners' sets are kept under unless set otherwise.
 pub const DEFAULT_OWNER_PREFIX: &str = "gonest:owner:";
-
-/// Bytes before the owner in a stored value: version, `created_at`, `expires_at`, owner length.
-const HEADER: usize = 24;
 
 /// How much longer than its sessions an owner's set lives, so that it never expires first.
 const OWNER_SET_MARGIN_MS: u64 = 60_000;
@@ -73,18 +69,15 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local current = redis.call('GET', KEYS[1])
 local version, created, previous = 0, now, ''
 if current then
-  version, created = struct.unpack('<I8I8', current)
-  local length = struct.unpack('<I2', current, 23)
-  previous = string.sub(current, 25, 24 + length)
+  version, created = read_head(current)
+  previous = owner_of(current) or ''
 end
 if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= version then
   return {-1, version}
 end
 version = version + 1
 local expires = now + tonumber(ARGV[2])
-local head = struct.pack('<I8I8', version, created)
-  .. string.sub(struct.pack('<I8', expires), 1, 6) .. struct.pack('<I2', #ARGV[4])
-redis.call('SET', KEYS[1], head .. ARGV[4] .. ARGV[3], 'PXAT', expires)
+redis.call('SET', KEYS[1], pack(version, created, expires, ARGV[4], ARGV[3]), 'PXAT', expires)
 return {version, created, expires, previous}
 ";
 
@@ -109,11 +102,7 @@ return 1
 /// holds no session (another type, or a value too short to be one), which is left as it is.
 const DESTROY_IF_OWNED: &str = r"
 local current = redis.pcall('GET', KEYS[1])
-if type(current) ~= 'string' or #current < 24 then
-  return 0
-end
-local length = struct.unpack('<I2', current, 23)
-if #current < 24 + length or string.sub(current, 25, 24 + length) ~= ARGV[1] then
+if type(current) ~= 'string' or owner_of(current) ~= ARGV[1] then
   return 0
 end
 return redis.call('DEL', KEYS[1])
@@ -129,11 +118,15 @@ end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local expires = now + tonumber(ARGV[1])
-redis.call('SETRANGE', KEYS[1], 16, string.sub(struct.pack('<I8', expires), 1, 6))
+set_expires(KEYS[1], expires)
 redis.call('PEXPIREAT', KEYS[1], expires)
-local length = struct.unpack('<I2', current, 23)
-return {expires, string.sub(current, 25, 24 + length)}
+return {expires, owner_of(current) or ''}
 ";
+
+/// `body`, a script that reads or writes session values, behind the layout's Lua functions.
+fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{}{body}", layout::lua_functions()))
+}
 
 /// A [`SessionStore`] on Redis or Valkey. Cheap to clone; clones share one connection, which
 /// reconnects by itself when Redis comes back.
@@ -363,9 +356,9 @@ impl RedisSessionStoreBuilder {
                 "the owner prefix must differ from the session prefix",
             ));
         }
-        let save = redis::Script::new(SAVE);
-        let touch = redis::Script::new(TOUCH);
-        let destroy_if_owned = redis::Script::new(DESTROY_IF_OWNED);
+        let save = script(SAVE);
+        let touch = script(TOUCH);
+        let destroy_if_owned = script(DESTROY_IF_OWNED);
         let index = redis::Script::new(INDEX);
         // Loaded now rather than on first use: a script Redis does not know is sent again after
         // loading it, behind any command sent meanwhile on the same connection.
@@ -442,17 +435,11 @@ impl RedisSessionStore {
         };
         let expires = millis(record.expires_at);
         let now = millis(SystemTime::now());
-        if expires <= now || expires >= 1 << 48 {
+        if expires <= now || expires >= layout::EXPIRES_LIMIT {
             return Ok(false);
         }
-        let owner_len = u16::try_from(owner.len()).unwrap_or(0);
-        let mut value = Vec::new();
-        value.extend_from_slice(&record.version.to_le_bytes());
-        value.extend_from_slice(&millis(record.created_at).to_le_bytes());
-        value.extend_from_slice(&expires.to_le_bytes()[..6]);
-        value.extend_from_slice(&owner_len.to_le_bytes());
-        value.extend_from_slice(owner.as_bytes());
-        value.extend_from_slice(&encode_data(&record.data));
+        let created = millis(record.created_at);
+        let value = layout::encode(record.version, created, expires, owner, &record.data);
         if !owner.is_empty() {
             self.index(owner, &record.id, expires - now).await?;
         }
@@ -759,47 +746,11 @@ fn glob_escape(text: &str) -> String {
     escaped
 }
 
-/// The session `id` from the start of its stored value (at least its header and owner), without
-/// data: the one reading of the layout's header. `None` if the bytes are no session's (too
-/// short, or an owner that is not UTF-8).
-fn head_record(id: &str, head: &[u8]) -> Option<SessionRecord> {
-    let owner_len = usize::from(u16::from_le_bytes([*head.get(22)?, *head.get(23)?]));
-    let owner = std::str::from_utf8(head.get(HEADER..HEADER + owner_len)?).ok()?;
-    Some(SessionRecord {
-        id: id.to_owned(),
-        version: u64_at(head, 0),
-        created_at: time(u64_at(head, 8)),
-        expires_at: time(u64_at(head, 16) & ((1 << 48) - 1)),
-        owner: (!owner.is_empty()).then(|| owner.to_owned()),
-        data: gonest_session_core::SessionData::new(),
-    })
-}
-
 /// An entry of an owner's set as a session id, or `None` if it cannot be one.
 fn session_id(member: &[u8]) -> Option<&str> {
     std::str::from_utf8(member)
         .ok()
         .filter(|id| validate_id(id).is_ok())
-}
-
-fn time(millis: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(millis)
-}
-
-fn u64_at(value: &[u8], at: usize) -> u64 {
-    let mut bytes = [0; 8];
-    bytes.copy_from_slice(&value[at..at + 8]);
-    u64::from_le_bytes(bytes)
-}
-
-/// A stored value as a record, its values slices of `value` (no copy).
-fn record(id: &str, value: Vec<u8>) -> Result<SessionRecord> {
-    let mut record = head_record(id, &value).ok_or_else(|| {
-        StoreError::Internal("a value under the session prefix is not a session".into())
-    })?;
-    let data_start = HEADER + record.owner.as_ref().map_or(0, String::len);
-    record.data = decode_shared(&Bytes::from(value), data_start)?;
-    Ok(record)
 }
 
 #[async_trait]

@@ -7,7 +7,7 @@
 //!   ([`Record`]); the table's slot is the buffer's pointer and length, nothing else;
 //! - the table is [`SHARDS`] `hashbrown` tables, each behind its own lock, so an operation locks
 //!   one small shard and the sweeper can clean one shard at a time and let requests run in
-//!   between (see [`crate::sweeper`]).
+//!   between (see `sweeper.rs`).
 
 use std::hash::BuildHasher;
 use std::ops::Range;

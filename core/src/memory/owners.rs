@@ -11,7 +11,7 @@ use std::hash::BuildHasher;
 
 use parking_lot::Mutex;
 
-use crate::table::{Nanos, Record};
+use super::table::{Nanos, Record};
 
 /// Index shards; owners are few next to sessions.
 const SHARDS: usize = 64;
