@@ -2,7 +2,7 @@
 
 use std::process::Output;
 
-use gonest_session_testing::Daemon;
+use gonest_session_test_support::Daemon;
 use tokio::net::TcpListener;
 use tokio::process::Command;
 
@@ -83,7 +83,7 @@ async fn throughput_runs_against_the_daemon() {
 /// The three Redis-side targets in one run: the daemon on Redis, `RedisSessionStore`, raw Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_runs_the_daemon_on_redis_the_redis_store_and_redis_in_one_run() {
-    let redis = gonest_session_testing::RedisServer::start().await;
+    let redis = gonest_session_test_support::RedisServer::start().await;
     let daemon = Daemon::start(gonest_sessiond::Config {
         backend: gonest_sessiond::StoreBackend::Redis(redis.url()),
         ..gonest_sessiond::Config::default()
@@ -133,7 +133,7 @@ async fn http_compares_example_app_with_the_tower_sessions_app() {
     let ours = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let redis = gonest_session_testing::RedisServer::start_primary().await;
+    let redis = gonest_session_test_support::RedisServer::start_primary().await;
     let peer_port = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()

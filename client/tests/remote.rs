@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::{Save, SessionData, SessionStore, StoreError};
-use gonest_session_testing::Daemon;
+use gonest_session_test_support::Daemon;
 use gonest_sessiond::Config;
 use tokio::net::TcpListener;
 
@@ -13,74 +13,6 @@ fn data(pairs: &[(&str, &str)]) -> SessionData {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec().into()))
         .collect()
-}
-
-#[tokio::test]
-async fn follows_the_store_contract() {
-    let daemon = Daemon::start(Config {
-        max_session_bytes: 64,
-        ..Config::default()
-    })
-    .await;
-    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
-
-    assert_eq!(store.get("s").await.unwrap(), None);
-    let saved = store
-        .save(Save::new("s", data(&[("k", "v")])).expected_version(0))
-        .await
-        .unwrap();
-    assert_eq!(saved.version, 1);
-    let record = store.get("s").await.unwrap().unwrap();
-    assert_eq!(record.data, data(&[("k", "v")]));
-    assert_eq!(record.created_at, saved.created_at);
-    assert_eq!(record.expires_at, saved.expires_at);
-
-    let err = store
-        .save(Save::new("s", data(&[])).expected_version(5))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StoreError::Conflict {
-            expected: 5,
-            actual: Some(1)
-        },
-        "the daemon says which version it has"
-    );
-    let err = store
-        .save(Save::new("s", data(&[("k", &"x".repeat(100))])))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StoreError::TooLarge {
-            size: 101,
-            limit: 64
-        }
-    );
-    assert!(matches!(
-        store.get("bad id").await,
-        Err(StoreError::InvalidArgument(_))
-    ));
-    assert!(matches!(
-        store.save(Save::new("s", data(&[])).ttl(Duration::from_secs(365 * 86400))).await,
-        Err(StoreError::InvalidArgument(m)) if m.contains("maximum")
-    ));
-
-    let expires = store
-        .touch("s", Some(Duration::from_secs(60)))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(expires < saved.expires_at);
-    assert_eq!(store.get("s").await.unwrap().unwrap().version, 1);
-    assert_eq!(store.touch("none", None).await.unwrap(), None);
-    assert!(store.destroy("s").await.unwrap());
-    assert!(!store.destroy("s").await.unwrap());
-
-    let stats = store.stats().await.unwrap();
-    assert_eq!(stats.live_sessions, Some(0));
-    daemon.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +207,7 @@ async fn a_session_over_4_mib_reads_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_several_daemons_on_one_redis_one_going_away_is_survived() {
-    let redis = gonest_session_testing::RedisServer::start().await;
+    let redis = gonest_session_test_support::RedisServer::start().await;
     let config = || Config {
         backend: gonest_sessiond::StoreBackend::Redis(redis.url()),
         ..Config::default()

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::{Save, SessionData, SessionStore};
-use gonest_session_testing::Daemon;
+use gonest_session_test_support::Daemon;
 use gonest_sessiond::{Config, Tokens};
 use serde_json::{Value, json};
 

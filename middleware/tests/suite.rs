@@ -16,7 +16,7 @@ use gonest_session::{
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::{Saved, async_trait};
 use gonest_session_redis::RedisSessionStore;
-use gonest_session_testing::{Daemon, RedisServer};
+use gonest_session_test_support::{Daemon, RedisServer};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 

@@ -933,7 +933,7 @@ impl SessionStore for RedisSessionStore {
 mod tests {
     use super::*;
     use gonest_session_core::SessionData;
-    use gonest_session_testing::RedisServer;
+    use gonest_session_test_support::RedisServer;
 
     fn owned(id: &str) -> Save {
         let data: SessionData = [("k".to_owned(), b"v".to_vec().into())].into();

@@ -10,7 +10,7 @@ use common::{Daemon, get, owned_by, save};
 use gonest_session_proto::pb::session_store_client::SessionStoreClient;
 use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Result as Answer};
 use gonest_session_proto::{duration_to_pb, timestamp_from_pb, timestamp_to_pb};
-use gonest_session_testing::RedisServer;
+use gonest_session_test_support::RedisServer;
 use gonest_sessiond::Config;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -192,7 +192,7 @@ async fn owners_are_listed_and_destroyed_over_the_wire(store: Store) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_are_shared_by_two_daemons_on_one_redis() {
-    let redis = gonest_session_testing::RedisServer::start().await;
+    let redis = gonest_session_test_support::RedisServer::start().await;
     let config = || Config {
         backend: gonest_sessiond::StoreBackend::Redis(redis.url()),
         ..Config::default()

@@ -343,7 +343,7 @@ async fn a_batch_of_large_answers_nobody_reads_costs_bounded_memory() {
 /// On Redis, where a stream's operations run at once, the same peers cost bounded memory too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_nobody_reads_on_redis_cost_bounded_memory() {
-    let redis = gonest_session_testing::RedisServer::start().await;
+    let redis = gonest_session_test_support::RedisServer::start().await;
     let backend = ["--backend", &redis.url()];
     never_reading_peers(40, false, &backend).await;
     never_reading_peers(100, true, &backend).await;
@@ -415,7 +415,7 @@ async fn messages_of_a_million_empty_batch_operations_cost_bounded_memory() {
     many_empty_operations(&[], Duration::from_millis(50)).await;
     // The same attack against a daemon on Redis, after the first (two at once would share the
     // machine's two cores with each other's attackers).
-    let redis = gonest_session_testing::RedisServer::start().await;
+    let redis = gonest_session_test_support::RedisServer::start().await;
     many_empty_operations(&["--backend", &redis.url()], Duration::from_millis(100)).await;
 }
 

@@ -226,7 +226,7 @@ async fn a_snapshot_imported_into_redis_keeps_every_session_and_what_redis_had()
     let (status, log) = daemon.terminate().await;
     assert!(status.success(), "{log:#?}");
 
-    let redis = gonest_session_testing::RedisServer::start().await;
+    let redis = gonest_session_test_support::RedisServer::start().await;
     let target = gonest_session_redis::RedisSessionStore::connect(redis.url())
         .await
         .unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{Daemon, get, owned_by, save};
 use gonest_session_proto::pb;
-use gonest_session_testing::{RedisSentinel, RedisServer};
+use gonest_session_test_support::{RedisSentinel, RedisServer};
 use gonest_sessiond::{Config, StoreBackend};
 use tonic::Code;
 
@@ -219,7 +219,7 @@ async fn health_status(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_cluster_failing_over_loses_no_login_and_the_daemon_carries_on() {
-    let cluster = gonest_session_testing::RedisCluster::start_with_replicas().await;
+    let cluster = gonest_session_test_support::RedisCluster::start_with_replicas().await;
     let daemon = Daemon::start(Config {
         backend: StoreBackend::Redis(cluster.url()),
         ..Config::default()

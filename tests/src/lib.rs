@@ -8,7 +8,7 @@ use gonest_session_client::RemoteSessionStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use gonest_session_testing::Daemon;
+pub use gonest_session_test_support::Daemon;
 
 /// An app instance served in this process.
 pub struct AppInstance {

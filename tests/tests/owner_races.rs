@@ -5,8 +5,10 @@
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::MemorySessionStore;
 use gonest_session_redis::RedisSessionStore;
-use gonest_session_testing::owner_races::{logins_while_listing, saves_while_destroying_by_owner};
-use gonest_session_testing::{Daemon, RedisCluster, RedisServer};
+use gonest_session_test_support::owner_races::{
+    logins_while_listing, saves_while_destroying_by_owner,
+};
+use gonest_session_test_support::{Daemon, RedisCluster, RedisServer};
 use gonest_sessiond::{Config, StoreBackend};
 
 const SESSIONS: usize = 2000;

@@ -416,7 +416,7 @@ async fn a_stopped_daemon_is_a_503_and_a_restarted_one_serves_without_an_app_res
 /// read through app B, and once the daemon app A used goes away the user stays logged in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_on_one_redis_and_one_going_away_keeps_the_user_logged_in() {
-    let redis = gonest_session_testing::RedisServer::start().await;
+    let redis = gonest_session_test_support::RedisServer::start().await;
     let config = || Config {
         backend: gonest_sessiond::StoreBackend::Redis(redis.url()),
         ..Config::default()

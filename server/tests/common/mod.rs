@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)]
-pub use gonest_session_testing::Daemon;
+pub use gonest_session_test_support::Daemon;
 
 use gonest_session_proto::pb;
 

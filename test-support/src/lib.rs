@@ -3,7 +3,7 @@
 //! [`Daemon::stop`].
 //!
 //! ```no_run
-//! use gonest_session_testing::Daemon;
+//! use gonest_session_test_support::Daemon;
 //!
 //! # async fn demo() {
 //! let daemon = Daemon::start(gonest_sessiond::Config::default()).await;
@@ -12,6 +12,7 @@
 //! # }
 //! ```
 
+pub mod contract;
 pub mod owner_races;
 
 use std::net::SocketAddr;

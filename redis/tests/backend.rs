@@ -1,12 +1,13 @@
-//! RedisSessionStore keeps MemorySessionStore's contract, against a real redis-server started by
-//! the test. Expiry is Redis's own clock, so those tests wait for it (polling, with a deadline).
+//! What only the Redis store does, against a real redis-server started by the test: keys
+//! under its prefixes, stale owner-set entries dropped, Redis Cluster, Redis out of memory.
+//! The rules every store keeps are the contract suite's (`test-support/tests/contract.rs`).
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use gonest_session_core::{Expiry, Save, SessionData, SessionStore, StoreError};
+use gonest_session_core::{Save, SessionData, SessionStore, StoreError};
 use gonest_session_redis::RedisSessionStore;
-use gonest_session_testing::RedisServer;
+use gonest_session_test_support::RedisServer;
 
 fn data(pairs: &[(&str, &str)]) -> SessionData {
     pairs
@@ -35,231 +36,6 @@ async fn gone(store: &RedisSessionStore, id: &str) {
     }
 }
 
-/// Has `writers` tasks each add `writes` keys to session `id`, each with compare-and-swap
-/// (reload and retry on a conflict), and waits for them all.
-async fn race_writers(store: &RedisSessionStore, id: &'static str, writers: usize, writes: usize) {
-    let tasks: Vec<_> = (0..writers)
-        .map(|writer| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                for n in 0..writes {
-                    loop {
-                        let record = store.get(id).await.unwrap().unwrap();
-                        let mut data = record.data;
-                        data.insert(format!("w{writer}-{n}"), b"1".to_vec().into());
-                        match store
-                            .save(Save::new(id, data).expected_version(record.version))
-                            .await
-                        {
-                            Ok(_) => break,
-                            Err(StoreError::Conflict { .. }) => continue,
-                            Err(err) => panic!("{err}"),
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-}
-
-#[tokio::test]
-async fn versions_count_saves_and_created_at_is_kept() {
-    let redis = RedisServer::start().await;
-    let store = store(&redis).await;
-    assert_eq!(store.get("s").await.unwrap(), None);
-    let before = SystemTime::now() - Duration::from_secs(1);
-    let first = store
-        .save(Save::new("s", data(&[("a", "1")])).ttl(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    assert_eq!(first.version, 1);
-    assert!(first.created_at >= before && first.expires_at > first.created_at);
-    let second = store
-        .save(Save::new("s", data(&[("a", "2")])))
-        .await
-        .unwrap();
-    assert_eq!(second.version, 2);
-    assert_eq!(second.created_at, first.created_at);
-    let record = store.get("s").await.unwrap().unwrap();
-    assert_eq!((record.version, record.data), (2, data(&[("a", "2")])));
-    assert_eq!(record.created_at, first.created_at);
-    assert_eq!(record.expires_at, second.expires_at);
-}
-
-#[tokio::test]
-async fn expected_version_guards_saves_in_all_three_cases() {
-    let redis = RedisServer::start().await;
-    let store = store(&redis).await;
-    store
-        .save(Save::new("s", data(&[("k", "v1")])).expected_version(0))
-        .await
-        .unwrap();
-    let err = store
-        .save(Save::new("s", data(&[])).expected_version(0))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StoreError::Conflict {
-            expected: 0,
-            actual: Some(1)
-        }
-    );
-    let err = store
-        .save(Save::new("s", data(&[])).expected_version(7))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StoreError::Conflict {
-            expected: 7,
-            actual: Some(1)
-        }
-    );
-    assert_eq!(
-        store.get("s").await.unwrap().unwrap().data,
-        data(&[("k", "v1")]),
-        "a conflict changes nothing"
-    );
-    assert_eq!(
-        store
-            .save(Save::new("s", data(&[])).expected_version(1))
-            .await
-            .unwrap()
-            .version,
-        2
-    );
-    let err = store
-        .save(Save::new("absent", data(&[])).expected_version(3))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StoreError::Conflict {
-            expected: 3,
-            actual: None
-        }
-    );
-    assert_eq!(store.get("absent").await.unwrap(), None);
-}
-
-#[tokio::test]
-async fn an_expired_session_is_absent_for_every_operation() {
-    let redis = RedisServer::start().await;
-    let store = store(&redis).await;
-    for id in ["t", "d", "v", "g"] {
-        store
-            .save(Save::new(id, data(&[])).ttl(Duration::from_millis(30)))
-            .await
-            .unwrap();
-    }
-    // Saved last: once it is gone, the others have expired too (and only it was read).
-    gone(&store, "g").await;
-    assert_eq!(store.touch("t", None).await.unwrap(), None);
-    assert!(
-        !store.destroy("d").await.unwrap(),
-        "expired is not 'existed'"
-    );
-    let err = store
-        .save(Save::new("v", data(&[])).expected_version(1))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { actual: None, .. }));
-    let created = store
-        .save(Save::new("v", data(&[])).expected_version(0))
-        .await
-        .unwrap();
-    assert_eq!(
-        created.version, 1,
-        "an expired session is replaced, not continued"
-    );
-}
-
-#[tokio::test]
-async fn touch_extends_without_changing_version_or_data() {
-    let redis = RedisServer::start().await;
-    let store = store(&redis).await;
-    let saved = store
-        .save(Save::new("s", data(&[("k", "v")])).ttl(Duration::from_millis(200)))
-        .await
-        .unwrap();
-    let expires = store
-        .touch("s", Some(Duration::from_secs(60)))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(expires >= saved.expires_at + Duration::from_secs(59));
-    let record = store.get("s").await.unwrap().unwrap();
-    assert_eq!(
-        (record.version, record.data, record.expires_at),
-        (1, data(&[("k", "v")]), expires)
-    );
-    // Past the first expiry, the touched session lives on.
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(store.get("s").await.unwrap().is_some());
-    assert_eq!(store.touch("missing", None).await.unwrap(), None);
-}
-
-#[tokio::test]
-async fn destroy_is_idempotent_and_bad_input_is_refused() {
-    let redis = RedisServer::start().await;
-    let store = store(&redis).await;
-    store.save(Save::new("s", data(&[]))).await.unwrap();
-    assert!(store.destroy("s").await.unwrap());
-    assert!(!store.destroy("s").await.unwrap());
-    for id in ["", "with space", &"x".repeat(257)] {
-        assert!(matches!(
-            store.get(id).await,
-            Err(StoreError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            store.save(Save::new(id, data(&[]))).await,
-            Err(StoreError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            store.destroy(id).await,
-            Err(StoreError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            store.touch(id, None).await,
-            Err(StoreError::InvalidArgument(_))
-        ));
-    }
-    let mut save = Save::new("s", data(&[]));
-    save.expiry = Expiry::Ttl(Duration::from_secs(31 * 24 * 3600));
-    assert!(matches!(
-        store.save(save).await,
-        Err(StoreError::InvalidArgument(_))
-    ));
-    let err = store
-        .save(Save::new("s", data(&[("k", &"x".repeat(64))])))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        StoreError::TooLarge {
-            size: 65,
-            limit: 64
-        }
-    );
-    assert_eq!(store.get("s").await.unwrap(), None);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_compare_and_swap_loses_no_write() {
-    let redis = RedisServer::start().await;
-    let store = RedisSessionStore::connect(redis.url()).await.unwrap();
-    store.save(Save::new("counter", data(&[]))).await.unwrap();
-    race_writers(&store, "counter", 8, 25).await;
-    let record = store.get("counter").await.unwrap().unwrap();
-    let keys: HashSet<_> = record.data.keys().cloned().collect();
-    assert_eq!(keys.len(), 200, "every write landed");
-    assert_eq!(record.version, 201);
-}
-
 #[tokio::test]
 async fn sessions_live_under_the_prefix_and_redis_down_is_unavailable() {
     let redis = RedisServer::start().await;
@@ -283,7 +59,7 @@ async fn sessions_live_under_the_prefix_and_redis_down_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_sessions_spread_over_the_masters_and_compare_and_swap_holds() {
-    let cluster = gonest_session_testing::RedisCluster::start().await;
+    let cluster = gonest_session_test_support::RedisCluster::start().await;
     let store = RedisSessionStore::connect(cluster.url()).await.unwrap();
     for i in 0..300 {
         let saved = store
@@ -304,7 +80,7 @@ async fn on_a_cluster_sessions_spread_over_the_masters_and_compare_and_swap_hold
         assert!(store.touch(&id, None).await.unwrap().is_some());
     }
     // Writers racing on one session lose nothing.
-    race_writers(&store, "s0", 8, 10).await;
+    gonest_session_test_support::contract::race_writers(&store, "s0", 8, 10).await;
     let record = store.get("s0").await.unwrap().unwrap();
     assert_eq!((record.data.len(), record.version), (81, 81));
     assert!(store.destroy("s0").await.unwrap());
@@ -409,32 +185,6 @@ async fn sessions_are_listed_and_destroyed_by_owner_and_stale_ids_are_dropped() 
     );
 }
 
-#[tokio::test]
-async fn an_owner_has_at_most_its_limit_of_live_sessions() {
-    let redis = RedisServer::start().await;
-    let store = RedisSessionStore::builder(redis.url())
-        .max_sessions_per_owner(2)
-        .connect()
-        .await
-        .unwrap();
-    store
-        .save(owned("a", "u").ttl(Duration::from_millis(50)))
-        .await
-        .unwrap();
-    store.save(owned("b", "u")).await.unwrap();
-    let err = store.save(owned("c", "u")).await.unwrap_err();
-    assert_eq!(err, StoreError::TooManyOwnerSessions { limit: 2 });
-    store
-        .save(owned("b", "u"))
-        .await
-        .expect("its own sessions still save");
-    gone(&store, "a").await;
-    store
-        .save(owned("c", "u"))
-        .await
-        .expect("an expired one does not count");
-}
-
 /// New sessions of one owner saved at once, from several connections: exactly the limit land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_new_sessions_of_one_owner_never_pass_its_limit() {
@@ -507,7 +257,7 @@ async fn destroy_by_owner_keeps_the_ids_of_sessions_it_did_not_find() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_destroy_by_owner_leaves_no_session_saved_before_it_while_more_are_saved() {
-    let cluster = gonest_session_testing::RedisCluster::start().await;
+    let cluster = gonest_session_test_support::RedisCluster::start().await;
     let store = RedisSessionStore::builder(cluster.url())
         .max_sessions_per_owner(0)
         .connect()
@@ -659,7 +409,7 @@ async fn every_session_is_listed_page_by_page_but_not_on_a_cluster() {
     let err = store.list_sessions("not a cursor", 50).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
 
-    let cluster = gonest_session_testing::RedisCluster::start().await;
+    let cluster = gonest_session_test_support::RedisCluster::start().await;
     let on_cluster = RedisSessionStore::connect(cluster.url()).await.unwrap();
     let err = on_cluster.list_sessions("", 50).await.unwrap_err();
     assert!(matches!(err, StoreError::Unsupported(_)), "{err:?}");
