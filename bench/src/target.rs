@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use gonest_session_client::RemoteSessionStore;
-use gonest_session_core::{Bytes, Expiry, Save, SessionData, SessionStore};
+use gonest_session_core::{Bytes, Save, SessionData, SessionStore, StoreExpiry};
 use gonest_session_redis::RedisSessionStore;
 use redis::aio::MultiplexedConnection;
 
@@ -141,8 +141,8 @@ impl Target {
             data.insert("data".to_owned(), value.clone());
             let mut save = Save::new(id, data);
             save.expiry = match lifetime {
-                Lifetime::Ttl(ttl) => Expiry::Ttl(ttl),
-                Lifetime::Until(at) => Expiry::At(at),
+                Lifetime::Ttl(ttl) => StoreExpiry::Ttl(ttl),
+                Lifetime::Until(at) => StoreExpiry::At(at),
             };
             store.save(save).await?;
             return Ok(());

@@ -348,10 +348,11 @@ impl SessionStore for RemoteSessionStore {
         self.inner
             .limits
             .get()
-            .map_or_else(StoreLimits::default, |limits| StoreLimits {
-                max_session_bytes: (limits.max_session_bytes != 0)
-                    .then_some(limits.max_session_bytes),
-                max_ttl: limits.max_ttl,
+            .map_or_else(StoreLimits::default, |limits| {
+                StoreLimits::new(
+                    (limits.max_session_bytes != 0).then_some(limits.max_session_bytes),
+                    limits.max_ttl,
+                )
             })
     }
 }

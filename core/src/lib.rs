@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use gonest_session_core::{Expiry, MemorySessionStore, Save, SessionData, SessionStore};
+//! use gonest_session_core::{StoreExpiry, MemorySessionStore, Save, SessionData, SessionStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), gonest_session_core::StoreError> {
@@ -52,7 +52,7 @@ pub use id::{MAX_ID_LEN, MAX_OWNER_LEN, validate_id, validate_owner, validate_st
 pub use memory::{
     LIST_SHARDS_PER_PAGE, MemorySessionStore, MemorySessionStoreBuilder, StoreStats, StoredSession,
 };
-pub use record::{Expiry, Save, Saved, SessionData, SessionRecord, data_size};
+pub use record::{Save, Saved, SessionData, SessionRecord, StoreExpiry, data_size};
 pub use snapshot::SnapshotError;
 pub use store::{MAX_PAGE_SESSIONS, SessionPage, SessionStore, StoreLimits};
 

@@ -33,9 +33,10 @@ pub struct SessionRecord {
     pub owner: Option<String>,
 }
 
-/// When a saved session expires.
+/// When a saved session expires, as a save asks its store. (An app says when a session ends with
+/// the session layer's `gonest_session::Expiry`, which the layer turns into one of these.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Expiry {
+pub enum StoreExpiry {
     /// The store's default TTL, counted from now.
     #[default]
     Default,
@@ -46,8 +47,8 @@ pub enum Expiry {
     At(SystemTime),
 }
 
-impl Expiry {
-    /// The lifetime this asks for at `now`: `default_ttl` for [`Expiry::Default`], checked to be
+impl StoreExpiry {
+    /// The lifetime this asks for at `now`: `default_ttl` for [`StoreExpiry::Default`], checked to be
     /// positive and at most `max_ttl` (an absolute expiry must be in the future). Every store
     /// computes expiries through it, so they refuse alike.
     pub fn lifetime(
@@ -58,9 +59,9 @@ impl Expiry {
     ) -> crate::Result<Duration> {
         use crate::StoreError;
         let ttl = match self {
-            Expiry::Default => default_ttl,
-            Expiry::Ttl(ttl) => ttl,
-            Expiry::At(at) => match at.duration_since(now) {
+            StoreExpiry::Default => default_ttl,
+            StoreExpiry::Ttl(ttl) => ttl,
+            StoreExpiry::At(at) => match at.duration_since(now) {
                 Ok(ttl) if !ttl.is_zero() => ttl,
                 _ => return Err(StoreError::invalid("expires_at is not in the future")),
             },
@@ -74,10 +75,10 @@ impl Expiry {
                 humantime::format_duration(max_ttl),
             );
             return Err(StoreError::invalid(match self {
-                Expiry::At(_) => {
+                StoreExpiry::At(_) => {
                     format!("expires_at is {ttl} from now, over the maximum ttl of {max}")
                 }
-                Expiry::Default | Expiry::Ttl(_) => {
+                StoreExpiry::Default | StoreExpiry::Ttl(_) => {
                     format!("ttl of {ttl} is over the maximum of {max}")
                 }
             }));
@@ -97,7 +98,7 @@ pub struct Save {
     /// `Some(n)`: only if the live session is at version `n`.
     pub expected_version: Option<u64>,
     /// When the session expires.
-    pub expiry: Expiry,
+    pub expiry: StoreExpiry,
     /// Who the session belongs to (see [`validate_owner`](crate::validate_owner)); each save
     /// sets it, `None` clearing it. Stores index sessions by owner, for
     /// [`SessionStore::list_by_owner`](crate::SessionStore::list_by_owner) and
@@ -112,7 +113,7 @@ impl Save {
             id: id.into(),
             data,
             expected_version: None,
-            expiry: Expiry::Default,
+            expiry: StoreExpiry::Default,
             owner: None,
         }
     }
@@ -131,7 +132,7 @@ impl Save {
 
     /// Sets the session's lifetime from now.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.expiry = Expiry::Ttl(ttl);
+        self.expiry = StoreExpiry::Ttl(ttl);
         self
     }
 }

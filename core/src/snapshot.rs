@@ -26,6 +26,7 @@ pub(crate) const MAGIC_V1: &[u8; 8] = b"GNSESS01";
 
 /// Why a snapshot could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SnapshotError {
     /// The file could not be read.
     #[error("cannot read snapshot: {0}")]

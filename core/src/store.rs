@@ -131,11 +131,22 @@ impl SessionPage {
 
 /// What a store refuses, from [`SessionStore::limits`]; `None` where it does not know.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoreLimits {
     /// The largest session it stores, keys plus values ([`data_size`](crate::data_size)), in bytes.
     pub max_session_bytes: Option<usize>,
     /// The longest TTL a save or touch may ask for.
     pub max_ttl: Option<Duration>,
+}
+
+impl StoreLimits {
+    /// Limits of `max_session_bytes` and `max_ttl` (`None`: not known).
+    pub fn new(max_session_bytes: Option<usize>, max_ttl: Option<Duration>) -> Self {
+        Self {
+            max_session_bytes,
+            max_ttl,
+        }
+    }
 }
 
 #[async_trait]

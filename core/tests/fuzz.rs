@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gonest_session_core::codec::{decode_data, encode_data};
-use gonest_session_core::{Expiry, MemorySessionStore, Save, SessionData, SessionRecord};
+use gonest_session_core::{MemorySessionStore, Save, SessionData, SessionRecord, StoreExpiry};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -205,9 +205,10 @@ fn record_codec_round_trips_and_never_panics() {
 #[test]
 fn store_operations_on_any_input() {
     let expiry = prop_oneof![
-        Just(Expiry::Default),
-        (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Expiry::Ttl(Duration::new(s, n))),
-        any::<u64>().prop_map(|n| Expiry::At(UNIX_EPOCH + Duration::from_nanos(n))),
+        Just(StoreExpiry::Default),
+        (any::<u64>(), 0u32..1_000_000_000)
+            .prop_map(|(s, n)| StoreExpiry::Ttl(Duration::new(s, n))),
+        any::<u64>().prop_map(|n| StoreExpiry::At(UNIX_EPOCH + Duration::from_nanos(n))),
     ];
     // An arbitrary id, or one of the restored sessions'.
     let id = prop_oneof![
@@ -250,7 +251,7 @@ fn store_operations_on_any_input() {
                     ..save
                 });
                 let _ = store.get_now(&id);
-                if let Expiry::Ttl(ttl) = expiry {
+                if let StoreExpiry::Ttl(ttl) = expiry {
                     let _ = store.touch_now(&id, Some(ttl));
                 }
                 let _ = store.destroy_now(&id);

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-/// A change to a [`Session`](crate::Session) that was refused at once; the session is as it
-/// was before the call.
+/// A change to a [`Session`](crate::Session) that was refused at once (the session is as it was
+/// before the call), or a value read as a type it is not.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
@@ -29,6 +29,15 @@ pub enum SessionError {
     /// The expiry is not in the future, or further out than the store keeps sessions.
     #[error("{0}")]
     Expiry(String),
+    /// The value under `key` does not deserialize as the type asked for: it was stored as
+    /// something else.
+    #[error("the session value under `{key}` is not of the type asked for: {source}")]
+    Decode {
+        /// The key read.
+        key: String,
+        /// Why it does not deserialize.
+        source: serde_json::Error,
+    },
 }
 
 /// Options [`SessionLayer::new`](crate::SessionLayer::new) refuses, each naming the rule it

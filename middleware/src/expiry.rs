@@ -76,11 +76,13 @@ impl Expiry {
     }
 
     /// What the store is asked for when the session is saved or touched.
-    pub(crate) fn store_expiry(self, options: &SessionOptions) -> gonest_session_core::Expiry {
+    pub(crate) fn store_expiry(self, options: &SessionOptions) -> gonest_session_core::StoreExpiry {
         match self {
-            Expiry::OnSessionEnd => gonest_session_core::Expiry::Ttl(options.session_end_ttl()),
-            Expiry::OnInactivity(ttl) => gonest_session_core::Expiry::Ttl(ttl),
-            Expiry::AtDateTime(at) => gonest_session_core::Expiry::At(at),
+            Expiry::OnSessionEnd => {
+                gonest_session_core::StoreExpiry::Ttl(options.session_end_ttl())
+            }
+            Expiry::OnInactivity(ttl) => gonest_session_core::StoreExpiry::Ttl(ttl),
+            Expiry::AtDateTime(at) => gonest_session_core::StoreExpiry::At(at),
         }
     }
 

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use crate::session::{Outcome, WriteLocks};
-use crate::{InvalidOptions, Session, SessionOptions, Sessions};
+use crate::{InvalidOptions, OwnerSessions, Session, SessionOptions};
 
 /// Adds sessions to a tower stack (axum, hyper, tonic-web, ...).
 ///
@@ -134,7 +134,7 @@ where
         request.extensions_mut().insert(session.clone());
         request
             .extensions_mut()
-            .insert(Sessions::new(self.store.clone()));
+            .insert(OwnerSessions::new(self.store.clone()));
 
         Box::pin(async move {
             let mut response = inner.call(request).await?;

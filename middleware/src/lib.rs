@@ -16,7 +16,11 @@
 //! }
 //!
 //! async fn profile(session: Session) -> Result<Json<Value>, StatusCode> {
-//!     let user_id: u64 = session.get_value("user_id").ok_or(StatusCode::UNAUTHORIZED)?;
+//!     // `Err`: the value is not a `u64` (stored as something else); `Ok(None)`: not logged in.
+//!     let user_id: Option<u64> = session
+//!         .get_value("user_id")
+//!         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+//!     let user_id = user_id.ok_or(StatusCode::UNAUTHORIZED)?;
 //!     Ok(Json(json!({ "user_id": user_id })))
 //! }
 //!
@@ -52,8 +56,8 @@ mod expiry;
 mod id;
 mod layer;
 mod options;
+mod owner_sessions;
 mod session;
-mod sessions;
 mod signing;
 
 #[cfg(feature = "axum")]
@@ -69,5 +73,5 @@ pub use gonest_session_core::{
 };
 pub use layer::{SessionLayer, SessionMiddleware};
 pub use options::{SameSite, SessionOptions};
+pub use owner_sessions::OwnerSessions;
 pub use session::Session;
-pub use sessions::Sessions;

@@ -7,7 +7,7 @@ use crate::{Expiry, InvalidOptions};
 /// The cookie's `SameSite` attribute.
 pub use cookie::SameSite;
 
-/// How the session cookie is written and how long sessions live. The defaults are the seed's:
+/// How the session cookie is written and how long sessions live. The defaults are GoNest's:
 /// cookie `gonest.sid`, 24 hours, not `Secure`, `HttpOnly`, `SameSite=Lax`, path `/`.
 ///
 /// ```
@@ -213,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_the_seeds() {
+    fn defaults_are_gonests() {
         let options = SessionOptions::default();
         let set = options.set_cookie(
             "abc",

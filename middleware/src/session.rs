@@ -21,7 +21,7 @@ const SAVE_ATTEMPTS: u32 = 12;
 /// The longest random wait between two save attempts, in milliseconds.
 const MAX_BACKOFF_MS: u64 = 16;
 
-/// One request's session: the seed's `GetValue` / `SetValue` / `Delete` in Rust spelling, plus
+/// One request's session: GoNest's `GetValue` / `SetValue` / `Delete` in Rust spelling, plus
 /// [`regenerate`](Self::regenerate), [`destroy`](Self::destroy), whole-session operations,
 /// flash messages, a per-session [`Expiry`] and an explicit [`save`](Self::save).
 ///
@@ -270,11 +270,29 @@ impl Session {
         Ok(())
     }
 
-    /// The value under `key`, if there is one and it deserializes as a `T`. Never panics: a value
-    /// of another shape is `None`, like an absent one.
-    pub fn get_value<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+    /// The value under `key` as a `T`; `Ok(None)` when there is none. A value of another shape
+    /// is [`SessionError::Decode`], never silently `None`: a type mismatch between the code that
+    /// stored a value and the code that reads it shows up as an error, not as a logged-out user.
+    ///
+    /// ```
+    /// # fn demo(session: gonest_session::Session) -> Result<(), gonest_session::SessionError> {
+    /// session.set_value("user_id", 42u64)?;
+    /// assert_eq!(session.get_value::<u64>("user_id")?, Some(42));
+    /// assert_eq!(session.get_value::<u64>("missing")?, None);
+    /// assert!(matches!(
+    ///     session.get_value::<String>("user_id"),
+    ///     Err(gonest_session::SessionError::Decode { .. })
+    /// ));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn get_value<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
         let state = self.state();
-        serde_json::from_slice(state.data.get(key)?).ok()
+        state
+            .data
+            .get(key)
+            .map(|bytes| decode(key, bytes))
+            .transpose()
     }
 
     /// Stores `value` under `key`, as JSON.
@@ -316,9 +334,9 @@ impl Session {
         existed
     }
 
-    /// Removes `key` and returns its value, if it was there and deserializes as a `T` (a value of
-    /// another shape is removed all the same).
-    pub fn remove<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+    /// Removes `key` and returns its value as a `T`, `Ok(None)` if it was not there. A value of
+    /// another shape is removed all the same, and [`SessionError::Decode`].
+    pub fn remove<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
         let old = self.get_value(key);
         self.delete(key);
         old
@@ -354,14 +372,16 @@ impl Session {
         self.put(&format!("{FLASH_PREFIX}{key}"), serde_json::to_vec(&value)?)
     }
 
-    /// The flash message under `key`, removed from the session; `None` when there is none (or
-    /// it does not deserialize as a `T`, in which case it is removed all the same).
-    pub fn take_flash<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let key = format!("{FLASH_PREFIX}{key}");
+    /// The flash message under `key`, removed from the session; `Ok(None)` when there is none.
+    /// One of another shape is removed all the same, and [`SessionError::Decode`].
+    pub fn take_flash<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionError> {
+        let stored = format!("{FLASH_PREFIX}{key}");
         let mut state = self.state();
-        let bytes = state.data.get(&key)?.clone();
-        state.change(&key, None);
-        serde_json::from_slice(&bytes).ok()
+        let Some(bytes) = state.data.get(&stored).cloned() else {
+            return Ok(None);
+        };
+        state.change(&stored, None);
+        decode(key, &bytes).map(Some)
     }
 
     /// When this session ends: what [`set_expiry`](Self::set_expiry) set, on this request or an
@@ -403,7 +423,7 @@ impl Session {
         self.state().owner.clone()
     }
 
-    /// Says who the session belongs to (`None`: nobody), so that [`Sessions`](crate::Sessions)
+    /// Says who the session belongs to (`None`: nobody), so that [`OwnerSessions`](crate::OwnerSessions)
     /// can list and revoke all of an owner's sessions. Set it at login, next to
     /// [`regenerate`](Self::regenerate); it moves with the session to its new id. Refused at once
     /// when it is not 1 to 256 bytes of printable ASCII.
@@ -747,6 +767,14 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(std::time::Duration::from_micros(jitter)).await;
 }
 
+/// The value stored under `key` as a `T`.
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, SessionError> {
+    serde_json::from_slice(bytes).map_err(|source| SessionError::Decode {
+        key: key.to_owned(),
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,10 +796,17 @@ mod tests {
         s.load().await.unwrap();
         s.set_value("user_id", 42u64).unwrap();
         s.set_value("role", "admin").unwrap();
-        assert_eq!(s.get_value::<u64>("user_id"), Some(42));
-        assert_eq!(s.get_value::<String>("role").as_deref(), Some("admin"));
-        assert_eq!(s.get_value::<u64>("role"), None, "wrong type is None");
-        assert_eq!(s.get_value::<u64>("missing"), None);
+        assert_eq!(s.get_value::<u64>("user_id").unwrap(), Some(42));
+        assert_eq!(
+            s.get_value::<String>("role").unwrap().as_deref(),
+            Some("admin")
+        );
+        let err = s.get_value::<u64>("role").unwrap_err();
+        assert!(
+            matches!(&err, SessionError::Decode { key, .. } if key == "role"),
+            "wrong type is an error: {err}"
+        );
+        assert_eq!(s.get_value::<u64>("missing").unwrap(), None);
         assert!(s.delete("role"));
         assert!(!s.delete("role"));
         let Outcome::SetCookie(id, _) = s.commit().await.unwrap() else {
@@ -787,7 +822,7 @@ mod tests {
         let store = MemorySessionStore::new(std::time::Duration::from_secs(60));
         let s = session(&store, None);
         s.load().await.unwrap();
-        assert_eq!(s.get_value::<u64>("user_id"), None);
+        assert_eq!(s.get_value::<u64>("user_id").unwrap(), None);
         s.delete("user_id");
         assert!(matches!(s.commit().await.unwrap(), Outcome::Unchanged));
         assert_eq!(store.stats().live_sessions, 0);

@@ -10,8 +10,9 @@ use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
 use axum::routing::{get, post};
 use gonest_session::{
-    Expiry, InvalidOptions, MemorySessionStore, SameSite, Save, Session, SessionError,
-    SessionLayer, SessionOptions, SessionRecord, SessionStore, Sessions, StoreError, StoreLimits,
+    Expiry, InvalidOptions, MemorySessionStore, OwnerSessions, SameSite, Save, Session,
+    SessionError, SessionLayer, SessionOptions, SessionRecord, SessionStore, StoreError,
+    StoreLimits,
 };
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::{Saved, async_trait};
@@ -136,6 +137,7 @@ fn app_with(backend: &Backend, options: SessionOptions, hide_limits: bool) -> Ap
             get(|session: Session| async move {
                 session
                     .get_value::<String>("who")
+                    .unwrap()
                     .unwrap_or_else(|| "nobody".into())
             }),
         )
@@ -151,7 +153,7 @@ fn app_with(backend: &Backend, options: SessionOptions, hide_limits: bool) -> Ap
         .route(
             "/get/{key}",
             get(|session: Session, axum::extract::Path(key): axum::extract::Path<String>| async move {
-                session.get_value::<String>(&key).unwrap_or_default()
+                session.get_value::<String>(&key).unwrap().unwrap_or_default()
             }),
         )
         .route(
@@ -220,7 +222,7 @@ fn app_with(backend: &Backend, options: SessionOptions, hide_limits: bool) -> Ap
         .route(
             "/remove/{key}",
             post(|session: Session, axum::extract::Path(key): axum::extract::Path<String>| async move {
-                session.remove::<String>(&key).unwrap_or_else(|| "(none)".into())
+                session.remove::<String>(&key).unwrap().unwrap_or_else(|| "(none)".into())
             }),
         )
         .route(
@@ -233,7 +235,7 @@ fn app_with(backend: &Backend, options: SessionOptions, hide_limits: bool) -> Ap
         .route(
             "/take-flash",
             get(|session: Session| async move {
-                session.take_flash::<String>("notice").unwrap_or_else(|| "(none)".into())
+                session.take_flash::<String>("notice").unwrap().unwrap_or_else(|| "(none)".into())
             }),
         )
         .route(
@@ -263,7 +265,7 @@ fn app_with(backend: &Backend, options: SessionOptions, hide_limits: bool) -> Ap
         )
         .route(
             "/mine",
-            get(|session: Session, sessions: Sessions| async move {
+            get(|session: Session, sessions: OwnerSessions| async move {
                 let owner = session.owner().unwrap_or_default();
                 let listed = sessions.list(&owner).await.unwrap();
                 let current = session.id();
@@ -280,7 +282,7 @@ fn app_with(backend: &Backend, options: SessionOptions, hide_limits: bool) -> Ap
         )
         .route(
             "/revoke-others",
-            post(|session: Session, sessions: Sessions| async move {
+            post(|session: Session, sessions: OwnerSessions| async move {
                 let owner = session.owner().unwrap();
                 let except: Vec<String> = session.id().into_iter().collect();
                 sessions.revoke(&owner, &except).await.unwrap().to_string()
@@ -291,7 +293,7 @@ fn app_with(backend: &Backend, options: SessionOptions, hide_limits: bool) -> Ap
             post(|session: Session| async move {
                 session.set_value("scratch", "unsaved").unwrap();
                 session.reload().await.unwrap();
-                session.get_value::<String>("scratch").unwrap_or_else(|| "(gone)".into())
+                session.get_value::<String>("scratch").unwrap().unwrap_or_else(|| "(gone)".into())
             }),
         )
         .route(

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::collections::HashMap;
 
-use gonest_session_core::{Expiry, Result, Save, SessionRecord, StoreError};
+use gonest_session_core::{Result, Save, SessionRecord, StoreError, StoreExpiry};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -95,9 +95,9 @@ pub fn save_from_pb(request: pb::SaveRequest) -> Result<Save> {
         return Err(StoreError::invalid("save without a session"));
     };
     let expiry = match (&request.ttl, &session.expires_at) {
-        (Some(ttl), _) => Expiry::Ttl(duration_from_pb(ttl)?),
-        (None, Some(at)) => Expiry::At(timestamp_from_pb(at)?),
-        (None, None) => Expiry::Default,
+        (Some(ttl), _) => StoreExpiry::Ttl(duration_from_pb(ttl)?),
+        (None, Some(at)) => StoreExpiry::At(timestamp_from_pb(at)?),
+        (None, None) => StoreExpiry::Default,
     };
     Ok(Save {
         id: session.id,
@@ -111,9 +111,9 @@ pub fn save_from_pb(request: pb::SaveRequest) -> Result<Save> {
 /// A core save as a wire Save request.
 pub fn save_to_pb(save: Save) -> pb::SaveRequest {
     let (ttl, expires_at) = match save.expiry {
-        Expiry::Default => (None, None),
-        Expiry::Ttl(ttl) => (Some(duration_to_pb(ttl)), None),
-        Expiry::At(at) => (None, Some(timestamp_to_pb(at))),
+        StoreExpiry::Default => (None, None),
+        StoreExpiry::Ttl(ttl) => (Some(duration_to_pb(ttl)), None),
+        StoreExpiry::At(at) => (None, Some(timestamp_to_pb(at))),
     };
     pb::SaveRequest {
         session: Some(pb::Session {
@@ -342,14 +342,14 @@ mod tests {
             ttl: Some(duration_to_pb(Duration::from_secs(5))),
         };
         let save = save_from_pb(request.clone()).unwrap();
-        assert_eq!(save.expiry, Expiry::Ttl(Duration::from_secs(5)));
+        assert_eq!(save.expiry, StoreExpiry::Ttl(Duration::from_secs(5)));
         request.ttl = None;
         let save = save_from_pb(request.clone()).unwrap();
         assert_eq!(
             save.expiry,
-            Expiry::At(UNIX_EPOCH + Duration::from_secs(4_000_000_000))
+            StoreExpiry::At(UNIX_EPOCH + Duration::from_secs(4_000_000_000))
         );
         request.session.as_mut().unwrap().expires_at = None;
-        assert_eq!(save_from_pb(request).unwrap().expiry, Expiry::Default);
+        assert_eq!(save_from_pb(request).unwrap().expiry, StoreExpiry::Default);
     }
 }

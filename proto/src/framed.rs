@@ -20,6 +20,7 @@ pub fn put_prefix(buf: &mut impl BufMut, len: usize) {
 
 /// Why the frames do not hold a well-formed message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FramedError {
     /// The message is compressed (flag 1), which the reader never asked for, or the flag is
     /// neither 0 nor 1.

@@ -37,6 +37,7 @@ pub fn parse_token_file(text: &str) -> Result<Vec<String>, TokenFileError> {
 
 /// Why a token file was refused. Never shows a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TokenFileError {
     /// Only blank lines and comments.
     #[error("holds no token")]

@@ -39,8 +39,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gonest_session_core::codec::encode_data;
 use gonest_session_core::{
-    Expiry, MAX_OWNER_LEN, Result, Save, Saved, SessionPage, SessionRecord, SessionStore,
-    StoreError, StoreLimits, async_trait, data_size, validate_id, validate_owner,
+    MAX_OWNER_LEN, Result, Save, Saved, SessionPage, SessionRecord, SessionStore, StoreError,
+    StoreExpiry, StoreLimits, async_trait, data_size, validate_id, validate_owner,
 };
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -263,7 +263,7 @@ impl RedisSessionStoreBuilder {
         self
     }
 
-    /// The lifetime of a session saved with [`Expiry::Default`] (default 24 hours).
+    /// The lifetime of a session saved with [`StoreExpiry::Default`] (default 24 hours).
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = ttl;
         self
@@ -724,7 +724,7 @@ impl RedisSessionStore {
     }
 
     /// The lifetime a save or touch asks for, in whole milliseconds (at least one).
-    fn ttl_millis(&self, expiry: Expiry) -> Result<u64> {
+    fn ttl_millis(&self, expiry: StoreExpiry) -> Result<u64> {
         let ttl = expiry.lifetime(
             SystemTime::now(),
             self.inner.default_ttl,
@@ -788,7 +788,7 @@ impl SessionStore for RedisSessionStore {
 
     async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
         validate_id(id)?;
-        let ttl = self.ttl_millis(ttl.map_or(Expiry::Default, Expiry::Ttl))?;
+        let ttl = self.ttl_millis(ttl.map_or(StoreExpiry::Default, StoreExpiry::Ttl))?;
         let mut connection = self.connection.clone();
         let mut invocation = self.inner.touch.key(self.key(id));
         invocation.arg(ttl);
@@ -922,10 +922,7 @@ impl SessionStore for RedisSessionStore {
     }
 
     fn limits(&self) -> StoreLimits {
-        StoreLimits {
-            max_session_bytes: Some(self.inner.max_session_bytes),
-            max_ttl: Some(self.inner.max_ttl),
-        }
+        StoreLimits::new(Some(self.inner.max_session_bytes), Some(self.inner.max_ttl))
     }
 }
 

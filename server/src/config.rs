@@ -52,6 +52,7 @@ pub struct Config {
 
 /// Where the daemon keeps sessions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StoreBackend {
     /// In its own memory (the default), swept, optionally snapshotted.
     #[default]

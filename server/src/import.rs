@@ -10,6 +10,7 @@ use crate::Config;
 
 /// What an import did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ImportCounts {
     /// Sessions written to Redis.
     pub imported: u64,

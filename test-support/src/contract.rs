@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime};
 
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::{
-    Expiry, MAX_ID_LEN, MemorySessionStore, Save, SessionData, SessionRecord, SessionStore,
-    StoreError,
+    MAX_ID_LEN, MemorySessionStore, Save, SessionData, SessionRecord, SessionStore, StoreError,
+    StoreExpiry,
 };
 use gonest_session_redis::RedisSessionStore;
 use gonest_sessiond::{Config, StoreBackend};
@@ -42,7 +42,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How far apart the store's times and the subject's may be: rounding to milliseconds (Redis)
 /// and the time a call takes.
-const SLACK: Duration = Duration::from_millis(200);
+pub const SLACK: Duration = Duration::from_millis(200);
 /// The lifetime of a session a test lets expire.
 const BRIEF: Duration = Duration::from_millis(50);
 
@@ -450,7 +450,7 @@ pub async fn expiry_comes_from_ttl_then_absolute_then_default(subject: &impl Sub
     ));
     let at = subject.now() + 2 * DEFAULT_TTL;
     let mut save = Save::new("a", data(&[]));
-    save.expiry = Expiry::At(at);
+    save.expiry = StoreExpiry::At(at);
     let saved = store.save(save).await.unwrap();
     assert!(near(saved.expires_at, at), "{:?}", saved.expires_at);
     let record = store.get("a").await.unwrap().unwrap();
@@ -463,11 +463,11 @@ pub async fn bad_ttls_and_expiries_are_invalid_and_store_nothing(subject: &impl 
     let store = subject.store();
     let now = subject.now();
     let cases = [
-        Expiry::Ttl(Duration::ZERO),
-        Expiry::Ttl(MAX_TTL + Duration::from_secs(1)),
-        Expiry::Ttl(Duration::MAX),
-        Expiry::At(now - Duration::from_secs(1)),
-        Expiry::At(now + MAX_TTL + Duration::from_secs(60)),
+        StoreExpiry::Ttl(Duration::ZERO),
+        StoreExpiry::Ttl(MAX_TTL + Duration::from_secs(1)),
+        StoreExpiry::Ttl(Duration::MAX),
+        StoreExpiry::At(now - Duration::from_secs(1)),
+        StoreExpiry::At(now + MAX_TTL + Duration::from_secs(60)),
     ];
     for expiry in cases {
         let mut save = Save::new("s", data(&[]));

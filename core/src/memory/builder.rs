@@ -13,7 +13,7 @@ use super::table::Table;
 use crate::{Clock, Result, StoreError};
 
 #[cfg(doc)]
-use crate::Expiry;
+use crate::StoreExpiry;
 
 /// A store's limits and defaults.
 #[derive(Debug, Clone)]
@@ -28,6 +28,7 @@ pub(super) struct Config {
 
 /// Counters of a [`MemorySessionStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoreStats {
     /// Records stored now. From [`MemorySessionStore::live_stats`], exactly the live sessions;
     /// from [`MemorySessionStore::stats`], possibly also expired ones not swept yet.
@@ -60,7 +61,7 @@ impl Default for MemorySessionStoreBuilder {
 }
 
 impl MemorySessionStoreBuilder {
-    /// The lifetime of a session saved with [`Expiry::Default`] (default 24 hours).
+    /// The lifetime of a session saved with [`StoreExpiry::Default`] (default 24 hours).
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.config.default_ttl = ttl;
         self

@@ -70,7 +70,7 @@ impl MemorySessionStore {
     pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
     /// A store whose sessions live `max_age` unless a save says otherwise, swept every
-    /// 5 minutes; like the seed's `NewMemorySessionStore(maxAge)`. The maximum TTL is 30 days or
+    /// 5 minutes; like GoNest's `NewMemorySessionStore(maxAge)`. The maximum TTL is 30 days or
     /// `max_age`, whichever is longer.
     ///
     /// # Panics

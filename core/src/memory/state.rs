@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use super::builder::Config;
 use super::owners::OwnerIndex;
 use super::table::{Nanos, Record, Table};
-use crate::{Clock, Expiry, Result, StoreError};
+use crate::{Clock, Result, StoreError, StoreExpiry};
 
 /// What every clone of a [`MemorySessionStore`](super::MemorySessionStore) shares.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ impl Drop for State {
 
 impl State {
     /// Computes when a session saved or touched now with `expiry` expires.
-    pub(super) fn expires_at(&self, expiry: Expiry, now: SystemTime) -> Result<SystemTime> {
+    pub(super) fn expires_at(&self, expiry: StoreExpiry, now: SystemTime) -> Result<SystemTime> {
         let ttl = expiry.lifetime(now, self.config.default_ttl, self.config.max_ttl)?;
         // The maximum TTL is capped (`MAX_TTL_CAP`), so this cannot overflow; checked anyway,
         // because no input may panic the store.

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::{Expiry, SessionData, StoreError};
+use crate::{SessionData, StoreError, StoreExpiry};
 
 #[test]
 fn reads_share_the_stored_buffer_and_a_touch_leaves_readers_theirs() {
@@ -367,7 +367,7 @@ async fn an_expires_at_too_far_away_is_named_as_such() {
     let at = SystemTime::now() + 48 * HOUR;
     let err = store
         .save(Save {
-            expiry: Expiry::At(at),
+            expiry: StoreExpiry::At(at),
             ..Save::new("s", data(&[]))
         })
         .await

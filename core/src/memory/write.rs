@@ -9,7 +9,7 @@ use super::MemorySessionStore;
 use super::sweeper::reclaim_due;
 use super::table::{Nanos, Record};
 use crate::codec::{encode_into, encoded_len};
-use crate::{Expiry, Result, Save, Saved, StoreError, data_size, validate_id, validate_owner};
+use crate::{Result, Save, Saved, StoreError, StoreExpiry, data_size, validate_id, validate_owner};
 
 #[cfg(doc)]
 use crate::SessionStore;
@@ -162,9 +162,10 @@ impl MemorySessionStore {
         validate_id(id)?;
         let clock_now = self.inner.clock.now();
         let now = Nanos::from(clock_now);
-        let expires_at = self
-            .inner
-            .expires_at(ttl.map_or(Expiry::Default, Expiry::Ttl), clock_now)?;
+        let expires_at = self.inner.expires_at(
+            ttl.map_or(StoreExpiry::Default, StoreExpiry::Ttl),
+            clock_now,
+        )?;
         let at = Some(Nanos::from(expires_at));
         let (touched, expired) = self.inner.map.write_expiring(id, at, |entry| match entry {
             Entry::Occupied(mut occupied) if occupied.get().is_live(now) => {

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gonest_session::{
-    Expiry, InvalidOptions, MemorySessionStore, Session, SessionLayer, SessionOptions,
-    SessionStore, Sessions, StoreError,
+    Expiry, InvalidOptions, MemorySessionStore, OwnerSessions, Session, SessionError, SessionLayer,
+    SessionOptions, SessionStore, StoreError,
 };
 use gonest_session_client::RemoteSessionStore;
 use serde_json::{Value, json};
@@ -115,7 +115,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// An error answered as the seed's exception JSON: `{"statusCode": 401, "message": "..."}`.
+/// An error answered as GoNest's exception JSON: `{"statusCode": 401, "message": "..."}`.
 #[derive(Debug)]
 pub struct AppError {
     status: StatusCode,
@@ -139,7 +139,7 @@ impl IntoResponse for AppError {
     }
 }
 
-/// The user every login logs in (the seed's controller has no user database).
+/// The user every login logs in (GoNest's example controller has no user database).
 const USER_ID: u64 = 42;
 
 /// `POST /login`'s optional JSON body.
@@ -188,6 +188,7 @@ async fn login(session: Session, body: Bytes) -> Result<Json<Value>, AppError> {
 async fn profile(session: Session) -> Result<Json<Value>, AppError> {
     let user_id: u64 = session
         .get_value("user_id")
+        .map_err(wrong_type)?
         .ok_or(AppError::unauthorized("not logged in"))?;
     Ok(Json(json!({ "user_id": user_id })))
 }
@@ -196,10 +197,20 @@ async fn profile(session: Session) -> Result<Json<Value>, AppError> {
 fn logged_in(session: &Session) -> Result<String, AppError> {
     let _: u64 = session
         .get_value("user_id")
+        .map_err(wrong_type)?
         .ok_or(AppError::unauthorized("not logged in"))?;
     session
         .owner()
         .ok_or(AppError::unauthorized("not logged in"))
+}
+
+/// A session value that does not read as the type a handler asks for: a 500, logged.
+fn wrong_type(err: SessionError) -> AppError {
+    tracing::error!(%err, "a session value is not of the type asked for");
+    AppError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: "a session value is not of the type asked for",
+    }
 }
 
 /// A store failure, answered 503 like the layer's own.
@@ -212,7 +223,7 @@ fn unavailable(err: StoreError) -> AppError {
 }
 
 /// `GET /sessions`: the caller's sessions ("your devices"), ids shortened to 8 characters.
-async fn list_sessions(session: Session, sessions: Sessions) -> Result<Json<Value>, AppError> {
+async fn list_sessions(session: Session, sessions: OwnerSessions) -> Result<Json<Value>, AppError> {
     let owner = logged_in(&session)?;
     let current = session.id();
     let listed = sessions.list(&owner).await.map_err(unavailable)?;
@@ -232,7 +243,10 @@ async fn list_sessions(session: Session, sessions: Sessions) -> Result<Json<Valu
 }
 
 /// `POST /logout-everywhere`: destroys the caller's other sessions; the caller stays logged in.
-async fn logout_everywhere(session: Session, sessions: Sessions) -> Result<Json<Value>, AppError> {
+async fn logout_everywhere(
+    session: Session,
+    sessions: OwnerSessions,
+) -> Result<Json<Value>, AppError> {
     let owner = logged_in(&session)?;
     let except: Vec<String> = session.id().into_iter().collect();
     let destroyed = sessions
@@ -247,7 +261,8 @@ async fn get_data(
     session: Session,
     axum::extract::Path(key): axum::extract::Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    session.get_value(&key).map(Json).ok_or(AppError {
+    let value: Option<Value> = session.get_value(&key).map_err(wrong_type)?;
+    value.map(Json).ok_or(AppError {
         status: StatusCode::NOT_FOUND,
         message: "no such key in the session",
     })

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gonest_session::{Expiry, Session, SessionLayer, SessionOptions, Sessions};
+use gonest_session::{Expiry, OwnerSessions, Session, SessionLayer, SessionOptions};
 use gonest_session_client::RemoteSessionStore;
 use serde_json::{Value, json};
 
@@ -46,7 +46,10 @@ async fn login(session: Session) -> Answer {
 }
 
 async fn profile(session: Session) -> Answer {
-    let user_id: u64 = session.get_value("user_id").ok_or_else(not_logged_in)?;
+    let user_id: u64 = session
+        .get_value("user_id")
+        .map_err(internal)?
+        .ok_or_else(not_logged_in)?;
     Ok(Json(json!({ "user_id": user_id })))
 }
 
@@ -55,7 +58,7 @@ async fn logout(session: Session) -> Answer {
     Ok(Json(json!({ "status": "logged out" })))
 }
 
-async fn logout_everywhere(session: Session, sessions: Sessions) -> Answer {
+async fn logout_everywhere(session: Session, sessions: OwnerSessions) -> Answer {
     let owner = session.owner().ok_or_else(not_logged_in)?;
     let current: Vec<String> = session.id().into_iter().collect();
     let destroyed = sessions.revoke(&owner, &current).await.map_err(internal)?;

@@ -1,4 +1,4 @@
-//! [`Sessions`]: a handler's view of all the sessions of an owner, for "your devices" pages and
+//! [`OwnerSessions`]: a handler's view of all the sessions of an owner, for "your devices" pages and
 //! "log out everywhere".
 
 use std::sync::Arc;
@@ -14,25 +14,25 @@ use gonest_session_core::{SessionRecord, SessionStore, StoreError};
 ///
 /// ```no_run
 /// use axum::Json;
-/// use gonest_session::{Session, Sessions};
+/// use gonest_session::{Session, OwnerSessions};
 ///
-/// async fn logout_everywhere_else(session: Session, sessions: Sessions) -> Json<u64> {
+/// async fn logout_everywhere_else(session: Session, sessions: OwnerSessions) -> Json<u64> {
 ///     let (Some(owner), Some(id)) = (session.owner(), session.id()) else { return Json(0) };
 ///     Json(sessions.revoke(&owner, &[id]).await.unwrap_or(0))
 /// }
 /// ```
 #[derive(Clone)]
-pub struct Sessions {
+pub struct OwnerSessions {
     store: Arc<dyn SessionStore>,
 }
 
-impl std::fmt::Debug for Sessions {
+impl std::fmt::Debug for OwnerSessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sessions").finish_non_exhaustive()
+        f.debug_struct("OwnerSessions").finish_non_exhaustive()
     }
 }
 
-impl Sessions {
+impl OwnerSessions {
     pub(crate) fn new(store: Arc<dyn SessionStore>) -> Self {
         Self { store }
     }
@@ -52,16 +52,20 @@ impl Sessions {
 }
 
 #[cfg(feature = "axum")]
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Sessions {
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for OwnerSessions {
     type Rejection = crate::SessionRejection;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Sessions>().cloned().ok_or_else(|| {
-            tracing::error!("Sessions extractor used on a route without SessionLayer");
-            crate::SessionRejection::MissingLayer
-        })
+        parts
+            .extensions
+            .get::<OwnerSessions>()
+            .cloned()
+            .ok_or_else(|| {
+                tracing::error!("OwnerSessions extractor used on a route without SessionLayer");
+                crate::SessionRejection::MissingLayer
+            })
     }
 }
