@@ -2,9 +2,10 @@
 //! allocation per session instead of a map, a string and a vector per key.
 //!
 //! Layout: for each entry, `varint(key length) key varint(value length) value`, keys in no
-//! particular order. Lengths are LEB128 varints, as in protobuf.
+//! particular order. Lengths are protobuf's varints, written and read with prost's functions.
 
 use bytes::{BufMut, Bytes};
+use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 
 use crate::{Result, SessionData, StoreError};
 
@@ -18,16 +19,16 @@ pub fn encode_data(data: &SessionData) -> Box<[u8]> {
 /// The length of `data` encoded.
 pub fn encoded_len(data: &SessionData) -> usize {
     data.iter()
-        .map(|(k, v)| varint_len(k.len()) + k.len() + varint_len(v.len()) + v.len())
+        .map(|(k, v)| len_prefixed(k.len()) + len_prefixed(v.len()))
         .sum()
 }
 
 /// Appends `data`, encoded, to `out`: [`encoded_len`] bytes.
 pub fn encode_into(out: &mut impl BufMut, data: &SessionData) {
     for (key, value) in data {
-        put_varint(out, key.len());
+        encode_varint(key.len() as u64, out);
         out.put_slice(key.as_bytes());
-        put_varint(out, value.len());
+        encode_varint(value.len() as u64, out);
         out.put_slice(value);
     }
 }
@@ -89,40 +90,21 @@ impl<'a> Iterator for Entries<'a> {
     }
 }
 
-/// Appends `value` as a LEB128 varint.
-pub fn put_varint(out: &mut impl BufMut, value: usize) {
-    let mut value = value as u64;
-    while value >= 0x80 {
-        out.put_u8((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.put_u8(value as u8);
+/// The length of a byte string of `len` bytes with its varint length in front.
+pub(crate) fn len_prefixed(len: usize) -> usize {
+    encoded_len_varint(len as u64) + len
 }
 
-/// Reads a LEB128 varint from the front of `bytes`.
-pub fn get_varint(bytes: &mut &[u8]) -> Result<u64> {
-    let mut value = 0u64;
-    for (i, &byte) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte < 0x80 {
-            *bytes = &bytes[i + 1..];
-            return Ok(value);
-        }
-    }
-    Err(StoreError::Internal(
-        "malformed length in session data".into(),
-    ))
-}
-
-fn varint_len(value: usize) -> usize {
-    let bits = usize::BITS - value.leading_zeros();
-    (bits.max(1) as usize).div_ceil(7)
+/// Reads a varint length from the front of `bytes`.
+pub(crate) fn get_len(bytes: &mut &[u8]) -> Result<usize> {
+    let len = decode_varint(bytes)
+        .map_err(|_| StoreError::Internal("malformed length in session data".into()))?;
+    usize::try_from(len).map_err(|_| StoreError::Internal("length out of range".into()))
 }
 
 /// Takes a length-prefixed byte string from the front of `bytes`.
 fn take<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8]> {
-    let len = usize::try_from(get_varint(bytes)?)
-        .map_err(|_| StoreError::Internal("length out of range".into()))?;
+    let len = get_len(bytes)?;
     if len > bytes.len() {
         return Err(StoreError::Internal("session data is truncated".into()));
     }
@@ -153,18 +135,6 @@ mod tests {
         assert!((shared.as_ptr() as usize..shared.as_ptr() as usize + shared.len()).contains(&big));
         let expected_len = 1 + 7 + 1 + 2 + 1 + 1 + 1 + 3 + 2 + 300 + 1 + 9 + 1 + 3;
         assert_eq!(encoded.len(), expected_len);
-    }
-
-    #[test]
-    fn varints_round_trip_at_their_edges() {
-        for value in [0usize, 1, 127, 128, 16_383, 16_384, usize::MAX] {
-            let mut out = Vec::new();
-            put_varint(&mut out, value);
-            assert_eq!(out.len(), varint_len(value), "{value}");
-            let mut slice = out.as_slice();
-            assert_eq!(get_varint(&mut slice).unwrap(), value as u64);
-            assert!(slice.is_empty());
-        }
     }
 
     #[test]

@@ -17,7 +17,8 @@
 
 use std::io::{self, Write};
 
-use crate::codec::{get_varint, put_varint};
+use crate::codec::get_len;
+use prost::encoding::encode_varint;
 
 /// The first bytes of every snapshot written now.
 pub(crate) const MAGIC: &[u8; 8] = b"GNSESS02";
@@ -89,14 +90,14 @@ impl<W: Write> SnapshotWriter<W> {
     ) -> io::Result<()> {
         let mut head = std::mem::take(&mut self.scratch);
         head.clear();
-        put_varint(&mut head, id.len());
+        encode_varint(id.len() as u64, &mut head);
         head.extend_from_slice(id);
-        put_varint(&mut head, owner.len());
+        encode_varint(owner.len() as u64, &mut head);
         head.extend_from_slice(owner);
         head.extend_from_slice(&version.to_le_bytes());
         head.extend_from_slice(&created_at.to_le_bytes());
         head.extend_from_slice(&expires_at.to_le_bytes());
-        put_varint(&mut head, data.len());
+        encode_varint(data.len() as u64, &mut head);
         let written = self.put(&head).and_then(|()| self.put(data));
         self.scratch = head;
         self.count += 1;
@@ -191,7 +192,7 @@ fn parse(bytes: &[u8]) -> Result<Vec<RawRecord>, SnapshotError> {
 }
 
 fn take<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = usize::try_from(get_varint(bytes).ok()?).ok()?;
+    let len = get_len(bytes).ok()?;
     if len > bytes.len() {
         return None;
     }
@@ -248,12 +249,12 @@ mod tests {
     fn snapshot_v1(records: &[RawRecord]) -> Vec<u8> {
         let mut bytes = MAGIC_V1.to_vec();
         for r in records {
-            put_varint(&mut bytes, r.id.len());
+            encode_varint(r.id.len() as u64, &mut bytes);
             bytes.extend_from_slice(r.id.as_bytes());
             for word in [r.version, r.created_at, r.expires_at] {
                 bytes.extend_from_slice(&word.to_le_bytes());
             }
-            put_varint(&mut bytes, r.data.len());
+            encode_varint(r.data.len() as u64, &mut bytes);
             bytes.extend_from_slice(&r.data);
         }
         bytes.extend_from_slice(&(records.len() as u64).to_le_bytes());
