@@ -175,7 +175,7 @@ impl Target {
     /// Redis's `used_memory_rss`.
     pub(crate) async fn resident_bytes(&mut self) -> anyhow::Result<u64> {
         match self {
-            Self::Sessiond(store) => Ok(store.stats().await?.resident_memory_bytes),
+            Self::Sessiond(store) => Ok(store.stats().await?.resident_memory_bytes.unwrap_or(0)),
             Self::RedisStore(_) => anyhow::bail!("measure Redis's memory with --redis"),
             Self::Redis(connection) => {
                 let info: String = redis::cmd("INFO")

@@ -44,8 +44,8 @@ struct Inner {
 /// The daemon's limits, as its `Stats` gave them.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
-    /// The largest session (0 from a daemon that does not say).
-    max_session_bytes: usize,
+    /// The largest session (`None` from a daemon that does not say).
+    max_session_bytes: Option<usize>,
     /// The longest TTL (`None` from a daemon that does not say).
     max_ttl: Option<Duration>,
 }
@@ -57,8 +57,8 @@ pub struct RemoteStats {
     /// Live sessions: exactly those a Get would find. `None` where the daemon does not count
     /// them: on Redis, or from a daemon older than v1.4 on Redis, which says 0.
     pub live_sessions: Option<u64>,
-    /// The largest session the daemon stores, keys plus values (0 from an older daemon).
-    pub max_session_bytes: u64,
+    /// The largest session the daemon stores, keys plus values (`None` from an older daemon).
+    pub max_session_bytes: Option<u64>,
     /// The longest TTL the daemon accepts (`None` from an older daemon).
     pub max_ttl: Option<Duration>,
     /// Whether the daemon takes batches of operations on `Pipeline` (false from an older one).
@@ -67,8 +67,8 @@ pub struct RemoteStats {
     pub expired_removed_total: Option<u64>,
     /// Sweeps run (`None` on Redis, where none runs).
     pub sweeps_total: Option<u64>,
-    /// The daemon's resident memory in bytes (0 where unknown).
-    pub resident_memory_bytes: u64,
+    /// The daemon's resident memory in bytes (`None` where the daemon cannot read it).
+    pub resident_memory_bytes: Option<u64>,
 }
 
 impl RemoteSessionStore {
@@ -106,7 +106,7 @@ impl RemoteSessionStore {
 
     /// Asks the daemon for its limits now, as [`connect`](RemoteSessionStoreBuilder::connect)
     /// does; a lazily connected store asks before its first save.
-    pub(crate) async fn learn_limits(&self) -> Result<usize> {
+    pub(crate) async fn learn_limits(&self) -> Result<Option<usize>> {
         self.inner
             .limits
             .get_or_try_init(|| async {
@@ -117,8 +117,9 @@ impl RemoteSessionStore {
                     self.inner.lanes.batch();
                 }
                 Ok(Limits {
-                    max_session_bytes: usize::try_from(stats.max_session_bytes)
-                        .unwrap_or(usize::MAX),
+                    max_session_bytes: stats
+                        .max_session_bytes
+                        .map(|limit| usize::try_from(limit).unwrap_or(usize::MAX)),
                     max_ttl: stats.max_ttl,
                 })
             })
@@ -140,13 +141,10 @@ impl RemoteSessionStore {
             Some(limit) => Ok(limit),
             None => Box::pin(self.learn_limits()).await,
         };
-        let Ok(limit) = limit else {
-            // The daemon cannot say now; it checks the size itself.
+        let Ok(Some(limit)) = limit else {
+            // The daemon cannot say now, or does not say; it checks the size itself.
             return Ok(());
         };
-        if limit == 0 {
-            return Ok(());
-        }
         let size = request
             .session
             .as_ref()
@@ -203,8 +201,9 @@ impl RemoteSessionStore {
             live_sessions: stats.live_sessions,
             expired_removed_total: stats.expired_removed_total,
             sweeps_total: stats.sweeps_total,
-            resident_memory_bytes: stats.resident_memory_bytes,
-            max_session_bytes: stats.max_session_bytes,
+            resident_memory_bytes: (stats.resident_memory_bytes != 0)
+                .then_some(stats.resident_memory_bytes),
+            max_session_bytes: (stats.max_session_bytes != 0).then_some(stats.max_session_bytes),
             pipeline_batches: stats.pipeline_batches,
             max_ttl: stats
                 .max_ttl
@@ -349,10 +348,7 @@ impl SessionStore for RemoteSessionStore {
             .limits
             .get()
             .map_or_else(StoreLimits::default, |limits| {
-                StoreLimits::new(
-                    (limits.max_session_bytes != 0).then_some(limits.max_session_bytes),
-                    limits.max_ttl,
-                )
+                StoreLimits::new(limits.max_session_bytes, limits.max_ttl)
             })
     }
 }

@@ -139,7 +139,7 @@ async fn an_oversized_save_is_refused_before_sending_and_other_callers_go_on() {
     }
     assert_eq!(store.stats().await.unwrap().live_sessions, Some(50));
     let stats = store.stats().await.unwrap();
-    assert_eq!(stats.max_session_bytes, 64 * 1024);
+    assert_eq!(stats.max_session_bytes, Some(64 * 1024));
     assert_eq!(stats.max_ttl, Some(Duration::from_secs(30 * 86400)));
     daemon.stop().await.unwrap();
 }
