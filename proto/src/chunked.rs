@@ -6,6 +6,14 @@
 //! copied: the bytes before it become one chunk, the value (a slice of the stored session)
 //! another, and writing continues in a fresh buffer. Sent as separate HTTP/2 DATA frames, such a
 //! value goes from the table to the socket with the kernel's copy only.
+//!
+//! What it is worth, measured on 2026-12-06 (commit c8c89dd, 2 cores; daemons under
+//! `taskset -c 1`, the load generator under `taskset -c 0`): the same daemon with `Pipeline`
+//! answered by tonic's generated server instead (answers turned into prost messages and encoded
+//! by tonic), against this writer, `gonest-session-bench compare --pairs 8 --clients 50
+//! --duration 8s`, three runs each. tonic's path costs the daemon 1.094, 1.099 and 1.038 times
+//! the CPU per operation at `--size 16384` (ops/s 0.942, 0.947, 0.995), and 1.104, 1.055 and
+//! 1.181 times at `--size 1024` (ops/s 0.926, 1.005, 0.902). It pays at both sizes, so it stays.
 
 use std::collections::VecDeque;
 

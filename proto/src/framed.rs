@@ -5,6 +5,16 @@
 //! as they came and a message is decoded straight from them: a `bytes` field that lies within
 //! one frame (as a daemon sends any value of [`LARGE_VALUE`](crate::chunked::LARGE_VALUE) bytes
 //! or more) becomes a slice of that frame, and only a field split across frames is copied.
+//!
+//! What it is worth, measured on 2026-12-06 (commit c8c89dd, 2 cores; the daemon under
+//! `taskset -c 1`, the load generator under `taskset -c 0`): `gonest-session-bench throughput
+//! --clients 50 --duration 8s`, this reader against one that first copies each message into one
+//! buffer as tonic does, alternating, three runs each. At `--size 16384` the client spent 10.78,
+//! 11.43 and 11.12 µs of CPU per operation here, 12.43, 10.76 and 12.23 µs copying (6 % more on
+//! average, with the noise of one run in three reversed); at `--size 1024` there is no
+//! difference (3.32, 3.72, 3.60 against 3.16, 3.80, 3.58 µs: such values are never frames of
+//! their own). It pays for large values, where the client's CPU is what a caller waits on, so it
+//! stays.
 
 use std::collections::VecDeque;
 
