@@ -189,6 +189,21 @@ pub fn batch_too_large(limit: usize) -> Status {
     )
 }
 
+/// The ErrorInfo reason of a `Track` call the daemon refuses: it cannot see every change.
+pub const TRACKING_UNAVAILABLE: &str = "TRACKING_UNAVAILABLE";
+
+/// The status of a `Track` call on a daemon that cannot see every change to its sessions
+/// (other daemons share its backend): `FAILED_PRECONDITION`, ErrorInfo reason
+/// [`TRACKING_UNAVAILABLE`]. A client then runs without its near cache.
+pub fn tracking_unavailable() -> Status {
+    Status::with_error_details(
+        Code::FailedPrecondition,
+        "this daemon cannot see every change to its sessions (other daemons share its \
+         backend), so it cannot keep near caches true: run without one",
+        ErrorDetails::with_error_info(TRACKING_UNAVAILABLE, ERROR_DOMAIN, HashMap::new()),
+    )
+}
+
 /// The store error a gRPC status stands for; the mapping back of [`status_from_error`], with
 /// the figures read from its details.
 ///

@@ -39,6 +39,7 @@ mod pipeline;
 mod server;
 mod service;
 pub mod shutdown;
+mod tracking;
 
 pub use auth::Tokens;
 pub use cli::{Cli, Command, LogFormat};

@@ -20,6 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::memory_usage;
+use crate::tracking::Feed;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
@@ -52,6 +53,10 @@ pub(crate) struct Metrics {
     last_snapshot: Mutex<Option<Instant>>,
     /// The memory backend's store, whose counters are mirrored; none on Redis.
     store: Option<MemorySessionStore>,
+    trackers: Gauge,
+    invalidations: Counter,
+    /// The `Track` feed, whose trackers and invalidations are mirrored; none on Redis.
+    feed: Option<Arc<Feed>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -61,7 +66,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(store: Option<MemorySessionStore>) -> Self {
+    pub(crate) fn new(store: Option<MemorySessionStore>, feed: Option<Arc<Feed>>) -> Self {
         let mut metrics = Self {
             registry: Registry::with_prefix("gonest_sessiond"),
             operations: Family::default(),
@@ -74,6 +79,9 @@ impl Metrics {
             snapshot_age: Gauge::default(),
             last_snapshot: Mutex::new(None),
             store,
+            trackers: Gauge::default(),
+            invalidations: Counter::default(),
+            feed,
         };
         let r = &mut metrics.registry;
         r.register(
@@ -110,6 +118,16 @@ impl Metrics {
             "snapshot_duration_seconds",
             "Time the last snapshot took to write",
             metrics.snapshot_duration.clone(),
+        );
+        r.register(
+            "trackers",
+            "Track streams open: near caches kept true by this daemon",
+            metrics.trackers.clone(),
+        );
+        r.register(
+            "invalidations_sent",
+            "Invalidations sent on Track streams, one per stream per changed session",
+            metrics.invalidations.clone(),
         );
         r.register(
             "snapshot_age_seconds",
@@ -149,6 +167,11 @@ impl Metrics {
                 .set(i64::try_from(stats.live_sessions).unwrap_or(i64::MAX));
             catch_up(&self.sweeps, stats.sweeps_total);
             catch_up(&self.expired_removed, stats.expired_removed_total);
+        }
+        if let Some(feed) = &self.feed {
+            self.trackers
+                .set(i64::try_from(feed.trackers()).unwrap_or(i64::MAX));
+            catch_up(&self.invalidations, feed.sent());
         }
         self.resident_memory
             .set(i64::try_from(memory_usage::resident_bytes()).unwrap_or(i64::MAX));

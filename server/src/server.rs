@@ -119,7 +119,10 @@ async fn serve<E: Engine>(
     let (in_flight, writes) = (service.in_flight(), service.writes.clone());
     let metrics = match config.metrics_listen {
         Some(addr) => {
-            let metrics = Arc::new(Metrics::new(engine.memory().cloned()));
+            let metrics = Arc::new(Metrics::new(
+                engine.memory().cloned(),
+                engine.feed().cloned(),
+            ));
             crate::metrics::serve(addr, metrics.clone(), stopping.clone()).await?;
             service = service.with_metrics(metrics.clone());
             Some(metrics)

@@ -11,32 +11,48 @@ use crate::budget::AnswerBudget;
 use crate::draining::{Call, WriteGate};
 use crate::pipeline::{AnswerStream, MemoryAnswers, Stopped};
 use crate::service::SessionService;
+use crate::tracking::Feed;
 
 /// Serves a [`MemorySessionStore`]: every operation is applied within the call that asks for it.
 #[derive(Clone, Debug)]
 pub(crate) struct MemoryEngine {
     store: MemorySessionStore,
+    /// Where every change is published for `Track` streams.
+    feed: Arc<Feed>,
 }
 
 impl MemoryEngine {
     pub(crate) fn new(store: MemorySessionStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            feed: Arc::new(Feed::new()),
+        }
     }
 
     /// Applies `op` now; a write only while `writes` is open, so none lands after shutdown
-    /// closes it.
+    /// closes it. A change is published once applied, while trackers listen.
     pub(crate) fn apply<O: Operation>(
         &self,
         op: O,
         writes: &WriteGate,
     ) -> Result<O::Answer, StoreError> {
-        if O::WRITES {
-            writes
-                .pass(|| op.apply_now(&self.store))
-                .unwrap_or_else(|| Err(shutting_down()))
-        } else {
-            op.apply_now(&self.store)
+        if !O::WRITES {
+            return op.apply_now(&self.store);
         }
+        let id = if self.feed.listened() {
+            op.session_id().map(Arc::<str>::from)
+        } else {
+            None
+        };
+        let answer = writes
+            .pass(|| op.apply_now(&self.store))
+            .unwrap_or_else(|| Err(shutting_down()))?;
+        if self.feed.listened()
+            && let Some(change) = O::change(id, &answer)
+        {
+            self.feed.publish(change);
+        }
+        Ok(answer)
     }
 
     /// Reads a session as the store holds it, for a `Pipeline` Get written straight from it.
@@ -82,6 +98,10 @@ impl Engine for MemoryEngine {
 
     fn memory(&self) -> Option<&MemorySessionStore> {
         Some(&self.store)
+    }
+
+    fn feed(&self) -> Option<&Arc<Feed>> {
+        Some(&self.feed)
     }
 
     fn answers(

@@ -51,6 +51,10 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
     /// The memory store, when this engine serves one (for snapshots and metrics).
     fn memory(&self) -> Option<&MemorySessionStore>;
 
+    /// Where its changes are published for `Track` streams; `None` where the daemon cannot see
+    /// every change (another daemon may change the same store).
+    fn feed(&self) -> Option<&std::sync::Arc<crate::tracking::Feed>>;
+
     /// The answers of one `Pipeline` stream, in the order its operations came, each produced
     /// under `budget` (the connection's, when there is one). They end when `stopped` completes,
     /// and `call` counts the stream until they are dropped.

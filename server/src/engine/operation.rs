@@ -1,9 +1,12 @@
 //! The service's calls, each applied the same way by either engine.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use gonest_session_core::{MemorySessionStore, SessionRecord, SessionStore, StoreError};
 use gonest_session_proto::{duration_from_pb, pb, record_to_pb, save_from_pb, timestamp_to_pb};
+
+use crate::tracking::Change;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -22,6 +25,18 @@ pub(crate) trait Operation: Send + 'static {
     /// Applies it to any store.
     fn apply<S: SessionStore>(self, store: &S)
     -> impl Future<Output = Result<Self::Answer>> + Send;
+
+    /// The session it may change, for near caches (taken before it is applied).
+    fn session_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// What it changed, given its answer (and the id from [`session_id`](Self::session_id)):
+    /// what `Track` streams are told. `None` when it changed nothing.
+    fn change(id: Option<Arc<str>>, answer: &Self::Answer) -> Option<Change> {
+        let _ = (id, answer);
+        None
+    }
 }
 
 /// The most session data one `ListByOwner` answer carries (with `with_data`): 1,000 sessions
@@ -108,6 +123,14 @@ impl Operation for pb::SaveRequest {
     async fn apply<S: SessionStore>(self, store: &S) -> Result<Self::Answer> {
         store.save(save_from_pb(self)?).await.map(save_answer)
     }
+
+    fn session_id(&self) -> Option<&str> {
+        self.session.as_ref().map(|session| session.id.as_str())
+    }
+
+    fn change(id: Option<Arc<str>>, answer: &Self::Answer) -> Option<Change> {
+        Some(Change::Session(id?, answer.version))
+    }
 }
 
 impl Operation for pb::DestroyRequest {
@@ -124,6 +147,15 @@ impl Operation for pb::DestroyRequest {
         let existed = store.destroy(&self.id).await?;
         Ok(pb::DestroyResponse { existed })
     }
+
+    fn session_id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+
+    fn change(id: Option<Arc<str>>, answer: &Self::Answer) -> Option<Change> {
+        id.filter(|_| answer.existed)
+            .map(|id| Change::Session(id, 0))
+    }
 }
 
 impl Operation for pb::TouchRequest {
@@ -139,6 +171,15 @@ impl Operation for pb::TouchRequest {
     async fn apply<S: SessionStore>(self, store: &S) -> Result<Self::Answer> {
         let ttl = self.ttl.as_ref().map(duration_from_pb).transpose()?;
         store.touch(&self.id, ttl).await.map(touch_answer)
+    }
+
+    fn session_id(&self) -> Option<&str> {
+        Some(&self.id)
+    }
+
+    /// The version stays; the expiry a cache holds moved.
+    fn change(id: Option<Arc<str>>, answer: &Self::Answer) -> Option<Change> {
+        id.filter(|_| answer.found).map(|id| Change::Session(id, 0))
     }
 }
 
@@ -192,5 +233,9 @@ impl Operation for pb::DestroyByOwnerRequest {
             .destroy_by_owner(&self.owner, &self.except_ids)
             .await?;
         Ok(pb::DestroyByOwnerResponse { destroyed })
+    }
+    /// The destroyed ids are not known here: every cache drops everything.
+    fn change(_: Option<Arc<str>>, answer: &Self::Answer) -> Option<Change> {
+        (answer.destroyed > 0).then_some(Change::Everything)
     }
 }

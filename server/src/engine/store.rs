@@ -13,6 +13,7 @@ use crate::budget::AnswerBudget;
 use crate::draining::{Call, WriteGate};
 use crate::pipeline::{AnswerStream, Stopped, answers_at_once};
 use crate::service::SessionService;
+use crate::tracking::Feed;
 
 /// A store that can tell whether it is reachable, for the daemon's health.
 pub(crate) trait Reachable {
@@ -99,6 +100,12 @@ impl<S: SessionStore + Reachable> Engine for StoreEngine<S> {
     }
 
     fn memory(&self) -> Option<&MemorySessionStore> {
+        None
+    }
+
+    /// None: other daemons change the same sessions unseen, so no tracker could be told of
+    /// every change.
+    fn feed(&self) -> Option<&Arc<Feed>> {
         None
     }
 

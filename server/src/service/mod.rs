@@ -30,7 +30,7 @@ pub(crate) struct SessionService<E> {
     /// The sessions.
     pub(crate) engine: E,
     /// Becomes `true` when the daemon starts shutting down, which ends open `Pipeline` streams.
-    stopping: watch::Receiver<bool>,
+    pub(crate) stopping: watch::Receiver<bool>,
     /// Where operations are counted, when metrics are on.
     metrics: Option<Arc<Metrics>>,
     /// The calls in progress, which shutdown waits for.

@@ -109,6 +109,20 @@ impl<E: Engine> pb::session_store_server::SessionStore for SessionService<E> {
 
     type PipelineStream = PipelineStream;
 
+    type TrackStream = crate::tracking::TrackStream;
+
+    /// Invalidations for the caller's near cache; see [`crate::tracking`]. Refused where the
+    /// daemon cannot see every change.
+    async fn track(
+        &self,
+        _request: Request<pb::TrackRequest>,
+    ) -> Result<Response<Self::TrackStream>, Status> {
+        let Some(feed) = self.engine.feed() else {
+            return Err(gonest_session_proto::tracking_unavailable());
+        };
+        Ok(Response::new(feed.stream(self.stopping.clone())))
+    }
+
     /// Never called: [`WithPipeline`](crate::pipeline::WithPipeline) answers every `Pipeline`
     /// call before the generated server sees it. Were it reached, the caller would be told so
     /// rather than served a second way.

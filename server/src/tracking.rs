@@ -1,0 +1,241 @@
+//! `Track`: the invalidations that keep clients' near caches true.
+//!
+//! Every change the memory engine applies is published on one [`Feed`]; every open `Track`
+//! stream receives all of them (broadcast, as Redis's `CLIENT TRACKING … BCAST`): the daemon
+//! does not remember which client read which session. A change costs one message in a shared
+//! ring of [`FEED_CAPACITY`], whatever the number of trackers, and nothing at all while none is
+//! open. A tracker that falls more than the ring behind (a client that does not read its
+//! stream) is sent a flush instead of what it missed, so what a slow tracker costs the daemon is
+//! bounded by the ring, not by how far behind it is.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use futures_util::Stream;
+use gonest_session_proto::{duration_to_pb, pb, timestamp_to_pb};
+use tokio::sync::{broadcast, watch};
+use tonic::Status;
+
+/// How often a `Track` stream carries a message when nothing changes. A client that hears
+/// nothing for twice this stops serving from its cache, so it also bounds how long a cut-off
+/// client can serve a session changed meanwhile.
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Changes kept for trackers that have not taken them yet; one behind by more gets a flush.
+pub(crate) const FEED_CAPACITY: usize = 16 * 1024;
+
+/// The most invalidations in one message.
+const BATCH: usize = 256;
+
+/// One change, as trackers hear of it.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    /// The session with this id changed; its version after the change (0: gone, or kept).
+    Session(Arc<str>, u64),
+    /// Any session may have changed (DestroyByOwner): drop everything.
+    Everything,
+}
+
+/// Where the memory engine publishes its changes, and `Track` streams take them from.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    changes: broadcast::Sender<Change>,
+    /// This daemon process, as trackers tell restarts apart.
+    epoch: String,
+    /// Invalidations sent to trackers (one per tracker per change), for the metrics.
+    sent: AtomicU64,
+}
+
+impl Feed {
+    pub(crate) fn new() -> Self {
+        let (changes, _) = broadcast::channel(FEED_CAPACITY);
+        Self {
+            changes,
+            epoch: epoch(),
+            sent: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether any tracker listens: when none does, a change is not even built.
+    pub(crate) fn listened(&self) -> bool {
+        self.changes.receiver_count() > 0
+    }
+
+    /// Tells every tracker of `change`.
+    pub(crate) fn publish(&self, change: Change) {
+        // No receiver: nobody to tell.
+        let _ = self.changes.send(change);
+    }
+
+    /// `Track` streams open now.
+    pub(crate) fn trackers(&self) -> usize {
+        self.changes.receiver_count()
+    }
+
+    /// Invalidations sent so far, counted once per tracker.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// The messages of one `Track` stream, until the daemon stops or the client goes.
+    pub(crate) fn stream(self: &Arc<Self>, stopping: watch::Receiver<bool>) -> TrackStream {
+        let receiver = self.changes.subscribe();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let state = Tracker {
+            feed: self.clone(),
+            receiver,
+            heartbeat,
+            stopping,
+            started: false,
+        };
+        Box::pin(futures_util::stream::unfold(state, Tracker::next))
+    }
+}
+
+/// The response stream of `Track`.
+pub(crate) type TrackStream = Pin<Box<dyn Stream<Item = Result<pb::TrackResponse, Status>> + Send>>;
+
+/// One open `Track` stream.
+struct Tracker {
+    feed: Arc<Feed>,
+    receiver: broadcast::Receiver<Change>,
+    heartbeat: tokio::time::Interval,
+    stopping: watch::Receiver<bool>,
+    /// Whether the first message (epoch and interval) went out.
+    started: bool,
+}
+
+impl Tracker {
+    async fn next(mut self) -> Option<(Result<pb::TrackResponse, Status>, Self)> {
+        let mut message = pb::TrackResponse::default();
+        if !self.started {
+            // Subscribed already: every change after this message reaches the client.
+            self.started = true;
+            message.epoch = self.feed.epoch.clone();
+            message.heartbeat_interval = Some(duration_to_pb(HEARTBEAT_INTERVAL));
+            self.heartbeat.reset();
+        } else {
+            let received = tokio::select! {
+                biased;
+                _ = self.stopping.wait_for(|stop| *stop) => return None,
+                received = self.receiver.recv() => Some(received),
+                _ = self.heartbeat.tick() => None,
+            };
+            if let Some(received) = received {
+                if !self.take(received, &mut message) {
+                    return None;
+                }
+                // Whatever else is waiting goes in the same message.
+                while message.invalidations.len() < BATCH && !message.flush {
+                    let received = self.receiver.try_recv();
+                    if matches!(received, Err(broadcast::error::TryRecvError::Empty)) {
+                        break;
+                    }
+                    if !self.take(received.map_err(try_to_recv), &mut message) {
+                        return None;
+                    }
+                }
+            }
+        }
+        message.now = Some(timestamp_to_pb(SystemTime::now()));
+        let count = u64::try_from(message.invalidations.len()).unwrap_or(u64::MAX);
+        self.feed.sent.fetch_add(count, Ordering::Relaxed);
+        Some((Ok(message), self))
+    }
+
+    /// Adds what was received to `message`; `false` when the feed is gone.
+    fn take(
+        &mut self,
+        received: Result<Change, broadcast::error::RecvError>,
+        message: &mut pb::TrackResponse,
+    ) -> bool {
+        match received {
+            Ok(Change::Session(id, version)) => message.invalidations.push(pb::Invalidation {
+                id: id.to_string(),
+                version,
+            }),
+            Ok(Change::Everything) => {
+                message.invalidations.clear();
+                message.flush = true;
+            }
+            // Missed changes: the client cannot know which of its sessions they touched. What
+            // is still queued is covered by the flush; go on from the newest change.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                message.invalidations.clear();
+                message.flush = true;
+                self.receiver = self.receiver.resubscribe();
+            }
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+        true
+    }
+}
+
+fn try_to_recv(err: broadcast::error::TryRecvError) -> broadcast::error::RecvError {
+    match err {
+        broadcast::error::TryRecvError::Lagged(missed) => {
+            broadcast::error::RecvError::Lagged(missed)
+        }
+        _ => broadcast::error::RecvError::Closed,
+    }
+}
+
+/// A string no other start of a daemon gives: the time and the process id.
+fn epoch() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!("{:x}-{:x}", nanos, std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tracker_hears_each_change_once_a_flush_when_it_fell_behind_and_heartbeats() {
+        let feed = Arc::new(Feed::new());
+        let (stop, stopping) = watch::channel(false);
+        assert!(!feed.listened());
+        let mut stream = feed.stream(stopping);
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(!first.epoch.is_empty());
+        assert!(first.heartbeat_interval.is_some());
+        assert!(feed.listened());
+
+        feed.publish(Change::Session("a".into(), 2));
+        feed.publish(Change::Session("b".into(), 0));
+        let message = stream.next().await.unwrap().unwrap();
+        let ids: Vec<_> = message
+            .invalidations
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b"], "both in one message");
+        assert_eq!(message.invalidations[0].version, 2);
+
+        // Nothing changes: a heartbeat after the interval.
+        let message = stream.next().await.unwrap().unwrap();
+        assert!(message.invalidations.is_empty() && !message.flush);
+
+        for n in 0..FEED_CAPACITY + 10 {
+            feed.publish(Change::Session(format!("s{n}").into(), 1));
+        }
+        let message = stream.next().await.unwrap().unwrap();
+        assert!(message.flush, "fell behind: a flush instead");
+        assert!(message.invalidations.is_empty());
+
+        feed.publish(Change::Everything);
+        assert!(stream.next().await.unwrap().unwrap().flush);
+
+        stop.send(true).unwrap();
+        assert!(stream.next().await.is_none(), "ends when the daemon stops");
+        drop(stream);
+        assert!(!feed.listened());
+    }
+}
