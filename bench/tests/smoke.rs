@@ -126,9 +126,14 @@ async fn http_compares_example_app_with_the_tower_sessions_app() {
         ..gonest_sessiond::Config::default()
     })
     .await;
-    let store =
-        example_app::store(&daemon.url(), std::time::Duration::from_secs(600), None).unwrap();
-    let app = example_app::app(store, gonest_session::SessionOptions::default()).unwrap();
+    let store = example_app::store(
+        &daemon.url(),
+        std::time::Duration::from_secs(600),
+        None,
+        10_000,
+    )
+    .unwrap();
+    let app = example_app::app(store.shared(), gonest_session::SessionOptions::default()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ours = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });

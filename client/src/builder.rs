@@ -16,6 +16,10 @@ pub struct RemoteSessionStoreBuilder {
     streams: usize,
     token: Option<String>,
     ca_certificate: Option<Vec<u8>>,
+    /// The near cache's bound in sessions; 0: no cache.
+    near_cache_entries: usize,
+    /// Its bound in bytes.
+    near_cache_bytes: u64,
 }
 
 impl std::fmt::Debug for RemoteSessionStoreBuilder {
@@ -26,6 +30,7 @@ impl std::fmt::Debug for RemoteSessionStoreBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("streams", &self.streams)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("near_cache_entries", &self.near_cache_entries)
             .finish_non_exhaustive()
     }
 }
@@ -39,7 +44,32 @@ impl RemoteSessionStoreBuilder {
             streams: 2,
             token: None,
             ca_certificate: None,
+            near_cache_entries: 0,
+            near_cache_bytes: DEFAULT_NEAR_CACHE_BYTES,
         }
+    }
+
+    /// Keeps up to `entries` of the sessions this client reads in its own memory and answers
+    /// Gets of them without a call, kept true by the daemon's invalidations (the `Track` call).
+    /// Off by default; 0 turns it off. Bounded also in bytes, 64 MiB unless
+    /// [`near_cache_bytes`](Self::near_cache_bytes) says otherwise.
+    ///
+    /// How stale a hit can be: a change made through any client is dropped from this cache
+    /// when its invalidation arrives (well under a millisecond on a LAN); if the daemon goes
+    /// silent (stopped, or the network cut), nothing is served from the cache once twice its
+    /// heartbeat interval (1 s) has passed without a word. A daemon that cannot see every
+    /// change (one on a Redis backend shared by several daemons) refuses to track, and the
+    /// client then runs uncached, saying so once in its log.
+    pub fn near_cache(mut self, entries: usize) -> Self {
+        self.near_cache_entries = entries;
+        self
+    }
+
+    /// The most bytes of session data (keys, values and ids) the near cache holds; see
+    /// [`near_cache`](Self::near_cache).
+    pub fn near_cache_bytes(mut self, bytes: u64) -> Self {
+        self.near_cache_bytes = bytes.max(1);
+        self
     }
 
     /// Sends `authorization: Bearer <token>` with every call, for a daemon started with
@@ -198,9 +228,14 @@ impl RemoteSessionStoreBuilder {
             self.auth()?,
             self.timeout,
             self.streams,
+            (self.near_cache_entries > 0)
+                .then_some((self.near_cache_entries, self.near_cache_bytes)),
         ))
     }
 }
+
+/// The near cache's byte bound unless set.
+const DEFAULT_NEAR_CACHE_BYTES: u64 = 64 << 20;
 
 /// `url` (or several, comma-separated) with any credentials in it (`user:pass@`) replaced by
 /// `***@`, for error messages and logs.

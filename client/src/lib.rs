@@ -22,9 +22,11 @@
 mod auth;
 mod builder;
 mod lanes;
+mod near;
 mod remote;
 mod stream;
 
 pub use builder::{RemoteSessionStoreBuilder, redact_url};
 pub use gonest_session_core::{SessionStore, StoreError};
+pub use near::NearCacheStats;
 pub use remote::{RemoteSessionStore, RemoteStats};

@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 use crate::RemoteSessionStoreBuilder;
 use crate::auth::{Client, ClientAuth};
 use crate::lanes::Lanes;
+use crate::near::{self, Lookup, NearCache, NearCacheStats};
 
 /// A [`SessionStore`] kept by a `gonest-sessiond` daemon. Cheap to clone; clones share the
 /// connection and its streams.
@@ -39,6 +40,18 @@ struct Inner {
     timeout: Duration,
     /// The daemon's limits, once known (from `Stats`).
     limits: tokio::sync::OnceCell<Limits>,
+    /// The near cache, when turned on.
+    near: Option<Arc<NearCache>>,
+    /// The task that keeps the near cache true; it ends with the store.
+    tracker: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(tracker) = &self.tracker {
+            tracker.abort();
+        }
+    }
 }
 
 /// The daemon's limits, as its `Stats` gave them.
@@ -87,6 +100,7 @@ impl RemoteSessionStore {
         auth: ClientAuth,
         timeout: Duration,
         streams: usize,
+        near_cache: Option<(usize, u64)>,
     ) -> Self {
         // The client checks sizes itself before sending (see `check_size`), and takes any answer
         // its daemon sends: whatever the daemon stored, the app can read back.
@@ -94,13 +108,35 @@ impl RemoteSessionStore {
         let client = SessionStoreClient::with_interceptor(channel, auth)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
+        let near = near_cache.map(|(entries, bytes)| Arc::new(NearCache::new(entries, bytes)));
+        // Without a runtime to run it on (a store built outside one) the cache never serves.
+        let tracker = near.as_ref().and_then(|near| {
+            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            let task = runtime.spawn(near::keep_true(client.clone(), Arc::downgrade(near)));
+            Some(task.abort_handle())
+        });
         Self {
             inner: Arc::new(Inner {
                 lanes: Lanes::new(connection, streams),
                 client,
                 timeout,
                 limits: tokio::sync::OnceCell::new(),
+                near,
+                tracker,
             }),
+        }
+    }
+
+    /// The near cache's counters; `None` when it is off (see
+    /// [`RemoteSessionStoreBuilder::near_cache`]).
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.inner.near.as_ref().map(|near| near.stats())
+    }
+
+    /// Drops `id` from the near cache: this client changed it (or tried to).
+    fn changed(&self, id: &str) {
+        if let Some(near) = &self.inner.near {
+            near.invalidate(id);
         }
     }
 
@@ -256,18 +292,31 @@ fn time(timestamp: Option<prost_types::Timestamp>, what: &str) -> Result<SystemT
 #[async_trait]
 impl SessionStore for RemoteSessionStore {
     async fn get(&self, id: &str) -> Result<Option<SessionRecord>> {
+        let ticket = match self.inner.near.as_deref().map(|near| near.get(id)) {
+            Some(Lookup::Hit(record)) => return Ok(Some(record)),
+            Some(Lookup::Miss(ticket)) => Some(ticket),
+            Some(Lookup::Off) | None => None,
+        };
         let op = Op::Get(pb::GetRequest { id: id.to_owned() });
-        match self.call(op, true, None).await? {
-            Answer::Get(response) => response.session.map(record_from_pb).transpose(),
-            other => Err(unexpected(&other)),
+        let record = match self.call(op, true, None).await? {
+            Answer::Get(response) => response.session.map(record_from_pb).transpose()?,
+            other => return Err(unexpected(&other)),
+        };
+        if let (Some(near), Some(ticket)) = (&self.inner.near, &ticket) {
+            near.fill(ticket, record.as_ref());
         }
+        Ok(record)
     }
 
     async fn save(&self, save: Save) -> Result<Saved> {
         let expected = save.expected_version;
+        let id = save.id.clone();
         let request = save_to_pb(save);
         self.check_size(&request).await?;
-        match self.call(Op::Save(request), false, expected).await? {
+        let answer = self.call(Op::Save(request), false, expected).await;
+        // Saved, refused (ABORTED) or unknown: the cached copy is stale or may be.
+        self.changed(&id);
+        match answer? {
             Answer::Save(saved) => Ok(Saved {
                 version: saved.version,
                 created_at: time(saved.created_at, "created_at")?,
@@ -279,7 +328,9 @@ impl SessionStore for RemoteSessionStore {
 
     async fn destroy(&self, id: &str) -> Result<bool> {
         let op = Op::Destroy(pb::DestroyRequest { id: id.to_owned() });
-        match self.call(op, true, None).await? {
+        let answer = self.call(op, true, None).await;
+        self.changed(id);
+        match answer? {
             Answer::Destroy(response) => Ok(response.existed),
             other => Err(unexpected(&other)),
         }
@@ -290,7 +341,9 @@ impl SessionStore for RemoteSessionStore {
             id: id.to_owned(),
             ttl: ttl.map(duration_to_pb),
         });
-        match self.call(op, true, None).await? {
+        let answer = self.call(op, true, None).await;
+        self.changed(id);
+        match answer? {
             Answer::Touch(response) if response.found => {
                 Ok(Some(time(response.expires_at, "expires_at")?))
             }
@@ -337,8 +390,12 @@ impl SessionStore for RemoteSessionStore {
                 owner: owner.to_owned(),
                 except_ids: except.to_vec(),
             }))
-            .await?;
-        Ok(answer.destroyed)
+            .await;
+        // The destroyed ids are not known here.
+        if let Some(near) = &self.inner.near {
+            near.flush();
+        }
+        Ok(answer?.destroyed)
     }
 
     /// What the daemon said at connect (or before the first operation of a lazily connected

@@ -117,6 +117,17 @@ impl Service for Held {
 
     type PipelineStream = Answers;
 
+    type TrackStream = std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::TrackResponse, Status>> + Send>,
+    >;
+
+    async fn track(
+        &self,
+        _request: Request<pb::TrackRequest>,
+    ) -> Result<Response<Self::TrackStream>, Status> {
+        Err(Status::unimplemented("pipeline only"))
+    }
+
     async fn pipeline(
         &self,
         request: Request<Streaming<pb::PipelineRequest>>,

@@ -204,6 +204,14 @@ pub fn tracking_unavailable() -> Status {
     )
 }
 
+/// Whether `status` is a daemon's refusal to track ([`tracking_unavailable`]).
+pub fn is_tracking_unavailable(status: &Status) -> bool {
+    status.code() == Code::FailedPrecondition
+        && status
+            .get_details_error_info()
+            .is_some_and(|info| info.reason == TRACKING_UNAVAILABLE)
+}
+
 /// The store error a gRPC status stands for; the mapping back of [`status_from_error`], with
 /// the figures read from its details.
 ///

@@ -23,7 +23,9 @@ async fn the_app_uses_the_daemons_token_file_during_a_rotation() {
     })
     .await;
 
-    let store = example_app::store(&daemon.url(), Duration::from_secs(60), Some(&path)).unwrap();
+    let store = example_app::store(&daemon.url(), Duration::from_secs(60), Some(&path), 0)
+        .unwrap()
+        .shared();
     let saved = store
         .save(Save::new("rotating", SessionData::new()))
         .await
@@ -34,13 +36,14 @@ async fn the_app_uses_the_daemons_token_file_during_a_rotation() {
     // The app's own file moved on to the new token alone: still accepted.
     let app_file = dir.join("app.token");
     std::fs::write(&app_file, "new-token-0123456789abcdef\n").unwrap();
-    let store =
-        example_app::store(&daemon.url(), Duration::from_secs(60), Some(&app_file)).unwrap();
+    let store = example_app::store(&daemon.url(), Duration::from_secs(60), Some(&app_file), 0)
+        .unwrap()
+        .shared();
     assert!(store.get("rotating").await.unwrap().is_some());
 
     // A file with no token is refused when the app starts, not at the first request.
     std::fs::write(&app_file, "# nothing yet\n").unwrap();
-    let err = example_app::store(&daemon.url(), Duration::from_secs(60), Some(&app_file))
+    let err = example_app::store(&daemon.url(), Duration::from_secs(60), Some(&app_file), 0)
         .err()
         .unwrap();
     assert!(format!("{err:#}").contains("holds no token"), "{err:#}");

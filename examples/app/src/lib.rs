@@ -37,6 +37,10 @@ pub struct Cli {
     /// the first token is sent. The daemon's --auth-token-file itself will do.
     #[arg(long, env = "EXAMPLE_APP_STORE_TOKEN_FILE")]
     pub store_token_file: Option<PathBuf>,
+    /// Sessions kept in this instance's near cache, answered without a call to the daemon and
+    /// kept true by its invalidations; 0 turns the cache off. Only with a daemon `--store`.
+    #[arg(long, env = "EXAMPLE_APP_NEAR_CACHE_ENTRIES", default_value_t = 10_000)]
+    pub near_cache_entries: usize,
     /// Mark the session cookie Secure (serve over HTTPS when set).
     #[arg(long, env = "EXAMPLE_APP_SECURE")]
     pub secure: bool,
@@ -76,21 +80,64 @@ pub const LOGIN_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 pub const REMEMBER_FOR: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// The store named on the command line: `memory`, or a daemon URL such as
-/// `http://127.0.0.1:7070`, with the daemon's token if it wants one. The daemon is connected to
-/// lazily, so the app can start first.
+/// `http://127.0.0.1:7070`, with the daemon's token if it wants one and a near cache of
+/// `near_cache_entries` sessions (0: none). The daemon is connected to lazily, so the app can
+/// start first.
 pub fn store(
     spec: &str,
     max_age: Duration,
     token_file: Option<&Path>,
-) -> anyhow::Result<Arc<dyn SessionStore>> {
+    near_cache_entries: usize,
+) -> anyhow::Result<Store> {
     if spec == "memory" {
-        return Ok(Arc::new(MemorySessionStore::new(max_age)));
+        return Ok(Store::Memory(MemorySessionStore::new(max_age)));
     }
-    let mut builder = RemoteSessionStore::builder(spec);
+    let mut builder = RemoteSessionStore::builder(spec).near_cache(near_cache_entries);
     if let Some(path) = token_file {
         builder = builder.auth_token_file(path)?;
     }
-    Ok(Arc::new(builder.connect_lazy()?))
+    Ok(Store::Remote(builder.connect_lazy()?))
+}
+
+/// The store the app runs on.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// In this process.
+    Memory(MemorySessionStore),
+    /// A daemon's.
+    Remote(RemoteSessionStore),
+}
+
+impl Store {
+    /// The store, for the session layer.
+    pub fn shared(&self) -> Arc<dyn SessionStore> {
+        match self {
+            Self::Memory(store) => Arc::new(store.clone()),
+            Self::Remote(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// Logs the near cache's counters every `every`, while it is on, until the app stops.
+    pub async fn log_near_cache(self, every: Duration) {
+        let Self::Remote(store) = self else { return };
+        let mut ticks = tokio::time::interval(every);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let Some(stats) = store.near_cache_stats() else {
+                return;
+            };
+            tracing::info!(
+                hits = stats.hits,
+                misses = stats.misses,
+                invalidations = stats.invalidations,
+                flushes = stats.flushes,
+                entries = stats.entries,
+                serving = stats.serving,
+                "near cache"
+            );
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM (what Docker sends).

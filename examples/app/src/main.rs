@@ -5,6 +5,9 @@ use clap::Parser;
 use example_app::Cli;
 use gonest_session::SessionOptions;
 
+/// How often the near cache's counters are logged.
+const NEAR_CACHE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -19,9 +22,15 @@ async fn main() -> anyhow::Result<()> {
         secret: cli.cookie_secret.clone(),
         ..Default::default()
     };
-    let store = example_app::store(&cli.store, options.max_age, cli.store_token_file.as_deref())
-        .with_context(|| format!("invalid --store `{}`", cli.store))?;
-    let app = example_app::app(store, options).context("invalid session options")?;
+    let store = example_app::store(
+        &cli.store,
+        options.max_age,
+        cli.store_token_file.as_deref(),
+        cli.near_cache_entries,
+    )
+    .with_context(|| format!("invalid --store `{}`", cli.store))?;
+    tokio::spawn(store.clone().log_near_cache(NEAR_CACHE_LOG_EVERY));
+    let app = example_app::app(store.shared(), options).context("invalid session options")?;
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
