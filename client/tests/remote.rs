@@ -68,7 +68,7 @@ async fn a_stopped_daemon_is_unavailable_and_a_restarted_one_is_used_again() {
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // Same port, new daemon (empty: it keeps nothing across restarts without persistence).
-    let second = Daemon::start_on(TcpListener::bind(addr).await.unwrap(), Config::default()).await;
+    let second = Daemon::start_on(Daemon::listen_again(addr).await, Config::default()).await;
     let mut recovered = None;
     for _ in 0..3 {
         match store.save(Save::new("s", data(&[("back", "1")]))).await {

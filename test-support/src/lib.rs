@@ -64,6 +64,22 @@ impl Daemon {
         }
     }
 
+    /// A listener on `addr` again, once a stopped daemon's listener there is gone (its server
+    /// task is dropped a moment after [`stop`](Self::stop) returns): tries for 5 s.
+    pub async fn listen_again(addr: SocketAddr) -> TcpListener {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return listener,
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    let _ = err;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(err) => panic!("cannot listen on {addr} again: {err}"),
+            }
+        }
+    }
+
     /// Its URL for clients, `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
