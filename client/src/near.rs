@@ -306,7 +306,7 @@ const RETRY: Duration = Duration::from_millis(250);
 
 /// Keeps `cache` true for as long as it lives: opens the `Track` stream, applies what it says,
 /// and opens a new one when it ends. Stops for good, logging it once, when the daemon refuses
-/// to track (the cache then never serves).
+/// to track or has no `Track` (older than v1.5): the cache then never serves.
 pub(crate) async fn keep_true(client: Client, cache: Weak<NearCache>) {
     loop {
         let mut calls = client.clone();
@@ -318,7 +318,11 @@ pub(crate) async fn keep_true(client: Client, cache: Weak<NearCache>) {
                 drop(near);
                 follow(&mut stream, &cache).await;
             }
-            Err(status) if is_tracking_unavailable(&status) => {
+            // A daemon before v1.5 has no Track at all.
+            Err(status)
+                if is_tracking_unavailable(&status)
+                    || status.code() == tonic::Code::Unimplemented =>
+            {
                 near.stopped();
                 tracing::warn!(
                     message = status.message(),
