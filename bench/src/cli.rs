@@ -101,6 +101,10 @@ pub struct LoadArgs {
     /// `Pipeline` streams the daemon's client spreads calls over.
     #[arg(long, default_value_t = 2)]
     pub streams: usize,
+    /// Sessions the daemon's client keeps in its near cache (0: none); its hit ratio is printed
+    /// after the run.
+    #[arg(long, default_value_t = 0)]
+    pub near_cache: usize,
 }
 
 /// Flags of `http`.

@@ -104,7 +104,7 @@ async fn connect(url: &str, streams: usize) -> anyhow::Result<Target> {
     if url.starts_with("redis://") || url.starts_with("rediss://") {
         Target::redis(url).await
     } else {
-        Target::sessiond(url, streams).await
+        Target::sessiond(url, streams, 0).await
     }
 }
 

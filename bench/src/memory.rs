@@ -4,7 +4,8 @@ use crate::MemoryArgs;
 use crate::target::{self, Lifetime};
 
 pub(crate) async fn run(args: MemoryArgs) -> anyhow::Result<()> {
-    let targets = target::connect(args.sessiond.as_deref(), None, args.redis.as_deref(), 2).await?;
+    let targets =
+        target::connect(args.sessiond.as_deref(), None, args.redis.as_deref(), 2, 0).await?;
     anyhow::ensure!(args.sessions > 0, "--sessions must be positive");
     println!(
         "memory: {} sessions of {} bytes, ttl {}",

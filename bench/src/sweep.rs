@@ -50,7 +50,7 @@ pub(crate) async fn run(args: SweepArgs) -> anyhow::Result<()> {
         args.load.mix.get > 0,
         "--mix must have gets: their latency is measured"
     );
-    let target = Target::sessiond(&args.sessiond, args.load.streams).await?;
+    let target = Target::sessiond(&args.sessiond, args.load.streams, args.load.near_cache).await?;
     // Stats removes the expired sessions before it answers, paced so that requests go on
     // meanwhile: with a million of them that takes seconds, so it may take up to --wait.
     let monitor = RemoteSessionStore::builder(args.sessiond.as_str())

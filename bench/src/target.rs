@@ -31,10 +31,15 @@ pub(crate) enum Target {
 }
 
 impl Target {
-    pub(crate) async fn sessiond(url: &str, streams: usize) -> anyhow::Result<Self> {
+    pub(crate) async fn sessiond(
+        url: &str,
+        streams: usize,
+        near_cache: usize,
+    ) -> anyhow::Result<Self> {
         let store = RemoteSessionStore::builder(url)
             .streams(streams)
             .timeout(Duration::from_secs(10))
+            .near_cache(near_cache)
             .connect()
             .await
             .with_context(|| format!("cannot reach gonest-sessiond at {url}"))?;
@@ -237,10 +242,11 @@ pub(crate) async fn connect(
     redis_store: Option<&str>,
     redis: Option<&str>,
     streams: usize,
+    near_cache: usize,
 ) -> anyhow::Result<Vec<Target>> {
     let mut targets = Vec::new();
     if let Some(url) = sessiond {
-        targets.push(Target::sessiond(url, streams).await?);
+        targets.push(Target::sessiond(url, streams, near_cache).await?);
     }
     if let Some(url) = redis_store {
         targets.push(Target::redis_store(url).await?);

@@ -18,6 +18,7 @@ pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
         args.redis_store.as_deref(),
         args.redis.as_deref(),
         args.load.streams,
+        args.load.near_cache,
     )
     .await?;
     anyhow::ensure!(
@@ -40,8 +41,24 @@ pub(crate) async fn run(args: ThroughputArgs) -> anyhow::Result<()> {
             Target::RedisStore(_) => args.redis_store.as_deref(),
         };
         let server = url.and_then(port_of).and_then(Process::listening_on);
+        let near_cache = match &target {
+            Target::Sessiond(store) => Some(store.clone()),
+            _ => None,
+        };
         let outcome = run_one(target, &args, server).await?;
         println!("{}", outcome.line());
+        if let Some(stats) = near_cache.and_then(|store| store.near_cache_stats()) {
+            let asked = (stats.hits + stats.misses).max(1);
+            println!(
+                "{:<9} near cache: {} hits, {} misses ({:.1} % hits), {} invalidations, {} flushes",
+                outcome.name,
+                stats.hits,
+                stats.misses,
+                100.0 * stats.hits as f64 / asked as f64,
+                stats.invalidations,
+                stats.flushes
+            );
+        }
         if let Some(cpu) = &outcome.cpu {
             println!("{}", cpu.line(outcome.name));
         }
