@@ -223,8 +223,14 @@ impl NearCache {
             return;
         }
         let bytes = gonest_session_core::data_size(&record.data) + record.id.len() + 128;
+        // The values are copied: as received they are slices of the connection's frames, and
+        // a cached slice would keep its whole frame (other answers with it) alive.
+        let mut own = record.clone();
+        for value in own.data.values_mut() {
+            *value = gonest_session_core::Bytes::copy_from_slice(value);
+        }
         let cached = Arc::new(Cached {
-            record: record.clone(),
+            record: own,
             bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
         });
         self.entries.insert(record.id.clone(), cached);
