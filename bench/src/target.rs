@@ -216,11 +216,15 @@ impl Walk {
         }
     }
 
-    /// The next operation: its session id, and whether it is a get (otherwise a save).
+    /// The next operation: its session id, and whether it is a get (otherwise a save). The
+    /// operation is drawn from other bits of the counter than the key, so every key is read
+    /// and saved in the mix's proportions (drawn from the same residue, a key was always one or
+    /// the other, and a near cache never saw its reads invalidated).
     pub(crate) fn next_op(&mut self) -> (String, bool) {
         self.n = self.n.wrapping_add(self.stride);
         let key = session_id(self.n.wrapping_mul(2_654_435_761) % self.keys);
-        let is_get = (self.n.wrapping_mul(40_503) % 100) < self.get_share;
+        let draw = (self.n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+        let is_get = (draw % 100) < self.get_share as u64;
         (key, is_get)
     }
 }
@@ -294,4 +298,34 @@ pub(crate) async fn fill(
         task.await??;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_reads_and_saves_every_key_in_the_mix_s_proportions() {
+        const KEYS: usize = 1000;
+        let mut seen = std::collections::HashMap::<String, (u32, u32)>::new();
+        let mut gets = 0;
+        for client in 0..50 {
+            let mut walk = Walk::new(client, KEYS, crate::cli::Mix { get: 90 });
+            for _ in 0..2000 {
+                let (key, is_get) = walk.next_op();
+                let counts = seen.entry(key).or_default();
+                if is_get {
+                    counts.0 += 1;
+                    gets += 1;
+                } else {
+                    counts.1 += 1;
+                }
+            }
+        }
+        let share = f64::from(gets) / 100_000.0;
+        assert!((0.88..0.92).contains(&share), "{share}");
+        assert_eq!(seen.len(), KEYS);
+        let both = seen.values().filter(|(g, s)| *g > 0 && *s > 0).count();
+        assert!(both > KEYS * 9 / 10, "keys both read and saved: {both}");
+    }
 }
