@@ -77,14 +77,29 @@ async fn a_hit_makes_no_call_and_another_clients_change_is_dropped() {
     assert!(a.destroy("s").await.unwrap());
     assert_eq!(a.get("s").await.unwrap(), None);
 
-    // "Log out everywhere" through B: A drops everything it holds.
+    // "Log out everywhere" through B: A drops that owner's sessions, and keeps the rest.
     let owned = |id: &str| Save::new(id, data("x")).owner("u");
     a.save(owned("o1")).await.unwrap();
+    a.save(Save::new("p", data("y"))).await.unwrap();
+    // Every change so far is heard back: the saves of "s" by A, B and A, its destroy, and these
+    // two saves.
+    until(&a, "every change's invalidation", |stats| {
+        stats.invalidations == 6
+    })
+    .await;
     a.get("o1").await.unwrap();
-    let flushes = a.near_cache_stats().unwrap().flushes;
+    a.get("p").await.unwrap();
+    let before = a.near_cache_stats().unwrap();
     assert_eq!(b.destroy_by_owner("u", &[]).await.unwrap(), 1);
-    until(&a, "the flush", |stats| stats.flushes > flushes).await;
+    until(&a, "the owner's invalidation", |stats| {
+        stats.invalidations > before.invalidations
+    })
+    .await;
     assert_eq!(a.get("o1").await.unwrap(), None);
+    assert!(a.get("p").await.unwrap().is_some());
+    let after = a.near_cache_stats().unwrap();
+    assert_eq!(after.flushes, before.flushes, "no flush: {after:?}");
+    assert_eq!(after.hits, before.hits + 1, "p is still cached: {after:?}");
     daemon.stop().await.unwrap();
 }
 

@@ -26,16 +26,19 @@ pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// Changes kept for trackers that have not taken them yet; one behind by more gets a flush.
 pub(crate) const FEED_CAPACITY: usize = 16 * 1024;
 
-/// The most invalidations in one message.
+/// The most invalidations gathered into one message (one DestroyByOwner may add more).
 const BATCH: usize = 256;
+
+/// The most sessions one DestroyByOwner invalidates one by one; more is a flush.
+const MAX_GONE: usize = 4 * BATCH;
 
 /// One change, as trackers hear of it.
 #[derive(Debug, Clone)]
 pub(crate) enum Change {
     /// The session with this id changed; its version after the change (0: gone, or kept).
     Session(Arc<str>, u64),
-    /// Any session may have changed (DestroyByOwner): drop everything.
-    Everything,
+    /// These sessions are gone (DestroyByOwner).
+    Gone(Arc<[String]>),
 }
 
 /// Where the memory engine publishes its changes, and `Track` streams take them from.
@@ -157,9 +160,18 @@ impl Tracker {
                 id: id.to_string(),
                 version,
             }),
-            Ok(Change::Everything) => {
+            // More than a message should carry: a flush says as much in one flag.
+            Ok(Change::Gone(ids)) if ids.len() > MAX_GONE => {
                 message.invalidations.clear();
                 message.flush = true;
+            }
+            Ok(Change::Gone(ids)) => {
+                message
+                    .invalidations
+                    .extend(ids.iter().map(|id| pb::Invalidation {
+                        id: id.clone(),
+                        version: 0,
+                    }));
             }
             // Missed changes: the client cannot know which of its sessions they touched. What
             // is still queued is covered by the flush; go on from the newest change.
@@ -230,8 +242,20 @@ mod tests {
         assert!(message.flush, "fell behind: a flush instead");
         assert!(message.invalidations.is_empty());
 
-        feed.publish(Change::Everything);
-        assert!(stream.next().await.unwrap().unwrap().flush);
+        feed.publish(Change::Gone(vec!["x".to_owned(), "y".to_owned()].into()));
+        let message = stream.next().await.unwrap().unwrap();
+        let ids: Vec<_> = message
+            .invalidations
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(ids, ["x", "y"]);
+        let many: Vec<String> = (0..=MAX_GONE).map(|n| format!("g{n}")).collect();
+        feed.publish(Change::Gone(many.into()));
+        assert!(
+            stream.next().await.unwrap().unwrap().flush,
+            "too many: a flush"
+        );
 
         stop.send(true).unwrap();
         assert!(stream.next().await.is_none(), "ends when the daemon stops");

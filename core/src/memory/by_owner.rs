@@ -49,9 +49,20 @@ impl MemorySessionStore {
     /// (the index changes under the same lock as the session), so one pass over it reaches them
     /// all; a session given another owner meanwhile is left alone.
     pub fn destroy_by_owner_now(&self, owner: &str, except: &[String]) -> Result<u64> {
+        let destroyed = self.destroy_by_owner_listed_now(owner, except)?;
+        Ok(u64::try_from(destroyed.len()).unwrap_or(u64::MAX))
+    }
+
+    /// As [`destroy_by_owner_now`](Self::destroy_by_owner_now), returning the ids of the live
+    /// sessions it destroyed (for near caches, which drop exactly those).
+    pub fn destroy_by_owner_listed_now(
+        &self,
+        owner: &str,
+        except: &[String],
+    ) -> Result<Vec<String>> {
         crate::validate_stored_owner(owner)?;
         let now = Nanos::from(self.inner.clock.now());
-        let mut destroyed = 0;
+        let mut destroyed = Vec::new();
         for id in self.inner.owners.ids(owner) {
             if except.contains(&id) {
                 continue;
@@ -67,7 +78,7 @@ impl MemorySessionStore {
             if let Some(record) = removed {
                 self.inner.stored.fetch_sub(1, Ordering::Relaxed);
                 if record.is_live(now) {
-                    destroyed += 1;
+                    destroyed.push(id);
                 } else {
                     self.inner.expired_removed.fetch_add(1, Ordering::Relaxed);
                 }

@@ -39,17 +39,15 @@ impl MemoryEngine {
         if !O::WRITES {
             return op.apply_now(&self.store);
         }
-        let id = if self.feed.listened() {
-            op.session_id().map(Arc::<str>::from)
-        } else {
-            None
-        };
-        let answer = writes
-            .pass(|| op.apply_now(&self.store))
+        if !self.feed.listened() {
+            return writes
+                .pass(|| op.apply_now(&self.store))
+                .unwrap_or_else(|| Err(shutting_down()));
+        }
+        let (answer, change) = writes
+            .pass(|| op.apply_tracked(&self.store))
             .unwrap_or_else(|| Err(shutting_down()))?;
-        if self.feed.listened()
-            && let Some(change) = O::change(id, &answer)
-        {
+        if let Some(change) = change {
             self.feed.publish(change);
         }
         Ok(answer)

@@ -37,6 +37,17 @@ pub(crate) trait Operation: Send + 'static {
         let _ = (id, answer);
         None
     }
+
+    /// Applies it to the memory store, with what it changed for `Track` streams.
+    fn apply_tracked(self, store: &MemorySessionStore) -> Result<(Self::Answer, Option<Change>)>
+    where
+        Self: Sized,
+    {
+        let id = self.session_id().map(Arc::<str>::from);
+        let answer = self.apply_now(store)?;
+        let change = Self::change(id, &answer);
+        Ok((answer, change))
+    }
 }
 
 /// The most session data one `ListByOwner` answer carries (with `with_data`): 1,000 sessions
@@ -234,8 +245,13 @@ impl Operation for pb::DestroyByOwnerRequest {
             .await?;
         Ok(pb::DestroyByOwnerResponse { destroyed })
     }
-    /// The destroyed ids are not known here: every cache drops everything.
-    fn change(_: Option<Arc<str>>, answer: &Self::Answer) -> Option<Change> {
-        (answer.destroyed > 0).then_some(Change::Everything)
+    /// Each destroyed session, by id.
+    fn apply_tracked(self, store: &MemorySessionStore) -> Result<(Self::Answer, Option<Change>)> {
+        let destroyed = store.destroy_by_owner_listed_now(&self.owner, &self.except_ids)?;
+        let answer = pb::DestroyByOwnerResponse {
+            destroyed: u64::try_from(destroyed.len()).unwrap_or(u64::MAX),
+        };
+        let change = (!destroyed.is_empty()).then(|| Change::Gone(destroyed.into()));
+        Ok((answer, change))
     }
 }
