@@ -190,14 +190,11 @@ impl NearCache {
         let Some(ahead) = self.serving() else {
             return Lookup::Off;
         };
+        let stripe = self.stripe(id);
         let ticket = Ticket {
-            stripe: self.stripe(id),
-            invalidated: 0,
+            stripe,
+            invalidated: self.stripes[stripe].load(Ordering::SeqCst),
             flushes: self.flushes.load(Ordering::SeqCst),
-        };
-        let ticket = Ticket {
-            invalidated: self.stripes[ticket.stripe].load(Ordering::SeqCst),
-            ..ticket
         };
         if let Some(cached) = self.entries.get(id) {
             if cached.record.expires_at > SystemTime::now() + ahead + CLOCK_MARGIN {

@@ -10,7 +10,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
@@ -49,6 +49,9 @@ pub(crate) struct Feed {
     epoch: String,
     /// Invalidations sent to trackers (one per tracker per change), for the metrics.
     sent: AtomicU64,
+    /// `Track` streams open: counted here rather than asked of the channel, whose count takes a
+    /// lock, on every write.
+    trackers: AtomicUsize,
 }
 
 impl Feed {
@@ -58,12 +61,16 @@ impl Feed {
             changes,
             epoch: epoch(),
             sent: AtomicU64::new(0),
+            trackers: AtomicUsize::new(0),
         }
     }
 
-    /// Whether any tracker listens: when none does, a change is not even built.
+    /// Whether any tracker listens: when none does, a change is not published. A writer asks
+    /// after its change is applied, and a tracker is counted before its first message: a
+    /// tracker counted too late to hear of a change started after it, so its client reads the
+    /// change itself.
     pub(crate) fn listened(&self) -> bool {
-        self.changes.receiver_count() > 0
+        self.trackers.load(Ordering::SeqCst) > 0
     }
 
     /// Tells every tracker of `change`.
@@ -74,7 +81,7 @@ impl Feed {
 
     /// `Track` streams open now.
     pub(crate) fn trackers(&self) -> usize {
-        self.changes.receiver_count()
+        self.trackers.load(Ordering::Relaxed)
     }
 
     /// Invalidations sent so far, counted once per tracker.
@@ -85,6 +92,7 @@ impl Feed {
     /// The messages of one `Track` stream, until the daemon stops or the client goes.
     pub(crate) fn stream(self: &Arc<Self>, stopping: watch::Receiver<bool>) -> TrackStream {
         let receiver = self.changes.subscribe();
+        self.trackers.fetch_add(1, Ordering::SeqCst);
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let state = Tracker {
@@ -109,6 +117,12 @@ struct Tracker {
     stopping: watch::Receiver<bool>,
     /// Whether the first message (epoch and interval) went out.
     started: bool,
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.feed.trackers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Tracker {

@@ -71,8 +71,7 @@ impl Daemon {
         loop {
             match TcpListener::bind(addr).await {
                 Ok(listener) => return listener,
-                Err(err) if tokio::time::Instant::now() < deadline => {
-                    let _ = err;
+                Err(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
                 Err(err) => panic!("cannot listen on {addr} again: {err}"),

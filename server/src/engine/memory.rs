@@ -30,7 +30,7 @@ impl MemoryEngine {
     }
 
     /// Applies `op` now; a write only while `writes` is open, so none lands after shutdown
-    /// closes it. A change is published once applied, while trackers listen.
+    /// closes it. A change is published once applied, when trackers listen.
     pub(crate) fn apply<O: Operation>(
         &self,
         op: O,
@@ -39,15 +39,13 @@ impl MemoryEngine {
         if !O::WRITES {
             return op.apply_now(&self.store);
         }
-        if !self.feed.listened() {
-            return writes
-                .pass(|| op.apply_now(&self.store))
-                .unwrap_or_else(|| Err(shutting_down()));
-        }
         let (answer, change) = writes
             .pass(|| op.apply_tracked(&self.store))
             .unwrap_or_else(|| Err(shutting_down()))?;
-        if let Some(change) = change {
+        // Asked after the change is applied; see `Feed::listened`.
+        if let Some(change) = change
+            && self.feed.listened()
+        {
             self.feed.publish(change);
         }
         Ok(answer)
