@@ -138,25 +138,146 @@ async fn a_restarted_daemon_leaves_nothing_cached() {
     daemon.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_on_redis_refuses_to_track_and_the_cache_stays_off() {
-    let redis = RedisServer::start().await;
-    let daemon = Daemon::start(Config {
+fn on(redis: &RedisServer) -> Config {
+    Config {
         backend: StoreBackend::Redis(redis.url()),
         ..Config::default()
+    }
+}
+
+/// Two daemons on one Redis, a cached client on each: every change through one daemon reaches
+/// the other daemon's client (relayed through Redis), so neither serves what the other changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_each_daemons_clients_hear_the_other_daemons_changes() {
+    let redis = RedisServer::start().await;
+    let (one, two) = (
+        Daemon::start(on(&redis)).await,
+        Daemon::start(on(&redis)).await,
+    );
+    let (a, b) = (cached(&one.url()).await, cached(&two.url()).await);
+    until(&a, "A serving", |stats| stats.serving).await;
+    until(&b, "B serving", |stats| stats.serving).await;
+    // (A Track opened before the daemon's relay was live was refused: a flush, of nothing.)
+    let flushes = b.near_cache_stats().unwrap().flushes;
+
+    // A logs in through daemon one; B reads and caches it through daemon two.
+    a.save(Save::new("s", data("1")).owner("u")).await.unwrap();
+    until(&b, "B hears A's save", |stats| stats.invalidations == 1).await;
+    assert_eq!(b.get("s").await.unwrap().unwrap().data, data("1"));
+    assert_eq!(b.get("s").await.unwrap().unwrap().data, data("1"));
+    assert_eq!(b.near_cache_stats().unwrap().hits, 1);
+
+    // Each kind of change through daemon one drops B's copy.
+    type Change = fn(&RemoteSessionStore) -> futures_util::future::BoxFuture<'_, ()>;
+    let changes: [(&str, Change); 4] = [
+        ("save", |a| {
+            Box::pin(async {
+                a.save(Save::new("s", data("2")).owner("u")).await.unwrap();
+            })
+        }),
+        ("touch", |a| {
+            Box::pin(async {
+                a.touch("s", Some(Duration::from_secs(60))).await.unwrap();
+            })
+        }),
+        ("destroy by owner", |a| {
+            Box::pin(async {
+                assert_eq!(a.destroy_by_owner("u", &[]).await.unwrap(), 1);
+            })
+        }),
+        ("destroy", |a| {
+            Box::pin(async {
+                assert!(a.destroy("s").await.unwrap());
+            })
+        }),
+    ];
+    for (what, change) in changes {
+        if a.get("s").await.unwrap().is_none() {
+            a.save(Save::new("s", data("again")).owner("u"))
+                .await
+                .unwrap();
+        }
+        let before = b.near_cache_stats().unwrap();
+        let current = a.get("s").await.unwrap().unwrap();
+        // Read through B until B holds it (its own fill may race the save's invalidation).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let read = b.get("s").await.unwrap().unwrap();
+            if read.version == current.version && b.near_cache_stats().unwrap().entries == 1 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: B never caches it"
+            );
+        }
+        let heard = b.near_cache_stats().unwrap().invalidations;
+        change(&a).await;
+        until(&b, what, |stats| stats.invalidations > heard).await;
+        let now = a.get("s").await.unwrap();
+        let read = b.get("s").await.unwrap();
+        assert_eq!(
+            read.as_ref().map(|r| (r.version, r.expires_at)),
+            now.as_ref().map(|r| (r.version, r.expires_at)),
+            "{what}: B reads what A reads ({before:?})"
+        );
+    }
+    assert_eq!(b.near_cache_stats().unwrap().flushes, flushes, "no flush");
+    one.stop().await.unwrap();
+    two.stop().await.unwrap();
+}
+
+/// A Redis that stops answering stops the relay: within twice the heartbeat the clients stop
+/// serving from their caches (a Get then fails rather than serving what may be stale), and once
+/// Redis answers again they are kept true, and serve, again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_a_relay_that_stops_stops_the_cache_until_it_is_back() {
+    let redis = RedisServer::start().await;
+    let daemon = Daemon::start(on(&redis)).await;
+    let a = cached(&daemon.url()).await;
+    until(&a, "serving", |stats| stats.serving).await;
+    a.save(Save::new("s", data("1"))).await.unwrap();
+    until(&a, "the save's invalidation", |stats| {
+        stats.invalidations == 1
     })
     .await;
-    let a = cached(&daemon.url()).await;
-    a.save(Save::new("s", data("1"))).await.unwrap();
-    for _ in 0..5 {
-        assert_eq!(a.get("s").await.unwrap().unwrap().data, data("1"));
-    }
-    let stats = a.near_cache_stats().unwrap();
-    assert!(!stats.serving, "{stats:?}");
-    assert_eq!(
-        (stats.hits, stats.entries),
-        (0, 0),
-        "never served: {stats:?}"
+    a.get("s").await.unwrap();
+    assert!(a.get("s").await.unwrap().is_some());
+    assert_eq!(a.near_cache_stats().unwrap().hits, 1);
+
+    redis.pause();
+    let paused = std::time::Instant::now();
+    until(&a, "no longer serving", |stats| !stats.serving).await;
+    // Twice the heartbeat (500 ms) after the last one relayed before the pause, and the test's
+    // polling.
+    assert!(
+        paused.elapsed() < Duration::from_millis(1150),
+        "{:?}",
+        paused.elapsed()
     );
+    let hits = a.near_cache_stats().unwrap().hits;
+    assert!(
+        a.get("s").await.is_err(),
+        "Redis does not answer: the Get fails, not served from the cache"
+    );
+    assert_eq!(a.near_cache_stats().unwrap().hits, hits);
+
+    redis.resume();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = a.near_cache_stats().unwrap();
+        if stats.serving
+            && a.get("s").await.is_ok()
+            && a.get("s").await.is_ok()
+            && a.near_cache_stats().unwrap().hits > hits
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not serving again: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     daemon.stop().await.unwrap();
 }

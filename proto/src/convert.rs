@@ -199,7 +199,8 @@ pub fn tracking_unavailable() -> Status {
     Status::with_error_details(
         Code::FailedPrecondition,
         "this daemon cannot see every change to its sessions (other daemons share its \
-         backend), so it cannot keep near caches true: run without one",
+         Redis Cluster backend, whose pub/sub does not promise delivery), so it cannot keep \
+         near caches true: run without one",
         ErrorDetails::with_error_info(TRACKING_UNAVAILABLE, ERROR_DOMAIN, HashMap::new()),
     )
 }

@@ -45,8 +45,10 @@ use gonest_session_core::{
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
+mod changes;
 mod layout;
 mod sentinel;
+pub use changes::{Changes, StoreChange};
 use layout::{HEADER, head_record, record, time};
 use sentinel::SentinelConnection;
 
@@ -61,7 +63,7 @@ const OWNER_SET_MARGIN_MS: u64 = 60_000;
 
 /// Saves a session: `KEYS[1]` the key; `ARGV[1]` the expected version (empty: any);
 /// `ARGV[2]` the TTL in milliseconds; `ARGV[3]` the encoded data; `ARGV[4]` the owner (empty:
-/// none). Returns `{version, created_at, expires_at, previous owner}`, or
+/// none); `ARGV[5]` the channel changes are announced on (empty: none); `ARGV[6]` the id. Returns `{version, created_at, expires_at, previous owner}`, or
 /// `{-1, current version}` (0: absent) on a conflict.
 const SAVE: &str = r"
 local clock = redis.call('TIME')
@@ -78,6 +80,7 @@ end
 version = version + 1
 local expires = now + tonumber(ARGV[2])
 redis.call('SET', KEYS[1], pack(version, created, expires, ARGV[4], ARGV[3]), 'PXAT', expires)
+announce(ARGV[5], version, ARGV[6])
 return {version, created, expires, previous}
 ";
 
@@ -97,7 +100,8 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3], 'GT')
 return 1
 ";
 
-/// Destroys a session if it belongs to an owner: `KEYS[1]` the key; `ARGV[1]` the owner.
+/// Destroys a session if it belongs to an owner: `KEYS[1]` the key; `ARGV[1]` the owner;
+/// `ARGV[2]` the channel changes are announced on (empty: none); `ARGV[3]` the id.
 /// Returns 1 if it destroyed it; 0 if there is no session, it is another owner's, or the key
 /// holds no session (another type, or a value too short to be one), which is left as it is.
 const DESTROY_IF_OWNED: &str = r"
@@ -105,10 +109,13 @@ local current = redis.pcall('GET', KEYS[1])
 if type(current) ~= 'string' or owner_of(current) ~= ARGV[1] then
   return 0
 end
-return redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1])
+announce(ARGV[2], 0, ARGV[3])
+return 1
 ";
 
-/// Touches a session: `KEYS[1]` the key; `ARGV[1]` the TTL in milliseconds. Returns
+/// Touches a session: `KEYS[1]` the key; `ARGV[1]` the TTL in milliseconds; `ARGV[2]` the
+/// channel changes are announced on (empty: none); `ARGV[3]` the id. Returns
 /// `{expires_at, owner}`, or nothing when there is no session.
 const TOUCH: &str = r"
 local current = redis.call('GET', KEYS[1])
@@ -120,12 +127,18 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local expires = now + tonumber(ARGV[1])
 set_expires(KEYS[1], expires)
 redis.call('PEXPIREAT', KEYS[1], expires)
+announce(ARGV[2], 0, ARGV[3])
 return {expires, owner_of(current) or ''}
 ";
 
-/// `body`, a script that reads or writes session values, behind the layout's Lua functions.
+/// `body`, a script that reads or writes session values, behind the layout's Lua functions
+/// and `announce`.
 fn script(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{}{body}", layout::lua_functions()))
+    redis::Script::new(&format!(
+        "{}{}{body}",
+        layout::lua_functions(),
+        changes::ANNOUNCE
+    ))
 }
 
 /// A [`SessionStore`] on Redis or Valkey. Cheap to clone; clones share one connection, which
@@ -137,6 +150,11 @@ pub struct RedisSessionStore {
 }
 
 struct Inner {
+    /// The URL connected to, for the subscription to changes.
+    url: String,
+    /// The channel every change is announced on; empty: changes are not announced.
+    changes: String,
+    destroy: redis::Script,
     /// Replicas each write must reach before it is acknowledged, and how long to wait for them.
     wait_replicas: Option<(u32, Duration)>,
     prefix: String,
@@ -220,6 +238,7 @@ impl std::fmt::Debug for RedisSessionStore {
 /// Options of a [`RedisSessionStore`]; from [`RedisSessionStore::builder`].
 #[derive(Debug, Clone)]
 pub struct RedisSessionStoreBuilder {
+    publish_changes: bool,
     wait_replicas: Option<(u32, Duration)>,
     url: String,
     prefix: String,
@@ -278,6 +297,17 @@ impl RedisSessionStoreBuilder {
     /// The largest session, keys plus values, in bytes (default 1 MiB).
     pub fn max_session_bytes(mut self, bytes: usize) -> Self {
         self.max_session_bytes = bytes;
+        self
+    }
+
+    /// Publishes every change (save, touch, destroy, destroy by owner), in the script that
+    /// applies it, on the pub/sub channel `PREFIX + "changes"` (default off). Daemons sharing
+    /// one Redis subscribe to it ([`RedisSessionStore::subscribe_changes`]) to keep their
+    /// clients' near caches true. Not on a Redis Cluster, whose pub/sub does not tell a
+    /// subscriber what it missed: there [`RedisSessionStore::publishes_changes`] is `false`.
+    /// A Redis ACL user needs `PUBLISH` and `SUBSCRIBE` and that channel.
+    pub fn publish_changes(mut self, publish: bool) -> Self {
+        self.publish_changes = publish;
         self
     }
 
@@ -359,11 +389,13 @@ impl RedisSessionStoreBuilder {
         let save = script(SAVE);
         let touch = script(TOUCH);
         let destroy_if_owned = script(DESTROY_IF_OWNED);
+        let destroy = script(changes::DESTROY);
         let index = redis::Script::new(INDEX);
+        let publish_changes = self.publish_changes && !matches!(connection, Connection::Cluster(_));
         // Loaded now rather than on first use: a script Redis does not know is sent again after
         // loading it, behind any command sent meanwhile on the same connection.
         let mut loading = connection.clone();
-        for script in [&save, &touch, &destroy_if_owned, &index] {
+        for script in [&save, &touch, &destroy_if_owned, &destroy, &index] {
             let loaded = tokio::time::timeout(
                 self.timeout,
                 script.prepare_invoke().load_async(&mut loading),
@@ -378,6 +410,13 @@ impl RedisSessionStoreBuilder {
         Ok(RedisSessionStore {
             connection,
             inner: Arc::new(Inner {
+                changes: if publish_changes {
+                    RedisSessionStore::changes_channel(&self.prefix)
+                } else {
+                    String::new()
+                },
+                url: self.url,
+                destroy,
                 wait_replicas: self.wait_replicas,
                 prefix: self.prefix,
                 owner_prefix: self.owner_prefix,
@@ -407,6 +446,7 @@ impl RedisSessionStore {
     pub fn builder(url: impl Into<String>) -> RedisSessionStoreBuilder {
         RedisSessionStoreBuilder {
             url: url.into(),
+            publish_changes: false,
             wait_replicas: None,
             prefix: DEFAULT_PREFIX.to_owned(),
             owner_prefix: DEFAULT_OWNER_PREFIX.to_owned(),
@@ -533,7 +573,9 @@ impl RedisSessionStore {
             .arg(expected)
             .arg(ttl)
             .arg(&*encode_data(&save.data))
-            .arg(owner.unwrap_or(""));
+            .arg(owner.unwrap_or(""))
+            .arg(&self.inner.changes)
+            .arg(&save.id);
         let answer: Vec<redis::Value> = self.run(invocation.invoke_async(&mut connection)).await?;
         let int = |value: &redis::Value| match value {
             redis::Value::Int(int) => Some(*int),
@@ -775,13 +817,18 @@ impl SessionStore for RedisSessionStore {
     async fn destroy(&self, id: &str) -> Result<bool> {
         validate_id(id)?;
         let mut connection = self.connection.clone();
-        let removed: u64 = self
-            .run(
+        let removed: u64 = if self.publishes_changes() {
+            let mut invocation = self.inner.destroy.key(self.key(id));
+            invocation.arg(&self.inner.changes).arg(id);
+            self.run(invocation.invoke_async(&mut connection)).await?
+        } else {
+            self.run(
                 redis::cmd("DEL")
                     .arg(self.key(id))
                     .query_async(&mut connection),
             )
-            .await?;
+            .await?
+        };
         self.replicated().await?;
         Ok(removed > 0)
     }
@@ -791,7 +838,7 @@ impl SessionStore for RedisSessionStore {
         let ttl = self.ttl_millis(ttl.map_or(StoreExpiry::Default, StoreExpiry::Ttl))?;
         let mut connection = self.connection.clone();
         let mut invocation = self.inner.touch.key(self.key(id));
-        invocation.arg(ttl);
+        invocation.arg(ttl).arg(&self.inner.changes).arg(id);
         let touched: Option<(i64, String)> =
             self.run(invocation.invoke_async(&mut connection)).await?;
         let Some((expires, owner)) = touched else {
@@ -849,7 +896,7 @@ impl SessionStore for RedisSessionStore {
                 continue;
             }
             let mut invocation = self.inner.destroy_if_owned.key(self.key(id));
-            invocation.arg(owner);
+            invocation.arg(owner).arg(&self.inner.changes).arg(id);
             let removed: u64 = self.run(invocation.invoke_async(&mut connection)).await?;
             if removed > 0 {
                 destroyed += removed;

@@ -102,6 +102,11 @@ impl SentinelConnection {
             .clone()
     }
 
+    /// A client of the master as the sentinels name it now.
+    pub(crate) async fn master_client(&self) -> redis::RedisResult<redis::Client> {
+        self.sentinel.lock().await.async_get_client().await
+    }
+
     /// After `error` on the connection found `generation`th, finds the master again if the
     /// error says it may have moved (and no other caller has found it meanwhile).
     async fn recover(&self, generation: u64, error: &RedisError) {

@@ -1,5 +1,6 @@
 //! What only the Redis store does, against a real redis-server started by the test: keys
-//! under its prefixes, stale owner-set entries dropped, Redis Cluster, Redis out of memory.
+//! under its prefixes, stale owner-set entries dropped, Redis Cluster, Redis out of memory,
+//! changes published.
 //! The rules every store keeps are the contract suite's (`test-support/tests/contract.rs`).
 
 use std::collections::HashSet;
@@ -61,6 +62,16 @@ async fn sessions_live_under_the_prefix_and_redis_down_is_unavailable() {
 async fn on_a_cluster_sessions_spread_over_the_masters_and_compare_and_swap_holds() {
     let cluster = gonest_session_test_support::RedisCluster::start().await;
     let store = RedisSessionStore::connect(cluster.url()).await.unwrap();
+    let publishing = RedisSessionStore::builder(cluster.url())
+        .publish_changes(true)
+        .connect()
+        .await
+        .unwrap();
+    assert!(
+        !publishing.publishes_changes(),
+        "a Cluster's pub/sub does not promise delivery: changes are not published"
+    );
+    assert!(publishing.subscribe_changes().await.is_err());
     for i in 0..300 {
         let saved = store
             .save(Save::new(format!("s{i}"), data(&[("n", "1")])).expected_version(0))
@@ -413,4 +424,84 @@ async fn every_session_is_listed_page_by_page_but_not_on_a_cluster() {
     let on_cluster = RedisSessionStore::connect(cluster.url()).await.unwrap();
     let err = on_cluster.list_sessions("", 50).await.unwrap_err();
     assert!(matches!(err, StoreError::Unsupported(_)), "{err:?}");
+}
+
+/// Every change is published by the script that applies it, in the order applied: saves with
+/// their new version, the rest as 0. Reads and failed writes publish nothing, and a store
+/// built without `publish_changes` publishes nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_is_published_in_order_and_nothing_else() {
+    use gonest_session_redis::StoreChange;
+    let redis = RedisServer::start().await;
+    let store = RedisSessionStore::builder(redis.url())
+        .publish_changes(true)
+        .connect()
+        .await
+        .unwrap();
+    let quiet = RedisSessionStore::connect(redis.url()).await.unwrap();
+    assert!(store.publishes_changes() && !quiet.publishes_changes());
+    let mut changes = store.subscribe_changes().await.unwrap();
+
+    quiet.save(Save::new("q", data(&[]))).await.unwrap();
+    store
+        .save(Save::new("a", data(&[("k", "1")])).owner("u"))
+        .await
+        .unwrap();
+    store
+        .save(Save::new("a", data(&[("k", "2")])).owner("u"))
+        .await
+        .unwrap();
+    let conflict = store
+        .save(Save::new("a", data(&[])).expected_version(1))
+        .await;
+    assert!(matches!(conflict, Err(StoreError::Conflict { .. })));
+    store.get("a").await.unwrap();
+    store.touch("a", None).await.unwrap();
+    assert_eq!(store.touch("missing", None).await.unwrap(), None);
+    store
+        .save(Save::new("b", data(&[])).owner("u"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .destroy_by_owner("u", &["a".to_owned()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!store.destroy("missing").await.unwrap());
+    assert!(store.destroy("a").await.unwrap());
+    store.publish_heartbeat("me 1").await.unwrap();
+
+    let session = |id: &str, version| StoreChange::Session {
+        id: id.to_owned(),
+        version,
+    };
+    let expected = [
+        session("a", 1),
+        session("a", 2),
+        session("a", 0),
+        session("b", 1),
+        session("b", 0),
+        session("a", 0),
+        StoreChange::Heartbeat("me 1".into()),
+    ];
+    for want in expected {
+        let got = tokio::time::timeout(Duration::from_secs(2), changes.next())
+            .await
+            .expect("published");
+        assert_eq!(got, Some(want));
+    }
+    quiet.destroy("q").await.unwrap();
+    store.publish_heartbeat("me 2").await.unwrap();
+    assert_eq!(
+        changes.next().await,
+        Some(StoreChange::Heartbeat("me 2".into())),
+        "nothing from the store that does not publish"
+    );
+
+    // Redis gone: the subscription ends.
+    drop(redis);
+    let ended = tokio::time::timeout(Duration::from_secs(5), changes.next()).await;
+    assert_eq!(ended, Ok(None));
 }

@@ -73,10 +73,11 @@ pub async fn run(
                 .max_session_bytes(config.max_session_bytes)
                 .max_sessions_per_owner(config.max_sessions_per_owner)
                 .wait_for_replicas(config.redis_wait_replicas, config.redis_wait_timeout)
+                .publish_changes(true)
                 .connect()
                 .await
                 .map_err(|err| anyhow::anyhow!("cannot use the redis backend: {err}"))?;
-            serve(listener, config, StoreEngine::new(store), shutdown).await
+            serve(listener, config, StoreEngine::on_redis(store), shutdown).await
         }
     }
 }

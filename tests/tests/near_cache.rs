@@ -1,10 +1,11 @@
-//! Near caches in two example-app instances on one daemon: a logout on one instance ends the
-//! session on the other, once the invalidation has arrived.
+//! Near caches in two example-app instances, on one daemon or on two daemons sharing one Redis:
+//! a logout on one instance ends the session on the other, once the invalidation has arrived.
 
 use std::time::{Duration, Instant};
 
 use gonest_session_e2e::{AppInstance, Daemon};
-use gonest_sessiond::Config;
+use gonest_session_test_support::RedisServer;
+use gonest_sessiond::{Config, StoreBackend};
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, SET_COOKIE};
 
@@ -35,11 +36,36 @@ async fn status_with(http: &reqwest::Client, url: &str, cookie: &str) -> StatusC
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_on_one_instance_ends_the_session_on_the_other_within_the_bound() {
-    const ROUNDS: usize = 1000;
     let daemon = Daemon::start(Config::default()).await;
+    logout_rounds([&daemon.url(), &daemon.url()], 1000).await;
+    daemon.stop().await.unwrap();
+}
+
+/// Each instance on its own daemon, the two daemons on one Redis: the invalidation of a logout
+/// through one daemon reaches the other daemon's clients through Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_a_logout_through_one_daemon_ends_the_session_on_the_others_instance() {
+    let redis = RedisServer::start().await;
+    let on_redis = || Config {
+        backend: StoreBackend::Redis(redis.url()),
+        ..Config::default()
+    };
+    let daemons = [
+        Daemon::start(on_redis()).await,
+        Daemon::start(on_redis()).await,
+    ];
+    logout_rounds([&daemons[0].url(), &daemons[1].url()], 300).await;
+    for daemon in daemons {
+        daemon.stop().await.unwrap();
+    }
+}
+
+/// `rounds` randomized rounds of login, reads on both instances (each on its daemon of
+/// `daemons`), a logout on one, and reads on the other until 401: none may pass the bound.
+async fn logout_rounds(daemons: [&str; 2], rounds_to_run: usize) {
     let apps = [
-        AppInstance::start_with_near_cache(&daemon.url(), axum::Router::new(), 10_000).await,
-        AppInstance::start_with_near_cache(&daemon.url(), axum::Router::new(), 10_000).await,
+        AppInstance::start_with_near_cache(daemons[0], axum::Router::new(), 10_000).await,
+        AppInstance::start_with_near_cache(daemons[1], axum::Router::new(), 10_000).await,
     ];
     for app in &apps {
         app.near_cache_serving().await;
@@ -48,7 +74,7 @@ async fn a_logout_on_one_instance_ends_the_session_on_the_other_within_the_bound
     let http = reqwest::Client::new();
     let mut rounds = Rounds(0x9e37_79b9_7f4a_7c15);
     let (mut at_once, mut after_bound, mut slowest) = (0, 0, Duration::ZERO);
-    for round in 0..ROUNDS {
+    for round in 0..rounds_to_run {
         let login = &apps[rounds.pick(2) as usize];
         let response = http
             .post(format!("{}/login", login.url))
@@ -104,7 +130,7 @@ async fn a_logout_on_one_instance_ends_the_session_on_the_other_within_the_bound
         .map(|app| app.store.near_cache_stats().unwrap())
         .collect();
     eprintln!(
-        "{ROUNDS} rounds: 401 at once on the other instance in {at_once}; slowest logout seen \
+        "{rounds_to_run} rounds: 401 at once on the other instance in {at_once}; slowest logout seen \
          there after {slowest:?}; stale after {BOUND:?}: {after_bound}; caches: {stats:?}"
     );
     assert_eq!(after_bound, 0, "stale reads past the bound");
@@ -112,5 +138,4 @@ async fn a_logout_on_one_instance_ends_the_session_on_the_other_within_the_bound
         stats.iter().all(|stats| stats.hits > 0),
         "the caches served: {stats:?}"
     );
-    daemon.stop().await.unwrap();
 }

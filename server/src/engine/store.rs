@@ -32,23 +32,21 @@ impl Reachable for RedisSessionStore {
 #[derive(Debug)]
 pub(crate) struct StoreEngine<S> {
     store: Arc<S>,
+    /// The changes of every daemon on the same store, relayed from it; `None` when the store
+    /// does not publish them.
+    feed: Option<Arc<Feed>>,
 }
 
 impl<S> Clone for StoreEngine<S> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
+            feed: self.feed.clone(),
         }
     }
 }
 
 impl<S: SessionStore + Reachable> StoreEngine<S> {
-    pub(crate) fn new(store: S) -> Self {
-        Self {
-            store: Arc::new(store),
-        }
-    }
-
     /// Applies `op`; a write only if `writes` is still open. The store keeps no snapshot of the
     /// daemon's, so a write only has to find the gate open, not finish under it.
     pub(crate) async fn apply<O: Operation>(
@@ -60,6 +58,25 @@ impl<S: SessionStore + Reachable> StoreEngine<S> {
             return Err(shutting_down());
         }
         op.apply(&*self.store).await.map_err(unavailable_on_timeout)
+    }
+}
+
+impl StoreEngine<RedisSessionStore> {
+    /// An engine on `store`; if it publishes its changes, with a feed of them relayed from
+    /// Redis (see [`crate::tracking::relay`]), whose relay runs until the engine is dropped.
+    pub(crate) fn on_redis(store: RedisSessionStore) -> Self {
+        let feed = store.publishes_changes().then(|| {
+            let feed = Arc::new(Feed::relayed());
+            tokio::spawn(crate::tracking::relay::run(
+                store.clone(),
+                Arc::downgrade(&feed),
+            ));
+            feed
+        });
+        Self {
+            store: Arc::new(store),
+            feed,
+        }
     }
 }
 
@@ -103,10 +120,10 @@ impl<S: SessionStore + Reachable> Engine for StoreEngine<S> {
         None
     }
 
-    /// None: other daemons change the same sessions unseen, so no tracker could be told of
-    /// every change.
+    /// The relayed feed, where the store publishes its changes; otherwise none, as other
+    /// daemons change the same sessions unseen.
     fn feed(&self) -> Option<&Arc<Feed>> {
-        None
+        self.feed.as_ref()
     }
 
     fn answers(

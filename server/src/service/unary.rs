@@ -120,7 +120,7 @@ impl<E: Engine> pb::session_store_server::SessionStore for SessionService<E> {
         let Some(feed) = self.engine.feed() else {
             return Err(gonest_session_proto::tracking_unavailable());
         };
-        Ok(Response::new(feed.stream(self.stopping.clone())))
+        Ok(Response::new(feed.stream(self.stopping.clone())?))
     }
 
     /// Never called: [`WithPipeline`](crate::pipeline::WithPipeline) answers every `Pipeline`

@@ -1,7 +1,8 @@
 //! `Track`: the invalidations that keep clients' near caches true.
 //!
-//! Every change the memory engine applies is published on one [`Feed`]; every open `Track`
-//! stream receives all of them (broadcast, as Redis's `CLIENT TRACKING … BCAST`): the daemon
+//! Every change the engine applies is published on one [`Feed`] (on Redis, every change any
+//! daemon applies, relayed from Redis by [`relay`]); every open `Track` stream receives all of
+//! them (broadcast, as Redis's `CLIENT TRACKING … BCAST`): the daemon
 //! does not remember which client read which session. A change costs one message in a shared
 //! ring of [`FEED_CAPACITY`], whatever the number of trackers, and nothing at all while none is
 //! open. A tracker that falls more than the ring behind (a client that does not read its
@@ -17,6 +18,8 @@ use futures_util::Stream;
 use gonest_session_proto::{duration_to_pb, pb, timestamp_to_pb};
 use tokio::sync::{broadcast, watch};
 use tonic::Status;
+
+pub(crate) mod relay;
 
 /// How often a `Track` stream carries a message when nothing changes. A client that hears
 /// nothing for twice this stops serving from its cache, so it also bounds how long a cut-off
@@ -39,6 +42,18 @@ pub(crate) enum Change {
     Session(Arc<str>, u64),
     /// These sessions are gone (DestroyByOwner).
     Gone(Arc<[String]>),
+    /// Every change made before this one has been published (a relayed feed's heartbeat: see
+    /// [`relay`]).
+    Heartbeat,
+}
+
+/// Whether a relayed feed hears every change now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Relay {
+    live: bool,
+    /// Counts the times the relay was lost: a tracker opened before a loss ends, even if the
+    /// relay is live again by the time it looks.
+    losses: u64,
 }
 
 /// Where the memory engine publishes its changes, and `Track` streams take them from.
@@ -52,17 +67,62 @@ pub(crate) struct Feed {
     /// `Track` streams open: counted here rather than asked of the channel, whose count takes a
     /// lock, on every write.
     trackers: AtomicUsize,
+    /// Whether the changes come from elsewhere ([`relay`]): then heartbeats come with them, and
+    /// trackers end when the relay is lost.
+    relayed: bool,
+    relay: watch::Sender<Relay>,
 }
 
 impl Feed {
+    /// A feed of this daemon's own changes: it hears all of them, and its trackers send a
+    /// heartbeat every [`HEARTBEAT_INTERVAL`].
     pub(crate) fn new() -> Self {
+        Self::with(false, true)
+    }
+
+    /// A feed of changes [`relay`] brings from a store shared with other daemons: trackers
+    /// are refused until [`Self::relay_live`], heartbeats are relayed with the changes (so a
+    /// client hears one only while changes reach it), and a lost relay ends every tracker.
+    pub(crate) fn relayed() -> Self {
+        Self::with(true, false)
+    }
+
+    fn with(relayed: bool, live: bool) -> Self {
         let (changes, _) = broadcast::channel(FEED_CAPACITY);
         Self {
             changes,
             epoch: epoch(),
             sent: AtomicU64::new(0),
             trackers: AtomicUsize::new(0),
+            relayed,
+            relay: watch::Sender::new(Relay { live, losses: 0 }),
         }
+    }
+
+    /// The relay hears every change from now on.
+    pub(crate) fn relay_live(&self) {
+        self.relay.send_modify(|relay| relay.live = true);
+    }
+
+    /// The relay may have missed changes: every tracker ends, and new ones are refused until
+    /// it is live again.
+    pub(crate) fn relay_lost(&self) {
+        self.relay.send_modify(|relay| {
+            if relay.live {
+                relay.live = false;
+                relay.losses += 1;
+            }
+        });
+    }
+
+    /// Whether the feed hears every change now.
+    pub(crate) fn live(&self) -> bool {
+        self.relay.borrow().live
+    }
+
+    /// This daemon process's epoch.
+    pub(crate) fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     /// Whether any tracker listens: when none does, a change is not published. A writer asks
@@ -89,20 +149,33 @@ impl Feed {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// The messages of one `Track` stream, until the daemon stops or the client goes.
-    pub(crate) fn stream(self: &Arc<Self>, stopping: watch::Receiver<bool>) -> TrackStream {
+    /// The messages of one `Track` stream, until the daemon stops, the client goes or (on a
+    /// relayed feed) the relay is lost. `UNAVAILABLE` while a relayed feed is not live.
+    pub(crate) fn stream(
+        self: &Arc<Self>,
+        stopping: watch::Receiver<bool>,
+    ) -> Result<TrackStream, Status> {
         let receiver = self.changes.subscribe();
         self.trackers.fetch_add(1, Ordering::SeqCst);
         let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Read after subscribing: live now, every change from here on reaches `receiver`.
+        let relay = self.relay.subscribe();
+        let opened = *relay.borrow();
         let state = Tracker {
             feed: self.clone(),
             receiver,
             heartbeat,
             stopping,
+            relay,
+            opened,
             started: false,
+            ended: false,
         };
-        Box::pin(futures_util::stream::unfold(state, Tracker::next))
+        if !opened.live {
+            return Err(relay_down());
+        }
+        Ok(Box::pin(futures_util::stream::unfold(state, Tracker::next)))
     }
 }
 
@@ -115,8 +188,21 @@ struct Tracker {
     receiver: broadcast::Receiver<Change>,
     heartbeat: tokio::time::Interval,
     stopping: watch::Receiver<bool>,
+    relay: watch::Receiver<Relay>,
+    /// The relay when the tracker opened; any other means changes may have been missed.
+    opened: Relay,
     /// Whether the first message (epoch and interval) went out.
     started: bool,
+    /// Whether the stream ended with an error, sent already.
+    ended: bool,
+}
+
+/// Why a relayed feed's tracker is refused or ended.
+fn relay_down() -> Status {
+    Status::unavailable(
+        "this daemon is not receiving every change from its Redis now; serve uncached and \
+         open Track again later",
+    )
 }
 
 impl Drop for Tracker {
@@ -127,6 +213,9 @@ impl Drop for Tracker {
 
 impl Tracker {
     async fn next(mut self) -> Option<(Result<pb::TrackResponse, Status>, Self)> {
+        if self.ended {
+            return None;
+        }
         let mut message = pb::TrackResponse::default();
         if !self.started {
             // Subscribed already: every change after this message reaches the client.
@@ -135,11 +224,17 @@ impl Tracker {
             message.heartbeat_interval = Some(duration_to_pb(HEARTBEAT_INTERVAL));
             self.heartbeat.reset();
         } else {
+            let opened = self.opened;
             let received = tokio::select! {
                 biased;
                 _ = self.stopping.wait_for(|stop| *stop) => return None,
-                received = self.receiver.recv() => Some(received),
-                _ = self.heartbeat.tick() => None,
+                _ = self.relay.wait_for(|relay| *relay != opened) => Err(()),
+                received = self.receiver.recv() => Ok(Some(received)),
+                _ = self.heartbeat.tick(), if !self.feed.relayed => Ok(None),
+            };
+            let Ok(received) = received else {
+                self.ended = true;
+                return Some((Err(relay_down()), self));
             };
             if let Some(received) = received {
                 if !self.take(received, &mut message) {
@@ -194,6 +289,7 @@ impl Tracker {
                 message.flush = true;
                 self.receiver = self.receiver.resubscribe();
             }
+            Ok(Change::Heartbeat) => {}
             Err(broadcast::error::RecvError::Closed) => return false,
         }
         true
@@ -228,7 +324,7 @@ mod tests {
         let feed = Arc::new(Feed::new());
         let (stop, stopping) = watch::channel(false);
         assert!(!feed.listened());
-        let mut stream = feed.stream(stopping);
+        let mut stream = feed.stream(stopping).unwrap();
         let first = stream.next().await.unwrap().unwrap();
         assert!(!first.epoch.is_empty());
         assert!(first.heartbeat_interval.is_some());
