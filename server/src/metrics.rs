@@ -55,7 +55,9 @@ pub(crate) struct Metrics {
     store: Option<MemorySessionStore>,
     trackers: Gauge,
     invalidations: Counter,
-    /// The `Track` feed, whose trackers and invalidations are mirrored; none on Redis.
+    tracking_live: Gauge,
+    /// The `Track` feed, whose trackers and invalidations are mirrored; none where the daemon
+    /// cannot track (Redis Cluster).
     feed: Option<Arc<Feed>>,
 }
 
@@ -81,6 +83,7 @@ impl Metrics {
             store,
             trackers: Gauge::default(),
             invalidations: Counter::default(),
+            tracking_live: Gauge::default(),
             feed,
         };
         let r = &mut metrics.registry;
@@ -130,6 +133,12 @@ impl Metrics {
             metrics.invalidations.clone(),
         );
         r.register(
+            "tracking_live",
+            "1 while this daemon hears every change to its sessions and accepts Track streams \
+             (on Redis: while its relay of every daemon's changes is proven current)",
+            metrics.tracking_live.clone(),
+        );
+        r.register(
             "snapshot_age_seconds",
             "Time since the last snapshot was written (-1: none yet)",
             metrics.snapshot_age.clone(),
@@ -172,6 +181,7 @@ impl Metrics {
             self.trackers
                 .set(i64::try_from(feed.trackers()).unwrap_or(i64::MAX));
             catch_up(&self.invalidations, feed.sent());
+            self.tracking_live.set(i64::from(feed.live()));
         }
         self.resident_memory
             .set(i64::try_from(memory_usage::resident_bytes()).unwrap_or(i64::MAX));

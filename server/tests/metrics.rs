@@ -62,6 +62,8 @@ async fn metrics_count_operations_by_method_and_code() {
         "gonest_sessiond_operation_duration_seconds_count{method=\"get\"} 2",
         "gonest_sessiond_sweeps_total 0",
         "gonest_sessiond_snapshot_age_seconds -1",
+        "gonest_sessiond_tracking_live 1",
+        "gonest_sessiond_trackers 0",
     ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }
