@@ -30,6 +30,36 @@ pub enum Command {
     Memory(MemoryArgs),
     /// Latency while the daemon sweeps many expired sessions, against latency without a sweep.
     Sweep(SweepArgs),
+    /// Time from a write's answer to its invalidation on a `Track` stream, under load.
+    Invalidation(InvalidationArgs),
+}
+
+/// Flags of `invalidation`.
+#[derive(Debug, Clone, Args)]
+pub struct InvalidationArgs {
+    /// The daemon the load and the probe's saves go to, such as http://127.0.0.1:7070.
+    #[arg(long)]
+    pub sessiond: String,
+    /// The daemon whose `Track` stream the probe watches (default: --sessiond). Another daemon
+    /// on the same Redis measures the relay between daemons.
+    #[arg(long)]
+    pub watch: Option<String>,
+    /// The load that runs meanwhile: callers, mix, keys and streams.
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Bytes in each session's value (the load's).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Probe saves, each timed.
+    #[arg(long, default_value_t = 2000)]
+    pub samples: usize,
+    /// How often the probe saves.
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub every: Duration,
+    /// More `Track` streams to hold open on --watch, each reading every invalidation, as the
+    /// near caches of that many more app instances (each costs the daemon every change).
+    #[arg(long, default_value_t = 0)]
+    pub trackers: usize,
 }
 
 /// Flags of `throughput`.

@@ -5,6 +5,7 @@
 mod cli;
 mod compare;
 mod http;
+mod invalidation;
 mod memory;
 mod procfs;
 mod report;
@@ -13,7 +14,8 @@ mod target;
 mod throughput;
 
 pub use cli::{
-    Cli, Command, CompareArgs, HttpArgs, LoadArgs, MemoryArgs, Route, SweepArgs, ThroughputArgs,
+    Cli, Command, CompareArgs, HttpArgs, InvalidationArgs, LoadArgs, MemoryArgs, Route, SweepArgs,
+    ThroughputArgs,
 };
 
 /// Runs the command the flags name.
@@ -24,5 +26,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(args) => compare::run(args).await,
         Command::Memory(args) => memory::run(args).await,
         Command::Sweep(args) => sweep::run(args).await,
+        Command::Invalidation(args) => invalidation::run(args).await,
     }
 }

@@ -326,3 +326,51 @@ async fn bad_flags_are_refused_clearly() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("at least 2"));
 }
+
+/// `invalidation` on two daemons sharing one Redis: every probe's invalidation arrives on the
+/// other daemon's `Track` stream (none missed), and the load ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_times_each_probe_across_two_daemons_on_one_redis() {
+    let redis = gonest_session_test_support::RedisServer::start().await;
+    let on_redis = || gonest_sessiond::Config {
+        backend: gonest_sessiond::StoreBackend::Redis(redis.url()),
+        ..gonest_sessiond::Config::default()
+    };
+    let (one, two) = (
+        Daemon::start(on_redis()).await,
+        Daemon::start(on_redis()).await,
+    );
+    let (via, watch) = (one.url(), two.url());
+    let output = bench(&[
+        "invalidation",
+        "--sessiond",
+        &via,
+        "--watch",
+        &watch,
+        "--samples",
+        "50",
+        "--every",
+        "2ms",
+        "--trackers",
+        "2",
+        "--clients",
+        "4",
+        "--keys",
+        "100",
+    ])
+    .await;
+    let stdout = succeeded(&output);
+    let load = stdout
+        .lines()
+        .find(|l| l.starts_with("load "))
+        .unwrap_or_else(|| panic!("no load line in {stdout}"));
+    assert!(figure(load, "ops/s:") > 0.0, "{load}");
+    assert!(load.contains("errors: 0"), "{load}");
+    let probes = stdout.lines().last().unwrap_or_default();
+    assert!(
+        probes.starts_with("invalidation after the save's answer: p50 ")
+            && probes.contains("(50 probes;")
+            && probes.contains("; 0 missed;"),
+        "{stdout}"
+    );
+}
