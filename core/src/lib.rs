@@ -41,6 +41,7 @@ mod clock;
 pub mod codec;
 mod error;
 mod id;
+pub mod journal;
 mod memory;
 mod record;
 mod snapshot;
@@ -50,7 +51,8 @@ pub use clock::Clock;
 pub use error::{Result, StoreError};
 pub use id::{MAX_ID_LEN, MAX_OWNER_LEN, validate_id, validate_owner, validate_stored_owner};
 pub use memory::{
-    LIST_SHARDS_PER_PAGE, MemorySessionStore, MemorySessionStoreBuilder, StoreStats, StoredSession,
+    LIST_SHARDS_PER_PAGE, MemorySessionStore, MemorySessionStoreBuilder, Replayed, StoreStats,
+    StoredSession,
 };
 pub use record::{Save, Saved, SessionData, SessionRecord, StoreExpiry, data_size};
 pub use snapshot::SnapshotError;

@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 
 use anyhow::Context;
 
-use crate::{Config, Persistence, StoreBackend, TlsFiles, Tokens};
+use crate::{AppendFsync, Config, Persistence, StoreBackend, TlsFiles, Tokens};
 
 /// The GoNest session store daemon: holds web sessions in memory and serves them over gRPC
 /// (gonest.session.v1.SessionStore) to any number of app instances.
@@ -92,9 +92,19 @@ pub struct Cli {
     #[arg(long, env = "GONEST_SESSIOND_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Time between two snapshots (with --data-dir); a crash loses at most this much.
+    /// Time between two snapshots (with --data-dir). Between them, every change goes to the
+    /// append-only log (see --appendfsync); with `--appendfsync off`, a crash loses up to this.
     #[arg(long, env = "GONEST_SESSIOND_SNAPSHOT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub snapshot_interval: Duration,
+
+    /// With --data-dir, how the append-only log of every change is synced to disk, as Redis's
+    /// appendfsync: `always` (a write is answered once on disk: a crash loses no acknowledged
+    /// write), `everysec` (written at once, synced every second: a process crash loses
+    /// nothing acknowledged in practice, a power cut up to about a second), `no` (written at
+    /// once, synced when the OS chooses), `off` (no log: a crash loses the writes since the last
+    /// snapshot).
+    #[arg(long, env = "GONEST_SESSIOND_APPENDFSYNC", value_enum, default_value_t = AppendFsync::Everysec)]
+    pub appendfsync: AppendFsync,
 
     /// Serve Prometheus metrics on http://ADDR/metrics (operations, latency, sessions, sweeps,
     /// snapshots). Off unless set.
@@ -205,6 +215,7 @@ impl Cli {
             persistence: self.data_dir.as_ref().map(|dir| Persistence {
                 dir: dir.clone(),
                 interval: self.snapshot_interval,
+                appendfsync: self.appendfsync,
             }),
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {

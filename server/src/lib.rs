@@ -22,6 +22,7 @@
 //!
 //! [`MemorySessionStore`]: gonest_session_core::MemorySessionStore
 
+mod aof;
 mod auth;
 mod budget;
 mod cli;
@@ -41,6 +42,7 @@ mod service;
 pub mod shutdown;
 mod tracking;
 
+pub use aof::AppendFsync;
 pub use auth::Tokens;
 pub use cli::{Cli, Command, LogFormat};
 pub use config::{Config, StoreBackend, TlsFiles, default_max_connections};

@@ -56,6 +56,11 @@ pub(crate) struct Metrics {
     trackers: Gauge,
     invalidations: Counter,
     tracking_live: Gauge,
+    log_bytes: Gauge,
+    log_rewrites: Counter,
+    log_failing: Gauge,
+    /// The append-only log, whose size, rewrites and state are mirrored.
+    log: Option<Arc<crate::aof::AppendLog>>,
     /// The `Track` feed, whose trackers and invalidations are mirrored; none where the daemon
     /// cannot track (Redis Cluster).
     feed: Option<Arc<Feed>>,
@@ -68,7 +73,11 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(store: Option<MemorySessionStore>, feed: Option<Arc<Feed>>) -> Self {
+    pub(crate) fn new(
+        store: Option<MemorySessionStore>,
+        feed: Option<Arc<Feed>>,
+        log: Option<Arc<crate::aof::AppendLog>>,
+    ) -> Self {
         let mut metrics = Self {
             registry: Registry::with_prefix("gonest_sessiond"),
             operations: Family::default(),
@@ -84,6 +93,10 @@ impl Metrics {
             trackers: Gauge::default(),
             invalidations: Counter::default(),
             tracking_live: Gauge::default(),
+            log_bytes: Gauge::default(),
+            log_rewrites: Counter::default(),
+            log_failing: Gauge::default(),
+            log,
             feed,
         };
         let r = &mut metrics.registry;
@@ -138,6 +151,23 @@ impl Metrics {
              (on Redis: while its relay of every daemon's changes is proven current)",
             metrics.tracking_live.clone(),
         );
+        if metrics.log.is_some() {
+            r.register(
+                "log_bytes",
+                "Bytes in the append-only log files since the last snapshot",
+                metrics.log_bytes.clone(),
+            );
+            r.register(
+                "log_rewrites",
+                "Snapshots taken early because the append-only log had grown past its bound",
+                metrics.log_rewrites.clone(),
+            );
+            r.register(
+                "log_failing",
+                "1 while the append-only log cannot be written (writes are refused)",
+                metrics.log_failing.clone(),
+            );
+        }
         r.register(
             "snapshot_age_seconds",
             "Time since the last snapshot was written (-1: none yet)",
@@ -182,6 +212,12 @@ impl Metrics {
                 .set(i64::try_from(feed.trackers()).unwrap_or(i64::MAX));
             catch_up(&self.invalidations, feed.sent());
             self.tracking_live.set(i64::from(feed.live()));
+        }
+        if let Some(log) = &self.log {
+            self.log_bytes
+                .set(i64::try_from(log.size()).unwrap_or(i64::MAX));
+            catch_up(&self.log_rewrites, log.rewrites());
+            self.log_failing.set(i64::from(log.failing()));
         }
         self.resident_memory
             .set(i64::try_from(memory_usage::resident_bytes()).unwrap_or(i64::MAX));

@@ -1,20 +1,28 @@
-//! Snapshots of the store on disk: loaded at start, written every interval and at shutdown.
+//! Snapshots of the store on disk: loaded at start (then the append-only log replayed over
+//! them, see [`crate::aof`]), written every interval, when the log has grown, and at shutdown.
 
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use gonest_session_core::MemorySessionStore;
+
+use crate::aof::{AppendFsync, AppendLog};
 
 /// Where and how often the store is saved to disk.
 #[derive(Debug, Clone)]
 pub struct Persistence {
     /// The directory holding `sessions.snapshot`.
     pub dir: PathBuf,
-    /// Time between two snapshots; a crash loses at most the writes of one interval.
+    /// Time between two snapshots.
     pub interval: Duration,
+    /// How the append-only log of every change is synced (`Off`: no log; a crash then loses
+    /// the writes since the last snapshot).
+    pub appendfsync: AppendFsync,
 }
 
 impl Persistence {
@@ -23,9 +31,25 @@ impl Persistence {
         self.dir.join("sessions.snapshot")
     }
 
-    /// Loads the snapshot into `store`, all or nothing. No snapshot yet is an empty start; a
-    /// damaged one is an error that names the file and says how to move it aside.
-    pub(crate) async fn load(&self, store: &MemorySessionStore) -> anyhow::Result<()> {
+    /// Loads the snapshot into `store`, all or nothing, then replays the log files written
+    /// after it, and starts a new log file (unless `--appendfsync off`). No snapshot yet is an
+    /// empty start; a damaged snapshot or log is an error that names the file and says what to
+    /// do.
+    pub(crate) async fn load(
+        &self,
+        store: &MemorySessionStore,
+    ) -> anyhow::Result<Option<Arc<AppendLog>>> {
+        self.load_snapshot(store).await?;
+        let (dir, replaying) = (self.dir.clone(), store.clone());
+        let last =
+            tokio::task::spawn_blocking(move || crate::aof::replay(&dir, &replaying)).await??;
+        if self.appendfsync == AppendFsync::Off {
+            return Ok(None);
+        }
+        AppendLog::start(store, &self.dir, last + 1, self.appendfsync).map(Some)
+    }
+
+    async fn load_snapshot(&self, store: &MemorySessionStore) -> anyhow::Result<()> {
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create --data-dir {}", self.dir.display()))?;
         probe_writable(&self.dir)?;
@@ -63,14 +87,27 @@ impl Persistence {
 
     /// Writes a snapshot atomically: a temporary file, fsync, rename over the old one, fsync of
     /// the directory. A crash at any point leaves the previous snapshot or the new one, whole.
-    pub(crate) async fn write(&self, store: &MemorySessionStore) -> anyhow::Result<Duration> {
+    /// With a log, a new log file is started first, and once the snapshot is in place the
+    /// files before it are removed; without one, every log file left is (the snapshot holds
+    /// what they did).
+    pub(crate) async fn write(
+        &self,
+        store: &MemorySessionStore,
+        log: Option<&Arc<AppendLog>>,
+    ) -> anyhow::Result<Duration> {
         let this = self.clone();
         let store = store.clone();
-        tokio::task::spawn_blocking(move || this.write_blocking(&store)).await?
+        let log = log.cloned();
+        tokio::task::spawn_blocking(move || this.write_blocking(&store, log.as_deref())).await?
     }
 
-    fn write_blocking(&self, store: &MemorySessionStore) -> anyhow::Result<Duration> {
+    fn write_blocking(
+        &self,
+        store: &MemorySessionStore,
+        log: Option<&AppendLog>,
+    ) -> anyhow::Result<Duration> {
         let started = Instant::now();
+        let generation = log.map(AppendLog::rotate).transpose()?;
         let path = self.snapshot_path();
         let temporary = self.dir.join("sessions.snapshot.tmp");
         let file = File::create(&temporary)
@@ -90,6 +127,16 @@ impl Persistence {
         File::open(&self.dir)
             .and_then(|dir| dir.sync_all())
             .with_context(|| format!("cannot sync directory {}", self.dir.display()))?;
+        let bytes = fs::metadata(&path).map_or(0, |meta| meta.len());
+        match (log, generation) {
+            (Some(log), Some(generation)) => log.snapshot_written(generation, bytes),
+            _ => {
+                for (_, old) in crate::aof::log_files(&self.dir)? {
+                    fs::remove_file(&old)
+                        .with_context(|| format!("cannot remove {}", old.display()))?;
+                }
+            }
+        }
         let took = started.elapsed();
         tracing::info!(sessions, elapsed_ms = took.as_millis(), "snapshot written");
         Ok(took)

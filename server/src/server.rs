@@ -56,10 +56,11 @@ pub async fn run(
                 .sweep_interval(Some(config.sweep_interval))
                 .build()
                 .context("invalid store settings")?;
-            if let Some(persistence) = &config.persistence {
-                persistence.load(&store).await?;
-            }
-            serve(listener, config, MemoryEngine::new(store), shutdown).await
+            let log = match &config.persistence {
+                Some(persistence) => persistence.load(&store).await?,
+                None => None,
+            };
+            serve(listener, config, MemoryEngine::new(store, log), shutdown).await
         }
         StoreBackend::Redis(url) => {
             anyhow::ensure!(
@@ -123,6 +124,7 @@ async fn serve<E: Engine>(
             let metrics = Arc::new(Metrics::new(
                 engine.memory().cloned(),
                 engine.feed().cloned(),
+                engine.append_log().cloned(),
             ));
             crate::metrics::serve(addr, metrics.clone(), stopping.clone()).await?;
             service = service.with_metrics(metrics.clone());
@@ -172,10 +174,12 @@ async fn serve<E: Engine>(
     let mut server = tokio::spawn(server);
     // Persistence belongs to the memory backend (checked above).
     let snapshotted = config.persistence.clone().zip(engine.memory().cloned());
+    let log = engine.append_log().cloned();
     let snapshots = snapshotted.clone().map(|(persistence, memory)| {
         tokio::spawn(snapshot_every_interval(
             persistence,
             memory,
+            log.clone(),
             metrics.clone(),
             stopping.clone(),
         ))
@@ -246,7 +250,7 @@ async fn serve<E: Engine>(
         // the last one, with every write that made it in.
         let _ = task.await;
         let took = persistence
-            .write(memory)
+            .write(memory, log.as_ref())
             .await
             .context("final snapshot failed")?;
         if let Some(metrics) = &metrics {
@@ -304,6 +308,7 @@ async fn report_backend_health<E: Engine>(
 async fn snapshot_every_interval(
     persistence: Persistence,
     store: MemorySessionStore,
+    log: Option<Arc<crate::aof::AppendLog>>,
     metrics: Option<Arc<Metrics>>,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -312,13 +317,28 @@ async fn snapshot_every_interval(
         persistence.interval,
     );
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The log's size is looked at every second: past its bound, a snapshot is taken early
+    // (which starts a new log file and removes the old ones).
+    let mut checks = tokio::time::interval(Duration::from_secs(1));
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut grown = false;
         tokio::select! {
             _ = ticks.tick() => {}
+            _ = checks.tick(), if log.is_some() => {
+                grown = log.as_ref().is_some_and(|log| log.wants_rewrite());
+                if !grown {
+                    continue;
+                }
+            }
             _ = stopping.wait_for(|stop| *stop) => return,
         }
-        match persistence.write(&store).await {
+        match persistence.write(&store, log.as_ref()).await {
             Ok(took) => {
+                if grown && let Some(log) = &log {
+                    log.rewritten();
+                }
+                ticks.reset();
                 if let Some(metrics) = &metrics {
                     metrics.snapshot_written(took);
                 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Process;
+use common::{Process, refuses_to_start};
 use gonest_session_client::RemoteSessionStore;
 use gonest_session_core::{Save, SessionData, SessionRecord, SessionStore};
 
@@ -122,16 +122,6 @@ async fn sessions_saved_before_the_last_snapshot_survive_kill_9() {
     let mut daemon = Process::start(&["--data-dir", data_dir]).await;
     assert_all_back(&daemon.url(), &records).await;
     let _ = daemon.child.kill().await;
-}
-
-async fn refuses_to_start(data_dir: &str) -> String {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_gonest-sessiond"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir", data_dir])
-        .output()
-        .await
-        .unwrap();
-    assert!(!output.status.success(), "started on a damaged snapshot");
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

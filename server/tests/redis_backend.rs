@@ -101,6 +101,7 @@ async fn memory_only_settings_are_refused_with_redis() {
         persistence: Some(gonest_sessiond::Persistence {
             dir: dir.path().to_owned(),
             interval: Duration::from_secs(30),
+            appendfsync: gonest_sessiond::AppendFsync::Everysec,
         }),
         ..on(&redis)
     };

@@ -136,6 +136,7 @@ impl MemorySessionStoreBuilder {
                 expired_removed: AtomicU64::new(0),
                 sweeps: AtomicU64::new(0),
                 stop_sweeper: Arc::new(Notify::new()),
+                journal: std::sync::OnceLock::new(),
             }),
         };
         if let (Some(interval), Ok(runtime)) =

@@ -71,6 +71,9 @@ impl MemorySessionStore {
                 Entry::Occupied(occupied) if occupied.get().owner() == owner.as_bytes() => {
                     let record = occupied.remove().0;
                     self.inner.owners.replace(Some(&record), None);
+                    if let Some(journal) = self.inner.journal() {
+                        journal.remove(&id);
+                    }
                     Some(record)
                 }
                 _ => None,

@@ -30,7 +30,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 pub use builder::{MemorySessionStoreBuilder, StoreStats};
+pub use persist::Replayed;
 pub use stored::StoredSession;
+#[cfg(test)]
+pub(crate) use table::Nanos;
+pub(crate) use table::Record;
 
 use crate::store::SessionPage;
 use crate::{Clock, Result, Save, Saved, SessionRecord, SessionStore};

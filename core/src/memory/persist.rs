@@ -84,6 +84,68 @@ impl MemorySessionStore {
         Ok((loaded, skipped))
     }
 
+    /// Attaches `journal`: from now on every change (save, destroy, touch, destroy by owner,
+    /// restore) is appended to it, under its session's shard lock, so the journal holds the
+    /// changes of each session in the order they were applied. Expiry appends nothing (the
+    /// records carry absolute expiries). Fails if a journal is attached already.
+    pub fn attach_journal(
+        &self,
+        journal: std::sync::Arc<crate::journal::Journal>,
+    ) -> std::result::Result<(), crate::StoreError> {
+        self.inner
+            .journal
+            .set(journal)
+            .map_err(|_| crate::StoreError::invalid("a journal is attached already"))
+    }
+
+    /// Applies a change log written from a [`Journal`](crate::journal::Journal) (a whole
+    /// file, magic first) on top of what the store holds, in order. A session put or given an
+    /// expiry that has passed since is removed, so nothing expired comes back. A last record cut
+    /// short (a crash while writing it) is not applied: [`Replayed::torn_at`] says where it
+    /// starts. Damage before it applies nothing and is an error naming the offset.
+    pub fn replay_log(
+        &self,
+        bytes: &[u8],
+    ) -> std::result::Result<Replayed, crate::journal::LogError> {
+        let parsed = crate::journal::parse(bytes)?;
+        let now = Nanos::from(self.inner.clock.now());
+        let applied = parsed.changes.len() as u64;
+        for change in parsed.changes {
+            match change {
+                crate::journal::Change::Put(record) => {
+                    let id = String::from_utf8_lossy(record.id()).into_owned();
+                    if record.is_live(now) {
+                        self.inner.put(&id, record);
+                    } else {
+                        let _ = self.destroy_now(&id);
+                    }
+                }
+                crate::journal::Change::Remove(id) => {
+                    let _ = self.destroy_now(&id);
+                }
+                crate::journal::Change::Expire(id, at) => {
+                    if at > now.0 {
+                        self.inner
+                            .map
+                            .write_expiring(&id, Some(Nanos(at)), |entry| {
+                                if let hashbrown::hash_table::Entry::Occupied(mut occupied) = entry
+                                {
+                                    occupied.get_mut().set_expires_at(Nanos(at));
+                                    self.inner.owners.replace(None, Some(occupied.get()));
+                                }
+                            });
+                    } else {
+                        let _ = self.destroy_now(&id);
+                    }
+                }
+            }
+        }
+        Ok(Replayed {
+            applied,
+            torn_at: parsed.torn_at,
+        })
+    }
+
     /// Calls `f` with every live record, one shard at a time (as when writing a snapshot).
     /// Records saved meanwhile may or may not be seen.
     pub fn for_each_live(&self, mut f: impl FnMut(SessionRecord)) {
@@ -97,4 +159,15 @@ impl MemorySessionStore {
             Ok::<_, ()>(())
         });
     }
+}
+
+/// What [`MemorySessionStore::replay_log`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Replayed {
+    /// Changes applied.
+    pub applied: u64,
+    /// Where a last record cut short starts, in bytes from the start of the file: the file
+    /// is to be cut there before anything is appended to it.
+    pub torn_at: Option<u64>,
 }

@@ -33,6 +33,8 @@ pub(super) struct State {
     pub(super) sweeps: AtomicU64,
     /// Wakes the sweeper task so it stops, when the store is dropped.
     pub(super) stop_sweeper: Arc<Notify>,
+    /// Where every change is appended, under its shard's lock, once attached.
+    pub(super) journal: std::sync::OnceLock<Arc<crate::journal::Journal>>,
 }
 
 impl Drop for State {
@@ -92,17 +94,28 @@ impl State {
                 Entry::Occupied(mut occupied) => {
                     let old = std::mem::replace(occupied.get_mut(), record);
                     self.owners.replace(Some(&old), Some(occupied.get()));
+                    if let Some(journal) = self.journal() {
+                        journal.put(occupied.get());
+                    }
                     false
                 }
                 Entry::Vacant(vacant) => {
                     let inserted = vacant.insert(record);
                     self.owners.replace(None, Some(inserted.get()));
+                    if let Some(journal) = self.journal() {
+                        journal.put(inserted.get());
+                    }
                     true
                 }
             });
         if added {
             self.stored.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The journal, if one is attached.
+    pub(super) fn journal(&self) -> Option<&crate::journal::Journal> {
+        self.journal.get().map(|journal| &**journal)
     }
 
     /// The store's clock.

@@ -103,6 +103,31 @@ impl Record {
         Self(buf)
     }
 
+    /// The record's whole buffer, as the change log writes it.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// A record from a buffer [`Self::bytes`] gave, checked: `None` unless its header, id,
+    /// owner and data are all well formed.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < HEADER {
+            return None;
+        }
+        let record = Self(Arc::from(bytes));
+        if record.owner_end() > bytes.len() {
+            return None;
+        }
+        let id = std::str::from_utf8(record.id()).ok()?;
+        crate::validate_id(id).ok()?;
+        let owner = std::str::from_utf8(record.owner()).ok()?;
+        if !owner.is_empty() {
+            crate::validate_stored_owner(owner).ok()?;
+        }
+        crate::codec::decode_data(record.data()).ok()?;
+        Some(record)
+    }
+
     /// The record's buffer as [`Bytes`], shared with the table (no copy): values read from it
     /// are slices of it.
     pub(crate) fn shared(&self) -> Bytes {

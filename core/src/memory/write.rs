@@ -105,6 +105,9 @@ impl MemorySessionStore {
                         owner_room(Some(current))?;
                         let old = std::mem::replace(current, record(current.created_at(), version));
                         inner.owners.replace(Some(&old), Some(current));
+                        if let Some(journal) = inner.journal() {
+                            journal.put(current);
+                        }
                     } else {
                         // An expired record is absent: the save creates a new session in its place.
                         check_absent(save.expected_version)?;
@@ -112,6 +115,9 @@ impl MemorySessionStore {
                         let old = std::mem::replace(current, record(now, 1));
                         inner.owners.replace(Some(&old), Some(current));
                         inner.expired_removed.fetch_add(1, Ordering::Relaxed);
+                        if let Some(journal) = inner.journal() {
+                            journal.put(current);
+                        }
                     }
                     Ok(current.saved())
                 }
@@ -126,6 +132,9 @@ impl MemorySessionStore {
                     }
                     let inserted = vacant.insert(record(now, 1));
                     inner.owners.replace(None, Some(inserted.get()));
+                    if let Some(journal) = inner.journal() {
+                        journal.put(inserted.get());
+                    }
                     Ok(inserted.get().saved())
                 }
             })
@@ -139,6 +148,9 @@ impl MemorySessionStore {
             Entry::Occupied(occupied) => {
                 let record = occupied.remove().0;
                 self.inner.owners.replace(Some(&record), None);
+                if let Some(journal) = self.inner.journal() {
+                    journal.remove(id);
+                }
                 Some(record)
             }
             Entry::Vacant(_) => None,
@@ -171,6 +183,9 @@ impl MemorySessionStore {
             Entry::Occupied(mut occupied) if occupied.get().is_live(now) => {
                 occupied.get_mut().set_expires_at(expires_at.into());
                 self.inner.owners.replace(None, Some(occupied.get()));
+                if let Some(journal) = self.inner.journal() {
+                    journal.expire(id, Nanos::from(expires_at).0);
+                }
                 (Some(expires_at), None)
             }
             // An expired record is absent; remove it while its shard is locked anyway.

@@ -7,6 +7,7 @@ use gonest_session_proto::pb;
 use tonic::Streaming;
 
 use super::{Engine, Operation, answer_size, shutting_down};
+use crate::aof::AppendLog;
 use crate::budget::AnswerBudget;
 use crate::draining::{Call, WriteGate};
 use crate::pipeline::{AnswerStream, MemoryAnswers, Stopped};
@@ -19,18 +20,22 @@ pub(crate) struct MemoryEngine {
     store: MemorySessionStore,
     /// Where every change is published for `Track` streams.
     feed: Arc<Feed>,
+    /// The append-only log, with `--data-dir` (unless `--appendfsync off`).
+    log: Option<Arc<AppendLog>>,
 }
 
 impl MemoryEngine {
-    pub(crate) fn new(store: MemorySessionStore) -> Self {
+    pub(crate) fn new(store: MemorySessionStore, log: Option<Arc<AppendLog>>) -> Self {
         Self {
             store,
             feed: Arc::new(Feed::new()),
+            log,
         }
     }
 
     /// Applies `op` now; a write only while `writes` is open, so none lands after shutdown
-    /// closes it. A change is published once applied, when trackers listen.
+    /// closes it, and only while the log can be written. A change is published once applied,
+    /// when trackers listen.
     pub(crate) fn apply<O: Operation>(
         &self,
         op: O,
@@ -38,6 +43,9 @@ impl MemoryEngine {
     ) -> Result<O::Answer, StoreError> {
         if !O::WRITES {
             return op.apply_now(&self.store);
+        }
+        if self.log.as_ref().is_some_and(|log| log.failing()) {
+            return Err(crate::aof::log_failing());
         }
         let (answer, change) = writes
             .pass(|| op.apply_tracked(&self.store))
@@ -49,6 +57,11 @@ impl MemoryEngine {
             self.feed.publish(change);
         }
         Ok(answer)
+    }
+
+    /// The log, if every write must wait until it is synced (`--appendfsync always`).
+    pub(crate) fn syncing_log(&self) -> Option<&Arc<AppendLog>> {
+        self.log.as_ref().filter(|log| log.syncs_each_write())
     }
 
     /// Reads a session as the store holds it, for a `Pipeline` Get written straight from it.
@@ -66,7 +79,7 @@ impl Engine for MemoryEngine {
         writes: &WriteGate,
         budget: Option<&AnswerBudget>,
     ) -> Result<O::Answer, StoreError> {
-        match budget {
+        let answer = match budget {
             None => self.apply(op, writes),
             Some(budget) => {
                 budget
@@ -77,7 +90,14 @@ impl Engine for MemoryEngine {
                     })
                     .await
             }
+        };
+        // `--appendfsync always`: a write is answered once it is on disk.
+        if O::WRITES
+            && let Some(log) = self.syncing_log()
+        {
+            log.synced(log.position()).await?;
         }
+        answer
     }
 
     async fn stats(&self, as_stored: bool) -> Option<StoreStats> {
@@ -98,6 +118,10 @@ impl Engine for MemoryEngine {
 
     fn feed(&self) -> Option<&Arc<Feed>> {
         Some(&self.feed)
+    }
+
+    fn append_log(&self) -> Option<&Arc<AppendLog>> {
+        self.log.as_ref()
     }
 
     fn answers(

@@ -55,6 +55,11 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
     /// every change (another daemon may change the same store).
     fn feed(&self) -> Option<&std::sync::Arc<crate::tracking::Feed>>;
 
+    /// The append-only log of every change, on the memory backend with `--data-dir`.
+    fn append_log(&self) -> Option<&std::sync::Arc<crate::aof::AppendLog>> {
+        None
+    }
+
     /// The answers of one `Pipeline` stream, in the order its operations came, each produced
     /// under `budget` (the connection's, when there is one). They end when `stopped` completes,
     /// and `call` counts the stream until they are dropped.

@@ -116,10 +116,15 @@ pub(crate) struct MemoryAnswers<S> {
     room: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// Completes when the daemon starts shutting down, which ends the answers.
     stopped: Stopped,
+    /// With `--appendfsync always`: an answer to a write, held until the log has it on disk.
+    held: Option<(Answer, Synced)>,
     ended: bool,
     /// Counts the call (for shutdown) until the answers are dropped.
     _call: Call,
 }
+
+/// Completes once the log has synced a write (or has failed to).
+type Synced = Pin<Box<dyn Future<Output = Result<(), gonest_session_core::StoreError>> + Send>>;
 
 /// One `Pipeline` message to answer.
 enum Work {
@@ -158,6 +163,7 @@ impl<S> MemoryAnswers<S> {
             work: None,
             room: None,
             stopped,
+            held: None,
             ended: false,
             _call: call,
         }
@@ -178,6 +184,19 @@ impl<S> MemoryAnswers<S> {
             None => unreachable!("answered only with work to do"),
         }
     }
+
+    /// With `--appendfsync always`, whether the answer just produced must wait for the log:
+    /// the log had grown past what was synced since `before`. (Another connection's write may
+    /// have grown it: the answer then waits for that write too, one sync at most.)
+    fn to_sync(service: &SessionService<MemoryEngine>, before: Option<u64>) -> Option<Synced> {
+        let log = service.engine.syncing_log()?;
+        let after = log.position();
+        if Some(after) == before {
+            return None;
+        }
+        let log = log.clone();
+        Some(Box::pin(async move { log.synced(after).await }))
+    }
 }
 
 impl<S> Stream for MemoryAnswers<S>
@@ -191,6 +210,17 @@ where
         if this.ended || this.stopped.as_mut().poll(cx).is_ready() {
             this.ended = true;
             return Poll::Ready(None);
+        }
+        if let Some((_, synced)) = this.held.as_mut() {
+            let synced = std::task::ready!(synced.as_mut().poll(cx));
+            let (answer, _) = this.held.take().expect("held");
+            return Poll::Ready(Some(match synced {
+                Ok(()) => Ok(answer),
+                Err(err) => {
+                    this.ended = true;
+                    Err(gonest_session_proto::status_from_error(&err))
+                }
+            }));
         }
         loop {
             if this.work.is_none() {
@@ -217,18 +247,26 @@ where
                 room,
                 ..
             } = &mut *this;
-            let Some(budget) = budget else {
-                return Poll::Ready(Some(Ok(Self::answer(service, work))));
+            let before = service.engine.syncing_log().map(|log| log.position());
+            let produced = match budget {
+                None => Ok(Self::answer(service, work)),
+                Some(budget) => budget.try_produce(|| {
+                    let answer = Self::answer(service, work);
+                    let bytes = answer.encoded_len();
+                    (answer, bytes)
+                }),
             };
-            let produced = budget.try_produce(|| {
-                let answer = Self::answer(service, work);
-                let bytes = answer.encoded_len();
-                (answer, bytes)
-            });
             match produced {
-                Ok(answer) => return Poll::Ready(Some(Ok(answer))),
+                Ok(answer) => {
+                    if let Some(synced) = Self::to_sync(service, before) {
+                        this.held = Some((answer, synced));
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    return Poll::Ready(Some(Ok(answer)));
+                }
                 Err(_) => {
-                    let budget = budget.clone();
+                    let budget = budget.clone().expect("only a budget refuses");
                     *room = Some(Box::pin(async move { budget.wait().await }));
                 }
             }
@@ -250,7 +288,7 @@ mod tests {
 
     fn memory_service() -> (SessionService<MemoryEngine>, watch::Sender<bool>) {
         let (stop, stopping) = watch::channel(false);
-        let store = MemoryEngine::new(MemorySessionStore::new(Duration::from_secs(60)));
+        let store = MemoryEngine::new(MemorySessionStore::new(Duration::from_secs(60)), None);
         let limits = Limits {
             max_session_bytes: 1 << 20,
             max_ttl: Duration::from_secs(3600),

@@ -126,3 +126,17 @@ impl Process {
         (status, self.seen)
     }
 }
+
+/// Starts the daemon on `data_dir`, which must refuse to start; returns what it printed.
+pub async fn refuses_to_start(data_dir: &str) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_gonest-sessiond"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir", data_dir])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "started on damaged files in {data_dir}"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
