@@ -62,6 +62,11 @@ pub enum StoreError {
     /// The store could not be reached. Sent as `UNAVAILABLE`.
     #[error("session store unavailable: {0}")]
     Unavailable(String),
+    /// Writes are refused because the store cannot make them durable now (its append-only log
+    /// cannot be written: a full or read-only disk); reads still work, and writes resume by
+    /// themselves once it can. Sent as `UNAVAILABLE`, ErrorInfo reason `LOG_FAILING`.
+    #[error("writes refused: {0}")]
+    LogFailing(String),
     /// The store did not answer in time. Sent as `DEADLINE_EXCEEDED`.
     #[error("session store did not answer in time")]
     Timeout,
@@ -79,6 +84,9 @@ impl StoreError {
     /// Whether the operation may succeed if simply tried again later (the store was unreachable
     /// or slow), as opposed to a rejection of the request itself.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Timeout)
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::LogFailing(_) | Self::Timeout
+        )
     }
 }

@@ -144,7 +144,7 @@ pub fn status_from_error(error: &StoreError) -> Status {
         | StoreError::StoreFull(_) => Code::ResourceExhausted,
         StoreError::Unsupported(_) => Code::Unimplemented,
         StoreError::Unauthenticated(_) => Code::Unauthenticated,
-        StoreError::Unavailable(_) => Code::Unavailable,
+        StoreError::Unavailable(_) | StoreError::LogFailing(_) => Code::Unavailable,
         StoreError::Timeout => Code::DeadlineExceeded,
         // A variant core gains later is INTERNAL until it is mapped here (the round-trip test
         // below lists every variant).
@@ -167,6 +167,7 @@ pub fn status_from_error(error: &StoreError) -> Status {
             info("OWNER_SESSION_LIMIT", vec![("limit", *limit)])
         }
         StoreError::StoreFull(_) => info("STORE_FULL", Vec::new()),
+        StoreError::LogFailing(_) => info("LOG_FAILING", Vec::new()),
         StoreError::Conflict { expected, actual } => info(
             "VERSION_CONFLICT",
             std::iter::once(("expected", *expected))
@@ -253,6 +254,12 @@ pub fn error_from_status(status: &Status, expected_version: Option<u64>) -> Stor
             _ => StoreError::Internal(format!("resource exhausted: {message}")),
         },
         Code::Unauthenticated | Code::PermissionDenied => StoreError::Unauthenticated(message),
+        Code::Unavailable if reason == Some("LOG_FAILING") => StoreError::LogFailing(
+            message
+                .strip_prefix("writes refused: ")
+                .unwrap_or(&message)
+                .to_owned(),
+        ),
         Code::Unavailable | Code::Cancelled => StoreError::Unavailable(message),
         Code::DeadlineExceeded => StoreError::Timeout,
         Code::Unimplemented => StoreError::Unsupported(
@@ -302,6 +309,7 @@ mod tests {
             StoreError::TooManySessions { limit: 10 },
             StoreError::TooManyOwnerSessions { limit: 1000 },
             StoreError::StoreFull("redis: OOM command not allowed".into()),
+            StoreError::LogFailing("the append-only log cannot be written".into()),
             StoreError::Unsupported("listing sessions by owner".into()),
             StoreError::Unauthenticated("unauthenticated: missing token".into()),
             StoreError::Timeout,
@@ -318,6 +326,7 @@ mod tests {
                     | StoreError::InvalidArgument(_)
                     | StoreError::Unsupported(_)
                     | StoreError::StoreFull(_)
+                    | StoreError::LogFailing(_)
             ) {
                 assert_eq!(piped, error, "through a Pipeline answer");
             }

@@ -290,8 +290,8 @@ impl AppendLog {
 
 /// The error a write gets while the log cannot be written.
 pub(crate) fn log_failing() -> gonest_session_core::StoreError {
-    gonest_session_core::StoreError::Unavailable(
-        "the append-only log cannot be written (see the daemon's log): writes are refused until \
+    gonest_session_core::StoreError::LogFailing(
+        "the daemon's append-only log cannot be written (see its log): writes are refused until \
          it can, reads go on"
             .into(),
     )

@@ -201,7 +201,7 @@ async fn a_log_that_cannot_be_written_refuses_writes_until_it_can_and_loses_noth
     };
     assert!(!acknowledged.is_empty());
     assert!(
-        matches!(refused.1, StoreError::Unavailable(_)),
+        matches!(refused.1, StoreError::LogFailing(_)) && refused.1.is_transient(),
         "{:?}",
         refused.1
     );
@@ -226,7 +226,7 @@ async fn a_log_that_cannot_be_written_refuses_writes_until_it_can_and_loses_noth
     let saved = loop {
         match store.save(Save::new("after", data(3))).await {
             Ok(saved) => break saved,
-            Err(StoreError::Unavailable(_)) => tokio::task::yield_now().await,
+            Err(StoreError::LogFailing(_)) => tokio::task::yield_now().await,
             Err(err) => panic!("{err:?}"),
         }
     };
