@@ -7,9 +7,10 @@
 //! to `sessions.aof.N` and syncs it as the policy says:
 //! - `always`: synced before the writes in it are answered. One sync covers every write
 //!   waiting for it (group commit), so writers that come together pay for one.
-//! - `everysec`: written as soon as the thread wakes (a few milliseconds at most), synced once
-//!   a second: a process crash loses what was not written yet, a power cut up to a second more.
-//! - `no`: written as soon as the thread wakes, synced when the OS chooses.
+//! - `everysec`: written before the writes in it are answered (one write covers every write
+//!   waiting), synced once a second: a process crash loses no answered write, a power cut up
+//!   to about a second of them.
+//! - `no`: written before the writes are answered, synced when the OS chooses.
 //!
 //! Each snapshot starts a new file first (`N + 1`), then writes the snapshot, then removes the
 //! older files: at any moment the files on disk, replayed in order over the snapshot on disk,
@@ -206,17 +207,14 @@ impl AppendLog {
         self.failing.load(Ordering::Relaxed)
     }
 
-    /// Whether a write must wait for [`Self::synced`] before it is answered.
-    pub(crate) fn syncs_each_write(&self) -> bool {
-        self.policy == AppendFsync::Always
-    }
-
     /// The position just past every change applied so far.
     pub(crate) fn position(&self) -> u64 {
         self.journal.appended()
     }
 
-    /// Waits until everything up to `position` is synced; an error if the log fails first.
+    /// Waits until everything up to `position` is written (and with `always`, synced); an
+    /// error if the log fails first. Every write waits for this before it is answered, so a
+    /// process that crashes has answered no write its log does not hold.
     pub(crate) async fn synced(
         &self,
         position: u64,

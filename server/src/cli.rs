@@ -98,11 +98,11 @@ pub struct Cli {
     pub snapshot_interval: Duration,
 
     /// With --data-dir, how the append-only log of every change is synced to disk, as Redis's
-    /// appendfsync: `always` (a write is answered once on disk: a crash loses no acknowledged
-    /// write), `everysec` (written at once, synced every second: a process crash loses
-    /// nothing acknowledged in practice, a power cut up to about a second), `no` (written at
-    /// once, synced when the OS chooses), `off` (no log: a crash loses the writes since the last
-    /// snapshot).
+    /// appendfsync: `always` (a write is answered once synced to disk: no crash loses an
+    /// acknowledged write), `everysec` (answered once written to the file, synced every second:
+    /// a process crash loses no acknowledged write, a power cut up to about a second), `no`
+    /// (answered once written, synced when the OS chooses), `off` (no log: a crash loses the
+    /// writes since the last snapshot).
     #[arg(long, env = "GONEST_SESSIOND_APPENDFSYNC", value_enum, default_value_t = AppendFsync::Everysec)]
     pub appendfsync: AppendFsync,
 

@@ -59,9 +59,9 @@ impl MemoryEngine {
         Ok(answer)
     }
 
-    /// The log, if every write must wait until it is synced (`--appendfsync always`).
+    /// The log every write waits for before it is answered (written; with `always`, synced).
     pub(crate) fn syncing_log(&self) -> Option<&Arc<AppendLog>> {
-        self.log.as_ref().filter(|log| log.syncs_each_write())
+        self.log.as_ref()
     }
 
     /// Reads a session as the store holds it, for a `Pipeline` Get written straight from it.
@@ -91,7 +91,7 @@ impl Engine for MemoryEngine {
                     .await
             }
         };
-        // `--appendfsync always`: a write is answered once it is on disk.
+        // A write is answered once the log has it (with `always`, on disk).
         if O::WRITES
             && let Some(log) = self.syncing_log()
         {

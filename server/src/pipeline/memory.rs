@@ -116,7 +116,7 @@ pub(crate) struct MemoryAnswers<S> {
     room: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// Completes when the daemon starts shutting down, which ends the answers.
     stopped: Stopped,
-    /// With `--appendfsync always`: an answer to a write, held until the log has it on disk.
+    /// With an append-only log: an answer to a write, held until the log has it.
     held: Option<(Answer, Synced)>,
     ended: bool,
     /// Counts the call (for shutdown) until the answers are dropped.
@@ -185,7 +185,7 @@ impl<S> MemoryAnswers<S> {
         }
     }
 
-    /// With `--appendfsync always`, whether the answer just produced must wait for the log:
+    /// With an append-only log, whether the answer just produced must wait for it:
     /// the log had grown past what was synced since `before`. (Another connection's write may
     /// have grown it: the answer then waits for that write too, one sync at most.)
     fn to_sync(service: &SessionService<MemoryEngine>, before: Option<u64>) -> Option<Synced> {
@@ -214,13 +214,10 @@ where
         if let Some((_, synced)) = this.held.as_mut() {
             let synced = std::task::ready!(synced.as_mut().poll(cx));
             let (answer, _) = this.held.take().expect("held");
-            return Poll::Ready(Some(match synced {
-                Ok(()) => Ok(answer),
-                Err(err) => {
-                    this.ended = true;
-                    Err(gonest_session_proto::status_from_error(&err))
-                }
-            }));
+            return Poll::Ready(Some(Ok(match synced {
+                Ok(()) => answer,
+                Err(err) => not_logged(answer, &err),
+            })));
         }
         loop {
             if this.work.is_none() {
@@ -272,6 +269,24 @@ where
             }
         }
     }
+}
+
+/// `answer` once the log failed to take what it answered: each of its results becomes that
+/// error (the client then knows its writes may not be durable, as after a timeout).
+fn not_logged(mut answer: Answer, err: &gonest_session_core::StoreError) -> Answer {
+    let status = gonest_session_proto::status_from_error(err);
+    let failed = || {
+        Some(Outcome::Message(pb::pipeline_response::Result::Error(
+            gonest_session_proto::error_to_pb(&status),
+        )))
+    };
+    if answer.result.is_some() {
+        answer.result = failed();
+    }
+    for element in &mut answer.batch {
+        element.result = failed();
+    }
+    answer
 }
 
 #[cfg(test)]
