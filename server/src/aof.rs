@@ -15,7 +15,7 @@
 //! Each snapshot starts a new file first (`N + 1`), then writes the snapshot, then removes the
 //! older files: at any moment the files on disk, replayed in order over the snapshot on disk,
 //! give every change written. A snapshot is also taken early when the files since the last one
-//! pass [`REWRITE_MIN_BYTES`] and twice that snapshot's size, so the log never grows without
+//! pass `--log-rewrite-min-size` (64 MiB by default) and twice that snapshot's size, so the log never grows without
 //! bound (the snapshot is taken shard by shard, and blocks no request).
 //!
 //! A write or sync that fails (disk full, read-only, I/O error) turns the log to failing: the
@@ -50,9 +50,9 @@ pub enum AppendFsync {
     Off,
 }
 
-/// The log files since the last snapshot may grow to this before one is taken early, and to
-/// twice the last snapshot's size.
-pub(crate) const REWRITE_MIN_BYTES: u64 = 64 << 20;
+/// The log files since the last snapshot may grow to this before one is taken early (and to
+/// twice the last snapshot's size), unless `--log-rewrite-min-size` says otherwise.
+pub const REWRITE_MIN_BYTES: u64 = 64 << 20;
 
 /// How long the writer sleeps when there is nothing to write.
 const IDLE: Duration = Duration::from_millis(100);
@@ -83,6 +83,8 @@ pub(crate) struct AppendLog {
     rewrites: AtomicU64,
     /// The size of the last snapshot written.
     snapshot_size: AtomicU64,
+    /// The size past which (and past twice the snapshot) a snapshot is taken early.
+    rewrite_min_bytes: u64,
     rotate: Mutex<mpsc::Sender<mpsc::Sender<anyhow::Result<u64>>>>,
 }
 
@@ -121,6 +123,7 @@ pub(crate) fn replay(dir: &Path, store: &MemorySessionStore) -> anyhow::Result<u
     let files = log_files(dir)?;
     let last = files.last().map_or(0, |(generation, _)| *generation);
     for (generation, path) in &files {
+        let started = Instant::now();
         let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let replayed = store.replay_log(&bytes).map_err(|err| {
             anyhow::anyhow!(
@@ -152,7 +155,13 @@ pub(crate) fn replay(dir: &Path, store: &MemorySessionStore) -> anyhow::Result<u
                 .and_then(|file| file.set_len(offset))
                 .with_context(|| format!("cannot cut {} at {offset}", path.display()))?;
         }
-        tracing::info!(path = %path.display(), changes = replayed.applied, "log replayed");
+        tracing::info!(
+            path = %path.display(),
+            changes = replayed.applied,
+            bytes = bytes.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "log replayed"
+        );
     }
     Ok(last)
 }
@@ -165,6 +174,7 @@ impl AppendLog {
         dir: &Path,
         generation: u64,
         policy: AppendFsync,
+        rewrite_min_bytes: u64,
     ) -> anyhow::Result<Arc<Self>> {
         let file = open_new(dir, generation)?;
         let journal = Arc::new(Journal::new());
@@ -181,6 +191,7 @@ impl AppendLog {
             size: AtomicU64::new(0),
             rewrites: AtomicU64::new(0),
             snapshot_size: AtomicU64::new(0),
+            rewrite_min_bytes,
             rotate: Mutex::new(rotate),
         });
         let writer = Writer {
@@ -244,7 +255,7 @@ impl AppendLog {
     /// Whether the log has grown enough since the last snapshot that one should be taken now.
     pub(crate) fn wants_rewrite(&self) -> bool {
         let size = self.size();
-        size > REWRITE_MIN_BYTES && size > 2 * self.snapshot_size.load(Ordering::Relaxed)
+        size > self.rewrite_min_bytes && size > 2 * self.snapshot_size.load(Ordering::Relaxed)
     }
 
     /// Counts a snapshot taken because the log had grown.

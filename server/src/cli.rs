@@ -106,6 +106,12 @@ pub struct Cli {
     #[arg(long, env = "GONEST_SESSIOND_APPENDFSYNC", value_enum, default_value_t = AppendFsync::Everysec)]
     pub appendfsync: AppendFsync,
 
+    /// With --data-dir and a log, the size the log may reach (and twice the last snapshot's)
+    /// before a snapshot is taken early and a new log started, as Redis's
+    /// auto-aof-rewrite-min-size (suffixes KiB, MiB, GiB allowed).
+    #[arg(long, env = "GONEST_SESSIOND_LOG_REWRITE_MIN_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub log_rewrite_min_size: usize,
+
     /// Serve Prometheus metrics on http://ADDR/metrics (operations, latency, sessions, sweeps,
     /// snapshots). Off unless set.
     #[arg(long, env = "GONEST_SESSIOND_METRICS_LISTEN")]
@@ -216,6 +222,7 @@ impl Cli {
                 dir: dir.clone(),
                 interval: self.snapshot_interval,
                 appendfsync: self.appendfsync,
+                log_rewrite_min_bytes: self.log_rewrite_min_size as u64,
             }),
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {

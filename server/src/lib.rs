@@ -42,7 +42,7 @@ mod service;
 pub mod shutdown;
 mod tracking;
 
-pub use aof::AppendFsync;
+pub use aof::{AppendFsync, REWRITE_MIN_BYTES};
 pub use auth::Tokens;
 pub use cli::{Cli, Command, LogFormat};
 pub use config::{Config, StoreBackend, TlsFiles, default_max_connections};

@@ -23,6 +23,9 @@ pub struct Persistence {
     /// How the append-only log of every change is synced (`Off`: no log; a crash then loses
     /// the writes since the last snapshot).
     pub appendfsync: AppendFsync,
+    /// The log may grow to this (and to twice the last snapshot) before a snapshot is taken
+    /// early and a new log started ([`crate::REWRITE_MIN_BYTES`] by default).
+    pub log_rewrite_min_bytes: u64,
 }
 
 impl Persistence {
@@ -46,7 +49,14 @@ impl Persistence {
         if self.appendfsync == AppendFsync::Off {
             return Ok(None);
         }
-        AppendLog::start(store, &self.dir, last + 1, self.appendfsync).map(Some)
+        AppendLog::start(
+            store,
+            &self.dir,
+            last + 1,
+            self.appendfsync,
+            self.log_rewrite_min_bytes,
+        )
+        .map(Some)
     }
 
     async fn load_snapshot(&self, store: &MemorySessionStore) -> anyhow::Result<()> {

@@ -330,6 +330,9 @@ async fn snapshot_every_interval(
                 if !grown {
                     continue;
                 }
+                if let Some(log) = &log {
+                    tracing::info!(log_bytes = log.size(), "the log passed its bound; taking a snapshot early");
+                }
             }
             _ = stopping.wait_for(|stop| *stop) => return,
         }

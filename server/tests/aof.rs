@@ -182,6 +182,42 @@ async fn a_snapshot_starts_a_new_log_and_removes_the_old_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_past_its_bound_brings_a_snapshot_early_and_starts_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let flags = [
+        "--data-dir",
+        data_dir,
+        "--snapshot-interval",
+        "1h",
+        "--log-rewrite-min-size",
+        "64KiB",
+    ];
+    let mut daemon = Process::start(&flags).await;
+    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
+    // One session saved over and over: the log grows, the snapshot stays one session.
+    let big: SessionData = [("v".to_owned(), vec![b'x'; 4096].into())].into();
+    for _ in 0..40 {
+        store.save(Save::new("grows", big.clone())).await.unwrap();
+    }
+    daemon
+        .wait_for(|l| l.contains("taking a snapshot early"))
+        .await;
+    daemon.wait_for(|l| l.contains("snapshot written")).await;
+    let files = log_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_ne!(files, ["sessions.aof.1"], "a new file since the snapshot");
+    let size = std::fs::metadata(dir.path().join(&files[0])).unwrap().len();
+    assert!(size < 64 << 10, "the new log starts small: {size}");
+    let before = store.get("grows").await.unwrap();
+    daemon.child.kill().await.unwrap();
+    daemon.child.wait().await.unwrap();
+    let daemon = Process::start(&flags).await;
+    let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
+    assert_eq!(store.get("grows").await.unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_that_cannot_be_written_refuses_writes_until_it_can_and_loses_nothing_answered() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_str().unwrap();

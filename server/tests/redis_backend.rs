@@ -102,6 +102,7 @@ async fn memory_only_settings_are_refused_with_redis() {
             dir: dir.path().to_owned(),
             interval: Duration::from_secs(30),
             appendfsync: gonest_sessiond::AppendFsync::Everysec,
+            log_rewrite_min_bytes: gonest_sessiond::REWRITE_MIN_BYTES,
         }),
         ..on(&redis)
     };
