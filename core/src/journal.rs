@@ -70,6 +70,21 @@ impl Journal {
         self.lock().appended
     }
 
+    /// Waits up to `wait` until some change is appended and not taken; whether one is.
+    pub fn wait(&self, wait: Duration) -> bool {
+        let pending = self.lock();
+        if !pending.bytes.is_empty() {
+            return true;
+        }
+        !self
+            .appended
+            .wait_timeout_while(pending, wait, |pending| pending.bytes.is_empty())
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
+            .bytes
+            .is_empty()
+    }
+
     /// Takes every change appended and not taken yet, with the position just past them;
     /// waits up to `wait` for one when there is none (then `None`).
     pub fn take(&self, wait: Duration) -> Option<(Vec<u8>, u64)> {

@@ -27,7 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -54,16 +54,17 @@ pub enum AppendFsync {
 /// twice the last snapshot's size), unless `--log-rewrite-min-size` says otherwise.
 pub const REWRITE_MIN_BYTES: u64 = 64 << 20;
 
-/// How long the writer sleeps when there is nothing to write.
+/// How often the thread looks for changes no write has written yet (left by a caller that
+/// went away, or by the sweeper), and for the time to sync (`everysec`).
 const IDLE: Duration = Duration::from_millis(100);
 
 /// How often a failing log is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// How far the log has got, for writes waiting on it (`always`).
+/// How far the log has got, for writes waiting on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Progress {
-    /// Everything the journal held up to here is written (and, with `always`, synced).
+    /// Everything the journal held up to here is synced (`always`; written, otherwise).
     done: u64,
     /// Counts failures: a waiter that sees it move gives up.
     failures: u64,
@@ -75,6 +76,10 @@ pub(crate) struct AppendLog {
     journal: Arc<Journal>,
     dir: PathBuf,
     policy: AppendFsync,
+    /// The current file and what is taken from the journal but not written yet.
+    output: Mutex<Output>,
+    /// Everything the journal held up to here is written to the file.
+    written: AtomicU64,
     progress: watch::Sender<Progress>,
     failing: AtomicBool,
     /// Bytes in the log files since the last snapshot.
@@ -85,7 +90,24 @@ pub(crate) struct AppendLog {
     snapshot_size: AtomicU64,
     /// The size past which (and past twice the snapshot) a snapshot is taken early.
     rewrite_min_bytes: u64,
-    rotate: Mutex<mpsc::Sender<mpsc::Sender<anyhow::Result<u64>>>>,
+}
+
+/// The file being written; taking from the journal and writing happen under one lock, so
+/// changes reach the file in the order they were appended.
+#[derive(Debug)]
+struct Output {
+    /// Shared so that a sync runs without the lock, while writes go on.
+    file: Arc<File>,
+    generation: u64,
+    /// Taken from the journal and not written yet (the disk refused it).
+    held: Vec<u8>,
+    /// The journal position just past `held`.
+    held_until: u64,
+    /// The file is empty: its magic goes first.
+    needs_magic: bool,
+    /// Written since the last sync.
+    dirty: bool,
+    synced_at: Instant,
 }
 
 /// The path of log file number `generation` in `dir`.
@@ -168,7 +190,8 @@ pub(crate) fn replay(dir: &Path, store: &MemorySessionStore) -> anyhow::Result<u
 
 impl AppendLog {
     /// Starts logging `store`'s changes to file `generation` in `dir` (a new file), with
-    /// `policy`; the writer thread runs until the log is dropped.
+    /// `policy`; the thread that syncs (and writes what no write wrote) runs until the log is
+    /// dropped.
     pub(crate) fn start(
         store: &MemorySessionStore,
         dir: &Path,
@@ -181,35 +204,32 @@ impl AppendLog {
         store
             .attach_journal(journal.clone())
             .map_err(|err| anyhow::anyhow!("{err}"))?;
-        let (rotate, rotations) = mpsc::channel();
         let log = Arc::new(Self {
             journal,
             dir: dir.to_owned(),
             policy,
+            output: Mutex::new(Output {
+                file: Arc::new(file),
+                generation,
+                held: Vec::new(),
+                held_until: 0,
+                needs_magic: true,
+                dirty: false,
+                synced_at: Instant::now(),
+            }),
+            written: AtomicU64::new(0),
             progress: watch::Sender::new(Progress::default()),
             failing: AtomicBool::new(false),
             size: AtomicU64::new(0),
             rewrites: AtomicU64::new(0),
             snapshot_size: AtomicU64::new(0),
             rewrite_min_bytes,
-            rotate: Mutex::new(rotate),
         });
-        let writer = Writer {
-            log: Arc::downgrade(&log),
-            journal: log.journal.clone(),
-            file,
-            generation,
-            held: Vec::new(),
-            held_until: 0,
-            synced: Instant::now(),
-            dirty: false,
-            needs_magic: true,
-            rotations,
-        };
+        let weak = Arc::downgrade(&log);
         std::thread::Builder::new()
             .name("gonest-aof".into())
-            .spawn(move || writer.run())
-            .context("cannot start the log writer")?;
+            .spawn(move || background(&weak, policy))
+            .context("cannot start the log thread")?;
         Ok(log)
     }
 
@@ -223,9 +243,28 @@ impl AppendLog {
         self.journal.appended()
     }
 
-    /// Waits until everything up to `position` is written (and with `always`, synced); an
-    /// error if the log fails first. Every write waits for this before it is answered, so a
-    /// process that crashes has answered no write its log does not hold.
+    /// Whether a write waits for the thread's sync (`always`) rather than writing the log
+    /// itself ([`Self::write_through`]).
+    pub(crate) fn syncs_each_write(&self) -> bool {
+        self.policy == AppendFsync::Always
+    }
+
+    /// Returns once everything up to `position` is in the log as the policy asks before a
+    /// write is answered (`always`: synced; otherwise written to the file); an error if the log
+    /// fails first. Every write waits for this before it is answered, so a process that
+    /// crashes has answered no write its log does not hold.
+    pub(crate) async fn logged(
+        &self,
+        position: u64,
+    ) -> Result<(), gonest_session_core::StoreError> {
+        if self.syncs_each_write() {
+            self.synced(position).await
+        } else {
+            self.write_through(position)
+        }
+    }
+
+    /// Waits until the thread has synced everything up to `position` (`always`).
     pub(crate) async fn synced(
         &self,
         position: u64,
@@ -240,6 +279,138 @@ impl AppendLog {
             Ok(true) => Ok(()),
             _ => Err(log_failing()),
         }
+    }
+
+    /// Writes everything up to `position` to the file now, in the caller (one write covers
+    /// every change appended by then, so callers that come together share it), as Redis
+    /// writes its append-only buffer before it answers. A write to the page cache takes
+    /// microseconds; a hop to another thread and back would cost more than it.
+    pub(crate) fn write_through(
+        &self,
+        position: u64,
+    ) -> Result<(), gonest_session_core::StoreError> {
+        if self.written.load(Ordering::Acquire) >= position {
+            return Ok(());
+        }
+        if self.failing() {
+            return Err(log_failing());
+        }
+        let mut output = self.lock();
+        if self.written.load(Ordering::Acquire) >= position {
+            return Ok(());
+        }
+        self.write_out(&mut output).map_err(|_| log_failing())
+    }
+
+    /// Takes what the journal holds and writes it (with what an earlier failure left) to the
+    /// file; on a failure, the log turns to failing and the bytes are kept for the next try.
+    fn write_out(&self, output: &mut Output) -> anyhow::Result<()> {
+        if let Some((bytes, until)) = self.journal.take(Duration::ZERO) {
+            if output.held.is_empty() {
+                output.held = bytes;
+            } else {
+                output.held.extend_from_slice(&bytes);
+            }
+            output.held_until = until;
+        }
+        if !output.held.is_empty() {
+            let before = output.file.metadata().map(|meta| meta.len());
+            let mut file = &*output.file;
+            let wrote = if output.needs_magic {
+                file.write_all(LOG_MAGIC)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| file.write_all(&output.held));
+            if let Err(err) = wrote {
+                self.recover(output, before.ok());
+                let err = anyhow::Error::new(err).context("cannot write the log");
+                self.fail(&err);
+                return Err(err);
+            }
+            let written = output.held.len() as u64
+                + if output.needs_magic {
+                    LOG_MAGIC.len() as u64
+                } else {
+                    0
+                };
+            self.size.fetch_add(written, Ordering::Relaxed);
+            output.needs_magic = false;
+            output.held.clear();
+            output.dirty = true;
+        }
+        self.written.fetch_max(output.held_until, Ordering::Release);
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("the append-only log is written again; writes resume");
+        }
+        if !self.syncs_each_write() {
+            self.advance(output.held_until);
+        }
+        Ok(())
+    }
+
+    /// Syncs what is written. The lock is not held while the disk works, so writes go on; a
+    /// sync covers every write made before it started.
+    fn sync(&self) -> anyhow::Result<()> {
+        let (file, until) = {
+            let mut output = self.lock();
+            self.write_out(&mut output)?;
+            if !output.dirty {
+                return Ok(());
+            }
+            output.dirty = false;
+            output.synced_at = Instant::now();
+            (output.file.clone(), output.held_until)
+        };
+        if let Err(err) = file.sync_data() {
+            self.lock().dirty = true;
+            let err = anyhow::Error::new(err).context("cannot sync the log");
+            self.fail(&err);
+            return Err(err);
+        }
+        self.advance(until);
+        Ok(())
+    }
+
+    /// Tells the writes waiting on the log that it has got to `done`.
+    fn advance(&self, done: u64) {
+        self.progress.send_if_modified(|progress| {
+            let moved = progress.done < done;
+            progress.done = progress.done.max(done);
+            moved
+        });
+    }
+
+    /// The log cannot be written: writes are refused, and those waiting give up.
+    fn fail(&self, err: &anyhow::Error) {
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                err = format!("{err:#}"),
+                "the append-only log cannot be written: writes are refused until it can \
+                 (retried every second)"
+            );
+        }
+        self.progress.send_modify(|progress| progress.failures += 1);
+    }
+
+    /// After a failed write: cuts the file back to `length`, so no half-written record is
+    /// left in the middle of it, and opens it again (a file the operator replaced, or a disk
+    /// remounted, is then written from the next try).
+    fn recover(&self, output: &mut Output, length: Option<u64>) {
+        if let Some(length) = length {
+            let _ = output.file.set_len(length);
+        }
+        let path = log_path(&self.dir, output.generation);
+        if let Ok(file) = OpenOptions::new().create(true).append(true).open(&path) {
+            output.needs_magic = file.metadata().is_ok_and(|meta| meta.len() == 0);
+            output.file = Arc::new(file);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Output> {
+        self.output
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Bytes in the log files since the last snapshot.
@@ -264,17 +435,20 @@ impl AppendLog {
     }
 
     /// Starts a new log file, after everything before is written and synced to the old one;
-    /// returns its number. Blocks: call it from a blocking task.
+    /// returns its number. Blocks (for one sync): call it from a blocking task.
     pub(crate) fn rotate(&self) -> anyhow::Result<u64> {
-        let (answer, answered) = mpsc::channel();
-        self.rotate
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .send(answer)
-            .map_err(|_| anyhow::anyhow!("the log writer has stopped"))?;
-        answered
-            .recv()
-            .map_err(|_| anyhow::anyhow!("the log writer has stopped"))?
+        let mut output = self.lock();
+        self.write_out(&mut output)?;
+        if output.dirty {
+            output.file.sync_data().context("cannot sync the log")?;
+            output.dirty = false;
+        }
+        self.advance(output.held_until);
+        let file = open_new(&self.dir, output.generation + 1)?;
+        output.file = Arc::new(file);
+        output.needs_magic = true;
+        output.generation += 1;
+        Ok(output.generation)
     }
 
     /// After a snapshot written once file `generation` had started (and `snapshot_bytes`
@@ -294,6 +468,52 @@ impl AppendLog {
         // What is left is the current file: its size is the log's.
         let current = fs::metadata(log_path(&self.dir, generation)).map_or(0, |m| m.len());
         self.size.store(current, Ordering::Relaxed);
+    }
+}
+
+impl Drop for AppendLog {
+    /// What is left is written and synced on the way out.
+    fn drop(&mut self) {
+        let mut output = self.lock();
+        if self.write_out(&mut output).is_ok() && output.dirty {
+            let _ = output.file.sync_data();
+        }
+    }
+}
+
+/// The log's thread, until the log is dropped (then what is left is written and synced).
+/// With `always` it writes and syncs whatever the journal holds, one sync for every write
+/// waiting (group commit); otherwise writes write the log themselves, and the thread writes
+/// what they left and syncs once a second (`everysec`). A failing log is tried every second.
+fn background(log: &std::sync::Weak<AppendLog>, policy: AppendFsync) {
+    let journal = match log.upgrade() {
+        Some(log) => log.journal.clone(),
+        None => return,
+    };
+    loop {
+        let failing = log.upgrade().is_some_and(|log| log.failing());
+        if failing {
+            std::thread::sleep(RETRY);
+        } else if policy == AppendFsync::Always {
+            journal.wait(IDLE);
+        } else {
+            std::thread::sleep(IDLE);
+        }
+        let Some(log) = log.upgrade() else {
+            break;
+        };
+        let due = match policy {
+            AppendFsync::Always => true,
+            AppendFsync::Everysec => log.lock().synced_at.elapsed() >= Duration::from_secs(1),
+            AppendFsync::No | AppendFsync::Off => false,
+        };
+        // A failure is logged and counted where it happens; this thread only tries again.
+        let _ = if due || failing {
+            log.sync()
+        } else {
+            let mut output = log.lock();
+            log.write_out(&mut output)
+        };
     }
 }
 
@@ -319,148 +539,4 @@ fn open_new(dir: &Path, generation: u64) -> anyhow::Result<File> {
         .and_then(|dir| dir.sync_all())
         .with_context(|| format!("cannot sync directory {}", dir.display()))?;
     Ok(file)
-}
-
-/// The thread that writes the journal to the current file.
-struct Writer {
-    log: std::sync::Weak<AppendLog>,
-    journal: Arc<Journal>,
-    file: File,
-    generation: u64,
-    /// Taken from the journal and not written yet (the disk refused it).
-    held: Vec<u8>,
-    /// The journal position just past `held`.
-    held_until: u64,
-    synced: Instant,
-    /// Written since the last sync.
-    dirty: bool,
-    /// The file is empty: its magic goes first.
-    needs_magic: bool,
-    rotations: mpsc::Receiver<mpsc::Sender<anyhow::Result<u64>>>,
-}
-
-impl Writer {
-    fn run(mut self) {
-        loop {
-            let Some(log) = self.log.upgrade() else {
-                // The daemon is done: what is left is written and synced on the way out.
-                self.take(Duration::ZERO);
-                let _ = self.flush(true);
-                return;
-            };
-            while let Ok(answer) = self.rotations.try_recv() {
-                let _ = answer.send(self.next_file(&log));
-            }
-            drop(log);
-            let wait = if self.held.is_empty() { IDLE } else { RETRY };
-            self.take(wait);
-            let Some(log) = self.log.upgrade() else {
-                continue;
-            };
-            let sync = match log.policy {
-                AppendFsync::Always => true,
-                AppendFsync::Everysec => self.synced.elapsed() >= Duration::from_secs(1),
-                AppendFsync::No | AppendFsync::Off => false,
-            };
-            match self.flush(sync) {
-                Ok(written) => {
-                    log.size.fetch_add(written, Ordering::Relaxed);
-                    if log.failing.swap(false, Ordering::Relaxed) {
-                        tracing::info!("the append-only log is written again; writes resume");
-                    }
-                    let done = self.held_until;
-                    log.progress.send_if_modified(|progress| {
-                        let moved = progress.done < done;
-                        progress.done = progress.done.max(done);
-                        moved
-                    });
-                }
-                Err(err) => {
-                    if !log.failing.swap(true, Ordering::Relaxed) {
-                        tracing::error!(
-                            err = format!("{err:#}"),
-                            "the append-only log cannot be written: writes are refused until it \
-                             can (retried every second)"
-                        );
-                    }
-                    log.progress.send_modify(|progress| progress.failures += 1);
-                }
-            }
-        }
-    }
-
-    /// Moves what the journal holds to `held`, waiting up to `wait` for something.
-    fn take(&mut self, wait: Duration) {
-        if let Some((bytes, until)) = self.journal.take(wait) {
-            if self.held.is_empty() {
-                self.held = bytes;
-            } else {
-                self.held.extend_from_slice(&bytes);
-            }
-            self.held_until = until;
-        }
-    }
-
-    /// Writes `held` (and syncs, if `sync` or the last sync was long ago with something
-    /// written since): the bytes written. On a failure the file is cut back to where it was,
-    /// so no half-written record is left in the middle of it, and `held` is kept.
-    fn flush(&mut self, sync: bool) -> anyhow::Result<u64> {
-        let written = self.held.len() as u64;
-        if !self.held.is_empty() {
-            let before = self.file.metadata().map(|m| m.len());
-            let wrote = if self.needs_magic {
-                self.file.write_all(LOG_MAGIC)
-            } else {
-                Ok(())
-            }
-            .and_then(|()| self.file.write_all(&self.held));
-            if let Err(err) = wrote {
-                self.recover(before.ok());
-                return Err(err).context("cannot write the log");
-            }
-            self.needs_magic = false;
-            self.held.clear();
-            self.dirty = true;
-        }
-        if self.dirty && sync {
-            self.file.sync_data().context("cannot sync the log")?;
-            self.dirty = false;
-            self.synced = Instant::now();
-        }
-        Ok(written)
-    }
-
-    /// After a failed write: cuts the file back to `length`, and opens it again (a file the
-    /// operator replaced, or a disk remounted, is then written from the next try).
-    fn recover(&mut self, length: Option<u64>) {
-        if let Some(length) = length {
-            let _ = self.file.set_len(length);
-        }
-        let path = log_path(
-            &self
-                .log
-                .upgrade()
-                .map_or_else(PathBuf::new, |log| log.dir.clone()),
-            self.generation,
-        );
-        if let Ok(file) = OpenOptions::new().create(true).append(true).open(&path) {
-            self.needs_magic = file.metadata().is_ok_and(|meta| meta.len() == 0);
-            self.file = file;
-        }
-    }
-
-    /// Writes and syncs everything taken so far to the current file, then starts the next.
-    fn next_file(&mut self, log: &AppendLog) -> anyhow::Result<u64> {
-        self.take(Duration::ZERO);
-        let written = self.flush(true)?;
-        log.size.fetch_add(written, Ordering::Relaxed);
-        let done = self.held_until;
-        log.progress
-            .send_modify(|progress| progress.done = progress.done.max(done));
-        let file = open_new(&log.dir, self.generation + 1)?;
-        self.file = file;
-        self.needs_magic = true;
-        self.generation += 1;
-        Ok(self.generation)
-    }
 }

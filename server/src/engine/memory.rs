@@ -95,7 +95,7 @@ impl Engine for MemoryEngine {
         if O::WRITES
             && let Some(log) = self.syncing_log()
         {
-            log.synced(log.position()).await?;
+            log.logged(log.position()).await?;
         }
         answer
     }

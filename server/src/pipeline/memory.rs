@@ -185,17 +185,26 @@ impl<S> MemoryAnswers<S> {
         }
     }
 
-    /// With an append-only log, whether the answer just produced must wait for it:
-    /// the log had grown past what was synced since `before`. (Another connection's write may
-    /// have grown it: the answer then waits for that write too, one sync at most.)
-    fn to_sync(service: &SessionService<MemoryEngine>, before: Option<u64>) -> Option<Synced> {
-        let log = service.engine.syncing_log()?;
+    /// With an append-only log, what the answer just produced waits for: the log had grown
+    /// since `before` (another connection's write may have grown it: the answer then waits for
+    /// that write too, since it may show it). Without `always`, the log is written here and
+    /// now (`Err` if it cannot be); with it, the answer waits for the sync.
+    fn to_log(
+        service: &SessionService<MemoryEngine>,
+        before: Option<u64>,
+    ) -> Result<Option<Synced>, gonest_session_core::StoreError> {
+        let Some(log) = service.engine.syncing_log() else {
+            return Ok(None);
+        };
         let after = log.position();
         if Some(after) == before {
-            return None;
+            return Ok(None);
+        }
+        if !log.syncs_each_write() {
+            return log.write_through(after).map(|()| None);
         }
         let log = log.clone();
-        Some(Box::pin(async move { log.synced(after).await }))
+        Ok(Some(Box::pin(async move { log.synced(after).await })))
     }
 }
 
@@ -254,14 +263,15 @@ where
                 }),
             };
             match produced {
-                Ok(answer) => {
-                    if let Some(synced) = Self::to_sync(service, before) {
+                Ok(answer) => match Self::to_log(service, before) {
+                    Ok(None) => return Poll::Ready(Some(Ok(answer))),
+                    Ok(Some(synced)) => {
                         this.held = Some((answer, synced));
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
-                    return Poll::Ready(Some(Ok(answer)));
-                }
+                    Err(err) => return Poll::Ready(Some(Ok(not_logged(answer, &err)))),
+                },
                 Err(_) => {
                     let budget = budget.clone().expect("only a budget refuses");
                     *room = Some(Box::pin(async move { budget.wait().await }));
