@@ -21,6 +21,7 @@
 //! was taken, over that snapshot, gives the store as it was when the log ends. Expiries are
 //! absolute, so a replay never brings back a session that has expired.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ struct Pending {
     bytes: Vec<u8>,
     /// Bytes appended since the journal was made: the position just past the last change.
     appended: u64,
+    /// Writers waiting for a change (an append wakes them only if there are).
+    waiting: usize,
 }
 
 /// Where a store appends its changes; a writer takes them to a file
@@ -56,6 +59,8 @@ pub struct Journal {
     pending: Mutex<Pending>,
     /// Wakes a writer waiting in [`take`](Self::take).
     appended: Condvar,
+    /// `Pending::appended`, readable without the lock (it is only set under it).
+    position: AtomicU64,
 }
 
 impl Journal {
@@ -67,7 +72,7 @@ impl Journal {
     /// The position just past the last change appended: a writer that has made everything up
     /// to it durable has made every change applied so far durable.
     pub fn appended(&self) -> u64 {
-        self.lock().appended
+        self.position.load(Ordering::Acquire)
     }
 
     /// Waits up to `wait` until some change is appended and not taken; whether one is.
@@ -76,25 +81,30 @@ impl Journal {
         if !pending.bytes.is_empty() {
             return true;
         }
-        !self
+        !self.wait_for_change(pending, wait).bytes.is_empty()
+    }
+
+    fn wait_for_change<'a>(
+        &'a self,
+        mut pending: std::sync::MutexGuard<'a, Pending>,
+        wait: Duration,
+    ) -> std::sync::MutexGuard<'a, Pending> {
+        pending.waiting += 1;
+        let mut pending = self
             .appended
             .wait_timeout_while(pending, wait, |pending| pending.bytes.is_empty())
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .0
-            .bytes
-            .is_empty()
+            .0;
+        pending.waiting -= 1;
+        pending
     }
 
     /// Takes every change appended and not taken yet, with the position just past them;
     /// waits up to `wait` for one when there is none (then `None`).
     pub fn take(&self, wait: Duration) -> Option<(Vec<u8>, u64)> {
         let mut pending = self.lock();
-        if pending.bytes.is_empty() {
-            pending = self
-                .appended
-                .wait_timeout_while(pending, wait, |pending| pending.bytes.is_empty())
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+        if pending.bytes.is_empty() && !wait.is_zero() {
+            pending = self.wait_for_change(pending, wait);
         }
         if pending.bytes.is_empty() {
             return None;
@@ -120,9 +130,10 @@ impl Journal {
         let start = pending.bytes.len();
         frame(&mut pending.bytes, kind, body);
         pending.appended += (pending.bytes.len() - start) as u64;
-        let first = start == 0;
+        self.position.store(pending.appended, Ordering::Release);
+        let wake = start == 0 && pending.waiting > 0;
         drop(pending);
-        if first {
+        if wake {
             self.appended.notify_one();
         }
     }

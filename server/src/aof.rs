@@ -24,7 +24,7 @@
 //! resume.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,6 +99,8 @@ struct Output {
     /// Shared so that a sync runs without the lock, while writes go on.
     file: Arc<File>,
     generation: u64,
+    /// The file's length: where a failed write is cut back to.
+    len: u64,
     /// Taken from the journal and not written yet (the disk refused it).
     held: Vec<u8>,
     /// The journal position just past `held`.
@@ -211,6 +213,7 @@ impl AppendLog {
             output: Mutex::new(Output {
                 file: Arc::new(file),
                 generation,
+                len: 0,
                 held: Vec::new(),
                 held_until: 0,
                 needs_magic: true,
@@ -314,7 +317,6 @@ impl AppendLog {
             output.held_until = until;
         }
         if !output.held.is_empty() {
-            let before = output.file.metadata().map(|meta| meta.len());
             let mut file = &*output.file;
             let wrote = if output.needs_magic {
                 file.write_all(LOG_MAGIC)
@@ -323,7 +325,7 @@ impl AppendLog {
             }
             .and_then(|()| file.write_all(&output.held));
             if let Err(err) = wrote {
-                self.recover(output, before.ok());
+                self.recover(output);
                 let err = anyhow::Error::new(err).context("cannot write the log");
                 self.fail(&err);
                 return Err(err);
@@ -335,6 +337,7 @@ impl AppendLog {
                     0
                 };
             self.size.fetch_add(written, Ordering::Relaxed);
+            output.len += written;
             output.needs_magic = false;
             output.held.clear();
             output.dirty = true;
@@ -393,16 +396,16 @@ impl AppendLog {
         self.progress.send_modify(|progress| progress.failures += 1);
     }
 
-    /// After a failed write: cuts the file back to `length`, so no half-written record is
-    /// left in the middle of it, and opens it again (a file the operator replaced, or a disk
-    /// remounted, is then written from the next try).
-    fn recover(&self, output: &mut Output, length: Option<u64>) {
-        if let Some(length) = length {
-            let _ = output.file.set_len(length);
-        }
+    /// After a failed write: cuts the file back to where it was, so no half-written record
+    /// is left in the middle of it, and opens it again (a file the operator replaced, or a
+    /// disk remounted, is then written from the next try).
+    fn recover(&self, output: &mut Output) {
+        let _ = output.file.set_len(output.len);
+        let _ = (&*output.file).seek(std::io::SeekFrom::Start(output.len));
         let path = log_path(&self.dir, output.generation);
         if let Ok(file) = OpenOptions::new().create(true).append(true).open(&path) {
-            output.needs_magic = file.metadata().is_ok_and(|meta| meta.len() == 0);
+            output.len = file.metadata().map_or(output.len, |meta| meta.len());
+            output.needs_magic = output.len == 0;
             output.file = Arc::new(file);
         }
     }
@@ -446,6 +449,7 @@ impl AppendLog {
         self.advance(output.held_until);
         let file = open_new(&self.dir, output.generation + 1)?;
         output.file = Arc::new(file);
+        output.len = 0;
         output.needs_magic = true;
         output.generation += 1;
         Ok(output.generation)
