@@ -126,6 +126,12 @@ pub(crate) struct MemoryAnswers<S> {
 /// Completes once the log has synced a write (or has failed to).
 type Synced = Pin<Box<dyn Future<Output = Result<(), gonest_session_core::StoreError>> + Send>>;
 
+/// Whether `op` changes the store (its answer then waits for the log).
+fn writes(op: Option<&pb::pipeline_request::Op>) -> bool {
+    use pb::pipeline_request::Op;
+    matches!(op, Some(Op::Save(_) | Op::Destroy(_) | Op::Touch(_)))
+}
+
 /// One `Pipeline` message to answer.
 enum Work {
     One(u64, Option<pb::pipeline_request::Op>),
@@ -134,6 +140,22 @@ enum Work {
 }
 
 impl Work {
+    /// Whether answering it may change the store: each of its answers then waits for the
+    /// log. (A batch counts as a whole: its parts are few.)
+    fn writes(&self) -> bool {
+        match self {
+            Self::One(_, op) => writes(op.as_ref()),
+            Self::Batch(batch) => {
+                writes(batch.own.as_ref())
+                    || batch
+                        .rest
+                        .as_slice()
+                        .iter()
+                        .any(|element| writes(element.op.as_ref()))
+            }
+        }
+    }
+
     fn of(request: pb::PipelineRequest) -> Self {
         if request.batch.is_empty() {
             return Self::One(request.tag, request.op);
@@ -185,19 +207,21 @@ impl<S> MemoryAnswers<S> {
         }
     }
 
-    /// With an append-only log, what the answer just produced waits for: the log had grown
-    /// since `before` (another connection's write may have grown it: the answer then waits for
-    /// that write too, since it may show it). Without `always`, the log is written here and
-    /// now (`Err` if it cannot be); with it, the answer waits for the sync.
+    /// With an append-only log, what the answer to a write just produced waits for: the log
+    /// had grown since `before` (another connection's write may have grown it too: the answer
+    /// then waits for that one as well). Without `always`, the log is written here and now
+    /// (`Err` if it cannot be); with it, the answer waits for the sync. A read is answered at
+    /// once, as on the unary calls: it may show a write still on its way to the log, as it may
+    /// show one whose answer has not arrived yet.
     fn to_log(
         service: &SessionService<MemoryEngine>,
         before: Option<u64>,
     ) -> Result<Option<Synced>, gonest_session_core::StoreError> {
-        let Some(log) = service.engine.syncing_log() else {
+        let (Some(log), Some(before)) = (service.engine.syncing_log(), before) else {
             return Ok(None);
         };
         let after = log.position();
-        if Some(after) == before {
+        if after == before {
             return Ok(None);
         }
         if !log.syncs_each_write() {
@@ -253,7 +277,11 @@ where
                 room,
                 ..
             } = &mut *this;
-            let before = service.engine.syncing_log().map(|log| log.position());
+            let before = service
+                .engine
+                .syncing_log()
+                .filter(|_| work.as_ref().is_some_and(Work::writes))
+                .map(|log| log.position());
             let produced = match budget {
                 None => Ok(Self::answer(service, work)),
                 Some(budget) => budget.try_produce(|| {
