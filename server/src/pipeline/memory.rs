@@ -1,6 +1,7 @@
 //! `Pipeline` answers on the memory engine: one state machine per stream that applies each
 //! operation in the poll that asks for its answer.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -116,8 +117,16 @@ pub(crate) struct MemoryAnswers<S> {
     room: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// Completes when the daemon starts shutting down, which ends the answers.
     stopped: Stopped,
-    /// With an append-only log: an answer to a write, held until the log has it.
-    held: Option<(Answer, Synced)>,
+    /// Answers produced and not yet given out, each with whether it waits for the log. With
+    /// an append-only log, answers to writes wait until the log has them; those produced
+    /// together wait together, so one write (or one sync) to the log covers them all.
+    queue: VecDeque<(Answer, bool)>,
+    /// The log position the queued answers wait for, until the log has it.
+    log_through: Option<u64>,
+    /// With `always`: the sync the queued answers wait for.
+    syncing: Option<Synced>,
+    /// What comes after the queued answers: the end (`None`) or an error.
+    end: Option<Option<Status>>,
     ended: bool,
     /// Counts the call (for shutdown) until the answers are dropped.
     _call: Call,
@@ -185,7 +194,10 @@ impl<S> MemoryAnswers<S> {
             work: None,
             room: None,
             stopped,
-            held: None,
+            queue: VecDeque::new(),
+            log_through: None,
+            syncing: None,
+            end: None,
             ended: false,
             _call: call,
         }
@@ -207,30 +219,40 @@ impl<S> MemoryAnswers<S> {
         }
     }
 
-    /// With an append-only log, what the answer to a write just produced waits for: the log
-    /// had grown since `before` (another connection's write may have grown it too: the answer
-    /// then waits for that one as well). Without `always`, the log is written here and now
-    /// (`Err` if it cannot be); with it, the answer waits for the sync. A read is answered at
-    /// once, as on the unary calls: it may show a write still on its way to the log, as it may
-    /// show one whose answer has not arrived yet.
-    fn to_log(
-        service: &SessionService<MemoryEngine>,
-        before: Option<u64>,
-    ) -> Result<Option<Synced>, gonest_session_core::StoreError> {
-        let (Some(log), Some(before)) = (service.engine.syncing_log(), before) else {
-            return Ok(None);
+    /// Has the log take what the queued answers wait for: written here and now (without
+    /// `always`; a failure turns the answers to writes into errors), or a sync to wait for.
+    fn settle(&mut self) {
+        let Some(position) = self.log_through else {
+            return;
         };
-        let after = log.position();
-        if after == before {
-            return Ok(None);
+        let Some(log) = self.service.engine.syncing_log() else {
+            self.settled(Ok(()));
+            return;
+        };
+        if log.syncs_each_write() {
+            let log = log.clone();
+            self.syncing = Some(Box::pin(async move { log.synced(position).await }));
+        } else {
+            let written = log.write_through(position);
+            self.settled(written);
         }
-        if !log.syncs_each_write() {
-            return log.write_through(after).map(|()| None);
+    }
+
+    /// The log has taken what the queued answers wait for, or failed to.
+    fn settled(&mut self, result: Result<(), gonest_session_core::StoreError>) {
+        self.log_through = None;
+        if let Err(err) = result {
+            for (answer, waits) in &mut self.queue {
+                if *waits {
+                    *answer = not_logged(std::mem::take(answer), &err);
+                }
+            }
         }
-        let log = log.clone();
-        Ok(Some(Box::pin(async move { log.synced(after).await })))
     }
 }
+
+/// Answers produced before the log is written for them, at most: one write covers them.
+const QUEUED: usize = 64;
 
 impl<S> Stream for MemoryAnswers<S>
 where
@@ -244,31 +266,60 @@ where
             this.ended = true;
             return Poll::Ready(None);
         }
-        if let Some((_, synced)) = this.held.as_mut() {
-            let synced = std::task::ready!(synced.as_mut().poll(cx));
-            let (answer, _) = this.held.take().expect("held");
-            return Poll::Ready(Some(Ok(match synced {
-                Ok(()) => answer,
-                Err(err) => not_logged(answer, &err),
-            })));
-        }
         loop {
-            if this.work.is_none() {
-                match this.requests.poll_next_unpin(cx) {
-                    Poll::Ready(Some(Ok(request))) => this.work = Some(Work::of(request)),
-                    Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(Err(status))),
-                    Poll::Ready(None) => {
-                        this.ended = true;
-                        return Poll::Ready(None);
-                    }
-                    Poll::Pending => return Poll::Pending,
+            if let Some(syncing) = this.syncing.as_mut() {
+                let synced = std::task::ready!(syncing.as_mut().poll(cx));
+                this.syncing = None;
+                this.settled(synced);
+            }
+            if this.log_through.is_none() {
+                if let Some((answer, _)) = this.queue.pop_front() {
+                    return Poll::Ready(Some(Ok(answer)));
+                }
+                if let Some(end) = this.end.take() {
+                    this.ended = true;
+                    return Poll::Ready(end.map(Err));
                 }
             }
-            if let Some(room) = this.room.as_mut() {
-                if room.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
+            // Here the queue is empty, or waits for the log: produce more answers while
+            // requests are there, then have the log take them all at once.
+            if this.queue.len() >= QUEUED || this.end.is_some() {
+                this.settle();
+                continue;
+            }
+            match this.produce(cx) {
+                Poll::Ready(()) => {}
+                Poll::Pending if this.log_through.is_some() => this.settle(),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<S> MemoryAnswers<S>
+where
+    S: Stream<Item = Result<pb::PipelineRequest, Status>> + Unpin,
+{
+    /// Reads the next request if need be and queues its next answer (or notes the end of the
+    /// requests); `Pending` while no request is there or the budget is spent.
+    fn produce(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.work.is_none() {
+            match std::task::ready!(self.requests.poll_next_unpin(cx)) {
+                Some(Ok(request)) => self.work = Some(Work::of(request)),
+                Some(Err(status)) => {
+                    self.end = Some(Some(status));
+                    return Poll::Ready(());
                 }
-                this.room = None;
+                None => {
+                    self.end = Some(None);
+                    return Poll::Ready(());
+                }
+            }
+        }
+        loop {
+            if let Some(room) = self.room.as_mut() {
+                std::task::ready!(room.as_mut().poll(cx));
+                self.room = None;
             }
             let Self {
                 service,
@@ -276,12 +327,12 @@ where
                 work,
                 room,
                 ..
-            } = &mut *this;
-            let before = service
+            } = &mut *self;
+            let log = service
                 .engine
                 .syncing_log()
-                .filter(|_| work.as_ref().is_some_and(Work::writes))
-                .map(|log| log.position());
+                .filter(|_| work.as_ref().is_some_and(Work::writes));
+            let before = log.map(|log| log.position());
             let produced = match budget {
                 None => Ok(Self::answer(service, work)),
                 Some(budget) => budget.try_produce(|| {
@@ -291,15 +342,18 @@ where
                 }),
             };
             match produced {
-                Ok(answer) => match Self::to_log(service, before) {
-                    Ok(None) => return Poll::Ready(Some(Ok(answer))),
-                    Ok(Some(synced)) => {
-                        this.held = Some((answer, synced));
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
+                Ok(answer) => {
+                    // A read is answered at once, as on the unary calls: it may show a write
+                    // still on its way to the log, as it may show one whose answer has not
+                    // arrived yet.
+                    let after = log.map(|log| log.position());
+                    let waits = after != before;
+                    if let (true, Some(after)) = (waits, after) {
+                        self.log_through = Some(self.log_through.map_or(after, |p| p.max(after)));
                     }
-                    Err(err) => return Poll::Ready(Some(Ok(not_logged(answer, &err)))),
-                },
+                    self.queue.push_back((answer, waits));
+                    return Poll::Ready(());
+                }
                 Err(_) => {
                     let budget = budget.clone().expect("only a budget refuses");
                     *room = Some(Box::pin(async move { budget.wait().await }));
