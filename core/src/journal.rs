@@ -182,6 +182,7 @@ pub struct LogError {
 }
 
 /// What reading a log found.
+#[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct Parsed {
     pub(crate) changes: Vec<Change>,
@@ -190,81 +191,145 @@ pub(crate) struct Parsed {
     pub(crate) torn_at: Option<u64>,
 }
 
-/// Reads a whole log file. A last frame cut short, or whose checksum fails with nothing after
-/// it, is a torn write ([`Parsed::torn_at`]); anything wrong before that is a [`LogError`].
-/// Never panics, whatever the bytes.
-pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, LogError> {
-    let damaged = |offset: usize, reason: &str| LogError {
-        offset: offset as u64,
-        reason: reason.to_owned(),
-    };
-    let mut changes = Vec::new();
-    if bytes.len() < LOG_MAGIC.len() {
-        // A file created and cut off before its magic was whole.
-        let torn = (!bytes.is_empty() && LOG_MAGIC.starts_with(bytes)).then_some(0);
-        if bytes.is_empty() || torn.is_some() {
-            return Ok(Parsed {
-                changes,
-                torn_at: torn,
-            });
+/// The first bytes of a log, whole or not: `Ok(true)` once they are the magic, `Ok(false)`
+/// if they may still become it (fewer bytes than the magic, and a prefix of it).
+fn magic(bytes: &[u8]) -> Result<bool, LogError> {
+    if bytes.len() >= LOG_MAGIC.len() {
+        if bytes.starts_with(LOG_MAGIC) {
+            return Ok(true);
         }
-        return Err(damaged(0, "not a change log (bad magic)"));
+    } else if LOG_MAGIC.starts_with(bytes) {
+        return Ok(false);
     }
-    if !bytes.starts_with(LOG_MAGIC) {
-        return Err(damaged(0, "not a change log (bad magic)"));
-    }
-    let mut at = LOG_MAGIC.len();
-    while at < bytes.len() {
-        let rest = &bytes[at..];
-        let torn = Ok(Parsed {
-            changes: Vec::new(),
-            torn_at: Some(at as u64),
-        });
-        let Some((head, after)) = rest.split_first_chunk::<FRAME_HEAD>() else {
-            return torn.map(|parsed| Parsed { changes, ..parsed });
-        };
-        let len = u32::from_le_bytes(head[..4].try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(head[4..].try_into().unwrap_or_default());
-        if len == 0 || len > MAX_FRAME {
-            // A length no writer makes: damage, unless nothing follows where the frame would
-            // have ended anyway (a torn head).
-            if after.len() < len.max(1) {
-                return torn.map(|parsed| Parsed { changes, ..parsed });
-            }
-            return Err(damaged(at, "a record with an impossible length"));
-        }
-        let Some(body) = after.get(..len) else {
-            return torn.map(|parsed| Parsed { changes, ..parsed });
-        };
-        if crc32fast::hash(body) != crc {
-            if after.len() == len {
-                return torn.map(|parsed| Parsed { changes, ..parsed });
-            }
-            return Err(damaged(at, "checksum mismatch"));
-        }
-        let change = match (body[0], &body[1..]) {
-            (PUT, record) => Record::from_bytes(record).map(Change::Put),
-            (REMOVE, id) => std::str::from_utf8(id)
-                .ok()
-                .filter(|id| crate::validate_id(id).is_ok())
-                .map(|id| Change::Remove(id.to_owned())),
-            (EXPIRE, body) => body.split_first_chunk::<8>().and_then(|(at, id)| {
-                let id = std::str::from_utf8(id).ok()?;
-                crate::validate_id(id).ok()?;
-                Some(Change::Expire(id.to_owned(), u64::from_le_bytes(*at)))
-            }),
-            _ => None,
-        };
-        let Some(change) = change else {
-            return Err(damaged(at, "a record that does not parse"));
-        };
-        changes.push(change);
-        at += FRAME_HEAD + len;
-    }
-    Ok(Parsed {
-        changes,
-        torn_at: None,
+    Err(LogError {
+        offset: 0,
+        reason: "not a change log (bad magic)".to_owned(),
     })
+}
+
+/// What the bytes at a record's start hold.
+pub(crate) enum Step {
+    /// A whole record, and its length with its head.
+    Change(Change, usize),
+    /// A record not whole yet: more bytes may follow, or this is a torn last record (cut short,
+    /// or failing its checksum with nothing after it).
+    More,
+    /// Damage: a record that can never be read, with bytes after it.
+    Damaged(&'static str),
+}
+
+/// Reads the record at the start of `rest`. Never panics, whatever the bytes.
+pub(crate) fn step(rest: &[u8]) -> Step {
+    let Some((head, after)) = rest.split_first_chunk::<FRAME_HEAD>() else {
+        return Step::More;
+    };
+    let len = u32::from_le_bytes(head[..4].try_into().unwrap_or_default()) as usize;
+    let crc = u32::from_le_bytes(head[4..].try_into().unwrap_or_default());
+    if len == 0 || len > MAX_FRAME {
+        // A length no writer makes: damage, unless nothing follows where the frame would
+        // have ended anyway (a torn head).
+        if after.len() < len.max(1) {
+            return Step::More;
+        }
+        return Step::Damaged("a record with an impossible length");
+    }
+    let Some(body) = after.get(..len) else {
+        return Step::More;
+    };
+    if crc32fast::hash(body) != crc {
+        if after.len() == len {
+            return Step::More;
+        }
+        return Step::Damaged("checksum mismatch");
+    }
+    let change = match (body[0], &body[1..]) {
+        (PUT, record) => Record::from_bytes(record).map(Change::Put),
+        (REMOVE, id) => std::str::from_utf8(id)
+            .ok()
+            .filter(|id| crate::validate_id(id).is_ok())
+            .map(|id| Change::Remove(id.to_owned())),
+        (EXPIRE, body) => body.split_first_chunk::<8>().and_then(|(at, id)| {
+            let id = std::str::from_utf8(id).ok()?;
+            crate::validate_id(id).ok()?;
+            Some(Change::Expire(id.to_owned(), u64::from_le_bytes(*at)))
+        }),
+        _ => None,
+    };
+    match change {
+        Some(change) => Step::Change(change, FRAME_HEAD + len),
+        None => Step::Damaged("a record that does not parse"),
+    }
+}
+
+/// How much of a log is read at a time.
+const CHUNK: u64 = 4 << 20;
+
+/// Reads a log from `reader`, a few MiB at a time, calling `each` with every change in order.
+/// A last record cut short, or whose checksum fails with nothing after it, is a torn write:
+/// its offset is returned. Anything wrong before it is a [`LogError`] (the changes before it
+/// have been passed to `each`). Never panics, whatever the bytes.
+pub(crate) fn read_log(
+    mut reader: impl std::io::Read,
+    mut each: impl FnMut(Change),
+) -> Result<Option<u64>, LogError> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    // `buf[start..]` is unread; `base` is the file offset of `buf[0]`.
+    let (mut start, mut base, mut eof) = (0usize, 0u64, false);
+    let mut more = |buf: &mut Vec<u8>, eof: &mut bool| -> Result<(), LogError> {
+        let offset = buf.len() as u64;
+        let read = (&mut reader)
+            .take(CHUNK)
+            .read_to_end(buf)
+            .map_err(|err| LogError {
+                offset,
+                reason: format!("cannot be read: {err}"),
+            })?;
+        *eof = read == 0;
+        Ok(())
+    };
+    while buf.len() < LOG_MAGIC.len() && !eof {
+        more(&mut buf, &mut eof)?;
+    }
+    if !magic(&buf)? {
+        // Empty, or a file created and cut off before its magic was whole.
+        return Ok((!buf.is_empty()).then_some(0));
+    }
+    start += LOG_MAGIC.len();
+    loop {
+        match step(&buf[start..]) {
+            Step::Change(change, len) => {
+                each(change);
+                start += len;
+            }
+            Step::Damaged(reason) => {
+                return Err(LogError {
+                    offset: base + start as u64,
+                    reason: reason.to_owned(),
+                });
+            }
+            Step::More if eof => {
+                return Ok((start < buf.len()).then_some(base + start as u64));
+            }
+            Step::More => {
+                buf.drain(..start);
+                base += start as u64;
+                start = 0;
+                more(&mut buf, &mut eof).map_err(|err| LogError {
+                    offset: base + err.offset,
+                    ..err
+                })?;
+            }
+        }
+    }
+}
+
+/// Reads a whole log file held in memory (see [`read_log`]).
+#[cfg(test)]
+pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, LogError> {
+    let mut changes = Vec::new();
+    let torn_at = read_log(bytes, |change| changes.push(change))?;
+    Ok(Parsed { changes, torn_at })
 }
 
 #[cfg(test)]
@@ -280,6 +345,42 @@ mod tests {
         let mut bytes = LOG_MAGIC.to_vec();
         bytes.extend(journal.take(Duration::ZERO).unwrap().0);
         bytes
+    }
+
+    /// A log longer than one read: records that straddle reads come back whole, and offsets
+    /// count from the start of the file.
+    #[test]
+    fn a_log_read_in_chunks_reads_back_whole_with_file_offsets() {
+        let journal = Journal::new();
+        let count = 300_000;
+        for i in 0..count {
+            journal.remove(&format!("session-{i:08}"));
+        }
+        let bytes = log(&journal);
+        assert!(bytes.len() as u64 > CHUNK + CHUNK / 2, "{}", bytes.len());
+        let record = (bytes.len() - LOG_MAGIC.len()) / count;
+        let parsed = parse(&bytes).unwrap();
+        assert_eq!((parsed.changes.len(), parsed.torn_at), (count, None));
+        match &parsed.changes[count - 1] {
+            Change::Remove(id) => assert_eq!(id, &format!("session-{:08}", count - 1)),
+            other => panic!("{other:?}"),
+        }
+        // The record that straddles the first read, and one well past it, damaged.
+        for n in [CHUNK as usize / record, count - 100] {
+            let at = LOG_MAGIC.len() + n * record;
+            let mut damaged = bytes.clone();
+            damaged[at + FRAME_HEAD + 2] ^= 1;
+            let err = parse(&damaged).unwrap_err();
+            assert_eq!(err.offset, at as u64, "record {n}");
+        }
+        let last = bytes.len() - record;
+        for cut in [last + 1, bytes.len() - 1] {
+            let parsed = parse(&bytes[..cut]).unwrap();
+            assert_eq!(
+                (parsed.changes.len(), parsed.torn_at),
+                (count - 1, Some(last as u64))
+            );
+        }
     }
 
     #[test]

@@ -148,8 +148,9 @@ pub(crate) fn replay(dir: &Path, store: &MemorySessionStore) -> anyhow::Result<u
     let last = files.last().map_or(0, |(generation, _)| *generation);
     for (generation, path) in &files {
         let started = Instant::now();
-        let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let replayed = store.replay_log(&bytes).map_err(|err| {
+        let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = file.metadata().map_or(0, |meta| meta.len());
+        let replayed = store.replay_log_from(file).map_err(|err| {
             anyhow::anyhow!(
                 "log {path} is {err}. The daemon will not start with a partial store. Keep a \
                  copy, then cut the file at that offset (truncate -s {offset} {path}) to load \
@@ -182,7 +183,7 @@ pub(crate) fn replay(dir: &Path, store: &MemorySessionStore) -> anyhow::Result<u
         tracing::info!(
             path = %path.display(),
             changes = replayed.applied,
-            bytes = bytes.len(),
+            bytes,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "log replayed"
         );

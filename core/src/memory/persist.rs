@@ -99,51 +99,62 @@ impl MemorySessionStore {
     }
 
     /// Applies a change log written from a [`Journal`](crate::journal::Journal) (a whole
-    /// file, magic first) on top of what the store holds, in order. A session put or given an
-    /// expiry that has passed since is removed, so nothing expired comes back. A last record cut
-    /// short (a crash while writing it) is not applied: [`Replayed::torn_at`] says where it
-    /// starts. Damage before it applies nothing and is an error naming the offset.
+    /// file, magic first) on top of what the store holds, in order (see
+    /// [`Self::replay_log_from`]).
     pub fn replay_log(
         &self,
         bytes: &[u8],
     ) -> std::result::Result<Replayed, crate::journal::LogError> {
-        let parsed = crate::journal::parse(bytes)?;
+        self.replay_log_from(bytes)
+    }
+
+    /// Applies a change log read from `reader`, a few MiB at a time, on top of what the store
+    /// holds, in order. A session put or given an expiry that has passed since is removed, so
+    /// nothing expired comes back. A last record cut short (a crash while writing it) is not
+    /// applied: [`Replayed::torn_at`] says where it starts. Damage before it is an error naming
+    /// the offset; the changes before the damage have been applied by then, so a store that
+    /// gets this error must not be served.
+    pub fn replay_log_from(
+        &self,
+        reader: impl std::io::Read,
+    ) -> std::result::Result<Replayed, crate::journal::LogError> {
         let now = Nanos::from(self.inner.clock.now());
-        let applied = parsed.changes.len() as u64;
-        for change in parsed.changes {
-            match change {
-                crate::journal::Change::Put(record) => {
-                    let id = String::from_utf8_lossy(record.id()).into_owned();
-                    if record.is_live(now) {
-                        self.inner.put(&id, record);
-                    } else {
-                        let _ = self.destroy_now(&id);
-                    }
-                }
-                crate::journal::Change::Remove(id) => {
+        let mut applied = 0;
+        let torn_at = crate::journal::read_log(reader, |change| {
+            applied += 1;
+            self.apply_logged(change, now);
+        })?;
+        Ok(Replayed { applied, torn_at })
+    }
+
+    fn apply_logged(&self, change: crate::journal::Change, now: Nanos) {
+        match change {
+            crate::journal::Change::Put(record) => {
+                let id = String::from_utf8_lossy(record.id()).into_owned();
+                if record.is_live(now) {
+                    self.inner.put(&id, record);
+                } else {
                     let _ = self.destroy_now(&id);
                 }
-                crate::journal::Change::Expire(id, at) => {
-                    if at > now.0 {
-                        self.inner
-                            .map
-                            .write_expiring(&id, Some(Nanos(at)), |entry| {
-                                if let hashbrown::hash_table::Entry::Occupied(mut occupied) = entry
-                                {
-                                    occupied.get_mut().set_expires_at(Nanos(at));
-                                    self.inner.owners.replace(None, Some(occupied.get()));
-                                }
-                            });
-                    } else {
-                        let _ = self.destroy_now(&id);
-                    }
+            }
+            crate::journal::Change::Remove(id) => {
+                let _ = self.destroy_now(&id);
+            }
+            crate::journal::Change::Expire(id, at) => {
+                if at > now.0 {
+                    self.inner
+                        .map
+                        .write_expiring(&id, Some(Nanos(at)), |entry| {
+                            if let hashbrown::hash_table::Entry::Occupied(mut occupied) = entry {
+                                occupied.get_mut().set_expires_at(Nanos(at));
+                                self.inner.owners.replace(None, Some(occupied.get()));
+                            }
+                        });
+                } else {
+                    let _ = self.destroy_now(&id);
                 }
             }
         }
-        Ok(Replayed {
-            applied,
-            torn_at: parsed.torn_at,
-        })
     }
 
     /// Calls `f` with every live record, one shard at a time (as when writing a snapshot).
