@@ -26,7 +26,8 @@ EXPOSE 3000
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/example-app"]
 
-# The daemon (the default target): listens on all interfaces, keeps snapshots in /data.
+# The daemon (the default target): listens on all interfaces; with GONEST_SESSIOND_DATA_DIR=/data
+# it keeps its snapshot and append-only log there (mount a volume on /data).
 FROM gcr.io/distroless/cc-debian12:nonroot AS sessiond
 COPY --from=build /src/target/release/gonest-sessiond /usr/local/bin/gonest-sessiond
 # The operator's CLI, /usr/local/bin/gonest-sessionctl. Under compose the daemon's service sets
