@@ -18,14 +18,18 @@
 // changed keys on top; when it was destroyed meanwhile, the save is dropped rather than bringing
 // the session back.
 
+const fs = require('node:fs');
 const path = require('node:path');
 const crypto = require('node:crypto');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const { Store, Session } = require('express-session');
 
-// The repository's contract, not a copy of it.
-const PROTO = path.join(__dirname, '..', '..', 'proto', 'proto', 'gonest', 'session', 'v1', 'session.proto');
+// The contract: the copy `npm pack` puts in the package (scripts/copy-proto.js), or in the
+// repository, the .proto itself.
+const PROTO_IN_PACKAGE = path.join(__dirname, 'proto', 'gonest', 'session', 'v1', 'session.proto');
+const PROTO_IN_REPOSITORY = path.join(__dirname, '..', '..', 'proto', 'proto', 'gonest', 'session', 'v1', 'session.proto');
+const PROTO = fs.existsSync(PROTO_IN_PACKAGE) ? PROTO_IN_PACKAGE : PROTO_IN_REPOSITORY;
 
 const COOKIE_KEY = '__express.cookie';
 // Where the store keeps what it read, on the session object itself: express-session copies a
