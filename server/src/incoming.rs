@@ -38,6 +38,8 @@ pub(crate) struct Accept {
     pub(crate) handshake_timeout: Duration,
     /// Connections open at once; more are closed as soon as accepted.
     pub(crate) max_connections: usize,
+    /// One permit per connection that may be open (`max_connections` of them).
+    pub(crate) slots: Arc<Semaphore>,
     /// TLS, when the daemon serves it.
     pub(crate) tls: Option<TlsAcceptor>,
     /// Each connection's budget of answer bytes in flight.
@@ -56,7 +58,7 @@ pub(crate) struct ConnInfo {
 /// acceptor stops when the returned stream is dropped.
 pub(crate) fn accept(listener: TcpListener, accept: Accept) -> ReceiverStream<io::Result<Conn>> {
     let (ready, incoming) = mpsc::channel(128);
-    let slots = Arc::new(Semaphore::new(accept.max_connections));
+    let slots = accept.slots.clone();
     tokio::spawn(async move {
         let mut refusals = Refusals::default();
         loop {

@@ -64,6 +64,23 @@ pub(crate) struct Metrics {
     /// The `Track` feed, whose trackers and invalidations are mirrored; none where the daemon
     /// cannot track (Redis Cluster).
     feed: Option<Arc<Feed>>,
+    connections: Gauge,
+    /// The connection slots, whose taken ones are the open connections.
+    slots: (Arc<tokio::sync::Semaphore>, usize),
+    backend_up: Gauge,
+}
+
+/// What the daemon was started with, shown as gauges for alert rules to compare against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    /// `--max-sessions` (0: no limit).
+    pub(crate) max_sessions: u64,
+    /// `--max-connections`.
+    pub(crate) max_connections: usize,
+    /// `--snapshot-interval`, with `--data-dir`.
+    pub(crate) snapshot_interval: Option<Duration>,
+    /// Whether the sessions live in Redis (whose reachability is then shown).
+    pub(crate) on_redis: bool,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,6 +94,8 @@ impl Metrics {
         store: Option<MemorySessionStore>,
         feed: Option<Arc<Feed>>,
         log: Option<Arc<crate::aof::AppendLog>>,
+        settings: Settings,
+        slots: Arc<tokio::sync::Semaphore>,
     ) -> Self {
         let mut metrics = Self {
             registry: Registry::with_prefix("gonest_sessiond"),
@@ -98,8 +117,51 @@ impl Metrics {
             log_failing: Gauge::default(),
             log,
             feed,
+            connections: Gauge::default(),
+            slots: (slots, settings.max_connections),
+            backend_up: Gauge::default(),
         };
         let r = &mut metrics.registry;
+        let fixed = |value: u64| {
+            let gauge: Gauge = Gauge::default();
+            gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge
+        };
+        r.register(
+            "connections",
+            "Client connections open",
+            metrics.connections.clone(),
+        );
+        r.register(
+            "max_connections",
+            "Connections the daemon holds open at once (--max-connections)",
+            fixed(settings.max_connections as u64),
+        );
+        r.register(
+            "max_sessions",
+            "Sessions the daemon holds at once (--max-sessions; 0: no limit)",
+            fixed(settings.max_sessions),
+        );
+        r.register(
+            "memory_limit_bytes",
+            "Memory the daemon may use: its cgroup's limit, else the machine's memory",
+            fixed(memory_usage::limit_bytes()),
+        );
+        if let Some(interval) = settings.snapshot_interval {
+            r.register(
+                "snapshot_interval_seconds",
+                "Time between two snapshots (--snapshot-interval)",
+                fixed(interval.as_secs()),
+            );
+        }
+        if settings.on_redis {
+            metrics.backend_up.set(1);
+            r.register(
+                "backend_up",
+                "1 while the Redis backend answers its health check (every second), 0 while not",
+                metrics.backend_up.clone(),
+            );
+        }
         r.register(
             "operations",
             "Session operations by method and gRPC status code",
@@ -198,8 +260,17 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
     }
 
+    /// Records whether the Redis backend answered its last health check.
+    pub(crate) fn backend_answers(&self, up: bool) {
+        self.backend_up.set(i64::from(up));
+    }
+
     /// The text exposition, with the store's counters read now.
     fn render(&self) -> String {
+        let (slots, max) = &self.slots;
+        let open = max.saturating_sub(slots.available_permits());
+        self.connections
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
         if let Some(store) = &self.store {
             let stats = store.stats();
             self.live_sessions

@@ -119,12 +119,24 @@ async fn serve<E: Engine>(
     }
     let mut service = SessionService::new(engine.clone(), limits, stopping.clone());
     let (in_flight, writes) = (service.in_flight(), service.writes.clone());
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(default_max_connections);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let metrics = match config.metrics_listen {
         Some(addr) => {
+            let settings = crate::metrics::Settings {
+                max_sessions: config.max_sessions,
+                max_connections,
+                snapshot_interval: config.persistence.as_ref().map(|p| p.interval),
+                on_redis: engine.memory().is_none(),
+            };
             let metrics = Arc::new(Metrics::new(
                 engine.memory().cloned(),
                 engine.feed().cloned(),
                 engine.append_log().cloned(),
+                settings,
+                slots.clone(),
             ));
             crate::metrics::serve(addr, metrics.clone(), stopping.clone()).await?;
             service = service.with_metrics(metrics.clone());
@@ -135,13 +147,11 @@ async fn serve<E: Engine>(
     let mut stop_rx = stopping.clone();
     let accept = crate::incoming::Accept {
         handshake_timeout: config.handshake_timeout,
-        max_connections: config
-            .max_connections
-            .unwrap_or_else(default_max_connections),
+        max_connections,
+        slots,
         tls: config.tls.as_ref().map(TlsFiles::acceptor).transpose()?,
         answer_budget: crate::budget::ANSWER_BYTES_IN_FLIGHT,
     };
-    let max_connections = accept.max_connections;
     let server = tonic::transport::Server::builder()
         // Bounds a unary call; Pipeline streams live on, their operations answered one by one.
         .timeout(CALL_TIMEOUT)
@@ -188,6 +198,7 @@ async fn serve<E: Engine>(
         tokio::spawn(report_backend_health(
             engine.clone(),
             health.clone(),
+            metrics.clone(),
             stopping.clone(),
         ));
     }
@@ -271,6 +282,7 @@ const BACKEND_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 async fn report_backend_health<E: Engine>(
     engine: E,
     health: tonic_health::server::HealthReporter,
+    metrics: Option<Arc<Metrics>>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut serving = true;
@@ -285,6 +297,9 @@ async fn report_backend_health<E: Engine>(
             .await
             .unwrap_or(Some(false))
             .unwrap_or(true);
+        if let Some(metrics) = &metrics {
+            metrics.backend_answers(reachable);
+        }
         if reachable == serving || *stopping.borrow() {
             continue;
         }

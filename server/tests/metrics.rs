@@ -29,6 +29,10 @@ async fn metrics_count_operations_by_method_and_code() {
         "127.0.0.1:0",
         "--data-dir",
         dir.path().to_str().unwrap(),
+        "--max-sessions",
+        "5000",
+        "--max-connections",
+        "300",
     ])
     .await;
     // Metrics listen before gRPC does, so the line is already in.
@@ -64,9 +68,27 @@ async fn metrics_count_operations_by_method_and_code() {
         "gonest_sessiond_snapshot_age_seconds -1",
         "gonest_sessiond_tracking_live 1",
         "gonest_sessiond_trackers 0",
+        // What the alert rules compare against (deploy/prometheus/).
+        "gonest_sessiond_max_sessions 5000",
+        "gonest_sessiond_max_connections 300",
+        "gonest_sessiond_snapshot_interval_seconds 30",
+        "gonest_sessiond_log_failing 0",
     ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }
+    // The store's client holds one connection (the scrape is on the metrics port).
+    assert!(text.contains("gonest_sessiond_connections 1\n"), "{text}");
+    drop(store);
+    let limit = text
+        .lines()
+        .find_map(|l| l.strip_prefix("gonest_sessiond_memory_limit_bytes "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap();
+    assert!(limit > 64 << 20, "{limit}");
+    assert!(
+        !text.contains("gonest_sessiond_backend_up"),
+        "memory: no backend to watch"
+    );
     let (status, _) = daemon.terminate().await;
     assert!(status.success());
 }
