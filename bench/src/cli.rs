@@ -32,6 +32,47 @@ pub enum Command {
     Sweep(SweepArgs),
     /// Time from a write's answer to its invalidation on a `Track` stream, under load.
     Invalidation(InvalidationArgs),
+    /// A realistic churn for a long time: memory, sessions, ops/s, p50 / p99 and errors every
+    /// minute, as CSV and an SVG plot, and a verdict at the end.
+    Soak(SoakArgs),
+}
+
+/// Flags of `soak`.
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// The daemon, such as http://127.0.0.1:7070.
+    #[arg(long)]
+    pub sessiond: String,
+    /// How long the churn runs.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Time between two reports.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub every: Duration,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Operations per second, all callers together (each paced to its share).
+    #[arg(long, default_value_t = 5_000)]
+    pub rate: u64,
+    /// Owners (users) the sessions belong to; several devices each.
+    #[arg(long, default_value_t = 20_000)]
+    pub users: usize,
+    /// Bytes in each session's value.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Lifetime of half the logins: short, so that they expire and the sweeper works.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    pub short_ttl: Duration,
+    /// Lifetime of the other half, renewed by each save.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub long_ttl: Duration,
+    /// Where the reports go as CSV.
+    #[arg(long, default_value = "soak.csv")]
+    pub csv: std::path::PathBuf,
+    /// Where the plot of RSS and p99 over time goes.
+    #[arg(long, default_value = "soak.svg")]
+    pub svg: std::path::PathBuf,
 }
 
 /// Flags of `invalidation`.

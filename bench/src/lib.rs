@@ -9,13 +9,14 @@ mod invalidation;
 mod memory;
 mod procfs;
 mod report;
+mod soak;
 mod sweep;
 mod target;
 mod throughput;
 
 pub use cli::{
-    Cli, Command, CompareArgs, HttpArgs, InvalidationArgs, LoadArgs, MemoryArgs, Route, SweepArgs,
-    ThroughputArgs,
+    Cli, Command, CompareArgs, HttpArgs, InvalidationArgs, LoadArgs, MemoryArgs, Route, SoakArgs,
+    SweepArgs, ThroughputArgs,
 };
 
 /// Runs the command the flags name.
@@ -27,5 +28,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Memory(args) => memory::run(args).await,
         Command::Sweep(args) => sweep::run(args).await,
         Command::Invalidation(args) => invalidation::run(args).await,
+        Command::Soak(args) => soak::run(args).await,
     }
 }
