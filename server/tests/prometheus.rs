@@ -1,6 +1,7 @@
 //! The shipped Prometheus set-up (deploy/prometheus/) against a real daemon: Debian's
 //! `prometheus` scrapes it on loopback with the shipped config and rules, and its HTTP API shows
-//! the target up, the rules loaded, and the daemon's operations counted.
+//! the target up, the rules loaded, and the daemon's operations counted; and every query of the
+//! Grafana dashboard (deploy/grafana/) runs there and names only metrics the daemon exports.
 //!
 //! Needs `prometheus` on the PATH (Debian's package of that name; `.ci/run` installs it).
 
@@ -56,6 +57,19 @@ async fn api(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `text` with every byte but letters and digits percent-encoded, for a URL's query.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,6 +175,67 @@ async fn prometheus_scrapes_the_daemon_with_the_shipped_config_and_rules() {
     })
     .await;
     assert_eq!(saved["resultType"], "vector");
+
+    // The dashboard: every metric it names is scraped, and every query is valid PromQL.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shipped.join("../grafana/dashboards/gonest-sessiond.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let exported = api(&web, "/api/v1/label/__name__/values", |data| {
+        data.as_array()
+            .is_some_and(|names| names.iter().any(|n| n == "gonest_sessiond_live_sessions"))
+    })
+    .await;
+    let exported: Vec<&str> = exported
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|name| name.as_str())
+        .collect();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let named = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("gonest_sessiond_"));
+            for name in named {
+                assert!(
+                    exported.contains(&name),
+                    "panel {} uses {name}, which the daemon does not export: {exported:?}",
+                    panel["title"]
+                );
+            }
+            let query = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*");
+            let path = format!("/api/v1/query?query={}", percent_encoded(&query));
+            let answer = api(&web, &path, |data| data["resultType"].is_string()).await;
+            assert!(answer["result"].is_array(), "{expr}: {answer}");
+            queries += 1;
+        }
+    }
+    assert!(queries >= 10, "{queries}");
+
+    // The README's Metrics section names every metric the daemon exports.
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let listed = &readme[readme.find("## Metrics").unwrap()..];
+    for name in exported
+        .iter()
+        .filter_map(|n| n.strip_prefix("gonest_sessiond_"))
+    {
+        let name = ["_bucket", "_count", "_sum", "_created"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(
+            listed.contains(&format!("`{name}")),
+            "the README does not list {name}"
+        );
+    }
 
     prometheus.kill().await.unwrap();
     drop(store);
