@@ -3,10 +3,10 @@
 //!
 //! A get/save load runs over `--keys` live sessions the whole time. In each round the bench
 //! stores `--sessions` more that all expire at one moment, `--ttl` after it starts storing them,
-//! then polls `Stats` every 10 ms to see when the daemon starts removing them and when it has
-//! removed them all. The daemon removes expired sessions in its sweeps and before answering
-//! `Stats` (so that `live_sessions` is exact), both with the same paced sweep; after the moment
-//! of expiry, the first poll sets that sweep off. Every operation's start and latency are kept, so afterwards each
+//! then, once they have expired, times one `Stats` (which counts the live sessions without
+//! removing any), and polls the daemon's counters as they stand every 10 ms to see when its
+//! sweeper (start the daemon with a short `--sweep-interval`) starts removing them and when it
+//! has removed them all. Every operation's start and latency are kept, so afterwards each
 //! Get is counted as during a sweep (it started inside that round's window), during a fill (left
 //! out: storing a million sessions is load of its own) or without either.
 
@@ -51,8 +51,7 @@ pub(crate) async fn run(args: SweepArgs) -> anyhow::Result<()> {
         "--mix must have gets: their latency is measured"
     );
     let target = Target::sessiond(&args.sessiond, args.load.streams, args.load.near_cache).await?;
-    // Stats removes the expired sessions before it answers, paced so that requests go on
-    // meanwhile: with a million of them that takes seconds, so it may take up to --wait.
+    // Stats counts the live sessions, reading through the shards that hold expired ones.
     let monitor = RemoteSessionStore::builder(args.sessiond.as_str())
         .timeout(args.wait)
         .connect()
@@ -137,7 +136,7 @@ async fn rounds(
     let (mut fills, mut sweeps) = (Vec::new(), Vec::new());
     for round in 1..=args.rounds {
         progress.set_message(format!("round {round}: storing sessions to expire"));
-        let before = monitor.stats().await?;
+        let before = monitor.stats_as_stored().await?;
         let filling = Instant::now();
         let expires_at = SystemTime::now() + args.ttl;
         target::fill(
@@ -158,6 +157,24 @@ async fn rounds(
             micros(filling.duration_since(started)),
             micros(started.elapsed()),
         ));
+        // Stats right after they expired, before the sweeper has removed them.
+        let expired = expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(expired + Duration::from_millis(50)).await;
+        let asked = Instant::now();
+        let counted = monitor.stats().await?;
+        let answered = asked.elapsed();
+        let removed_meanwhile =
+            expired_removed(&monitor.stats_as_stored().await?)? - expired_removed(&before)?;
+        println!(
+            "round {round}: Stats with {} sessions just expired answered in {:.1} ms \
+             (live_sessions {}, {} of them removed by then)",
+            args.sessions,
+            answered.as_secs_f64() * 1e3,
+            counted.live_sessions.unwrap_or(0),
+            removed_meanwhile
+        );
         progress.set_message(format!("round {round}: waiting for the sweep"));
         let sweep = watch(monitor, args, expired_removed(&before)?, started, &progress).await?;
         println!(
@@ -190,14 +207,14 @@ async fn watch(
     loop {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the daemon did not remove the expired sessions within {}; is it a \
-             gonest-sessiond that removes them when Stats is asked?",
+            "the daemon did not remove the expired sessions within {}; was it started with a \
+             --sweep-interval shorter than that?",
             humantime::format_duration(args.wait)
         );
         tokio::time::sleep(POLL).await;
         progress.tick();
         let sent = Instant::now();
-        let removed = expired_removed(&monitor.stats().await?)? - removed_before;
+        let removed = expired_removed(&monitor.stats_as_stored().await?)? - removed_before;
         if removed == 0 {
             quiet_since = sent;
         } else if removed >= args.sessions as u64 {

@@ -211,16 +211,16 @@ impl RemoteSessionStore {
             .map_err(|status| error_from_status(&status, None))
     }
 
-    /// The daemon's counters, `live_sessions` exactly. The daemon first removes the sessions
-    /// that have expired since its last sweep, at the sweeper's pace: right after a great many
-    /// expired at once (a million: about 5 s) this can outlast the store's timeout.
+    /// The daemon's counters, `live_sessions` exactly: the daemon counts the sessions that have
+    /// not expired (tens of milliseconds right after a million expired at once; a daemon before
+    /// v1.6 first removed them, which took seconds then).
     pub async fn stats(&self) -> Result<RemoteStats> {
         self.request_stats(false).await
     }
 
-    /// The daemon's counters as they stand, at once: `live_sessions` may still count sessions
-    /// that expired since the daemon's last sweep. An older daemon (before v1.3) answers as
-    /// [`stats`](Self::stats) does.
+    /// The daemon's counters as they stand, without counting: `live_sessions` may still count
+    /// sessions that expired since the daemon's last sweep. An older daemon (before v1.3)
+    /// answers as [`stats`](Self::stats) does.
     pub async fn stats_as_stored(&self) -> Result<RemoteStats> {
         self.request_stats(true).await
     }

@@ -77,8 +77,8 @@ enum Command {
         /// The session id.
         id: String,
     },
-    /// Prints the daemon's counters and limits. The daemon first removes the sessions that have
-    /// expired since its last sweep, which takes seconds after a great many expired at once.
+    /// Prints the daemon's counters and limits, live_sessions counted exactly (tens of
+    /// milliseconds right after a million sessions expired at once).
     Stats {
         /// Print the counters as they stand, at once: live_sessions may then still count
         /// sessions expired since the last sweep.
@@ -198,8 +198,9 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
 fn exact_stats_failed(err: StoreError) -> anyhow::Error {
     match err {
         StoreError::Timeout => anyhow::anyhow!(
-            "{err}: right after a great many sessions expired, the daemon removes them before it \
-             counts (seconds for a million); --as-stored answers at once, or give a longer --timeout"
+            "{err}: a daemon before v1.6 removes the expired sessions before it counts (seconds \
+             after a million expired at once); --as-stored answers at once, or give a longer \
+             --timeout"
         ),
         err => err.into(),
     }

@@ -1,7 +1,6 @@
 //! Sweeping: removing expired records from a [`MemorySessionStore`](super::MemorySessionStore),
-//! shard by shard. [`DueShards`] is the one walk over the shards; the background task and
-//! [`MemorySessionStore::live_stats`](super::MemorySessionStore::live_stats) pace it, a store
-//! that is full runs it at once ([`reclaim_due`]).
+//! shard by shard. [`DueShards`] is the one walk over the shards; the background task paces
+//! it, a store that is full runs it at once ([`reclaim_due`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -75,9 +74,7 @@ pub(super) async fn sweep_due(state: &State, now: SystemTime) -> (u64, Duration)
 }
 
 /// Removes every expired record now, at full speed, from the shards that may hold one; returns
-/// how many it removed. For when the store is full: the sweeper and
-/// [`MemorySessionStore::live_stats`](super::MemorySessionStore::live_stats) do the same work
-/// paced.
+/// how many it removed. For when the store is full: the sweeper does the same work paced.
 pub(super) fn reclaim_due(state: &State, now: SystemTime) -> u64 {
     DueShards::new(state, now).sum()
 }

@@ -386,6 +386,17 @@ impl Table {
             .try_for_each(|records| write(records))
     }
 
+    /// The records of shard `index` live at `now`. A shard that holds no expired record (its
+    /// `earliest` is ahead) is counted by its length; any other is read through, under its read
+    /// lock, without removing anything.
+    pub(crate) fn live_in_shard(&self, index: usize, now: Nanos) -> u64 {
+        let records = self.shards[index].records.read();
+        if !self.is_due(index, now) {
+            return records.len() as u64;
+        }
+        records.iter().filter(|record| record.is_live(now)).count() as u64
+    }
+
     /// Whether shard `index` may hold a record expired at `now`.
     pub(crate) fn is_due(&self, index: usize, now: Nanos) -> bool {
         self.shards[index].earliest.load(Ordering::Relaxed) <= now.0

@@ -469,11 +469,17 @@ async fn live_stats_agree_with_get_after_touches_and_expiry() {
             .unwrap();
     }
     tokio::time::advance(Duration::from_secs(10)).await;
-    assert_eq!(store.live_stats().await.live_sessions, 100);
+    let counted = store.live_stats().await;
+    assert_eq!(counted.live_sessions, 100);
+    // Counted, not removed: the 200 expired records are still stored, none counted removed.
+    assert_eq!(store.stats().live_sessions, 300);
+    assert_eq!(counted.expired_removed_total, 0);
     let found = (0..300)
         .filter(|i| store.get_now(&format!("s{i}")).unwrap().is_some())
         .count();
     assert_eq!(found, 100);
+    // The reads that found them expired removed them.
+    assert_eq!(store.stats().expired_removed_total, 200);
     tokio::time::advance(Duration::from_secs(50)).await;
     assert_eq!(store.live_stats().await.live_sessions, 0);
 }
