@@ -64,8 +64,10 @@ pub struct SoakArgs {
     /// Lifetime of half the logins: short, so that they expire and the sweeper works.
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     pub short_ttl: Duration,
-    /// Lifetime of the other half, renewed by each save.
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    /// Lifetime of the other half, renewed by each save. The sessions held grow for about this
+    /// long (plus a sweep interval), then hold steady: keep it well under half of --duration,
+    /// or the second half's RSS growth measures the filling, not the daemon.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub long_ttl: Duration,
     /// Where the reports go as CSV.
     #[arg(long, default_value = "soak.csv")]
