@@ -40,7 +40,7 @@ use crate::{Clock, Result, Save, Saved, SessionRecord, SessionStore};
 use state::State;
 
 /// Shards [`MemorySessionStore::live_stats`] reads between two yields to the runtime.
-pub const SHARDS_PER_YIELD: usize = 256;
+const SHARDS_PER_YIELD: usize = 256;
 
 /// Shards one page of [`MemorySessionStore::list_sessions_now`] visits at most: a page costs
 /// at most that many shards' read locks, one at a time, however few live sessions they hold.
@@ -115,8 +115,8 @@ impl MemorySessionStore {
     /// only what it and expiring reads removed).
     ///
     /// Shards that hold no expired record are counted by their length; the others are read
-    /// through, one shard at a time under its read lock, yielding to the runtime every
-    /// [`SHARDS_PER_YIELD`] shards. Right after a million sessions expired at once this reads
+    /// through, one shard at a time under its read lock, yielding to the runtime every 256
+    /// shards. Right after a million sessions expired at once this reads
     /// every record's expiry, tens of milliseconds; in the steady state almost nothing.
     pub async fn live_stats(&self) -> StoreStats {
         let now = Nanos::from(self.inner.clock.now());
