@@ -3,14 +3,15 @@
 /// The resident set size of this process in bytes, or 0 where it cannot be read (it is read
 /// from `/proc/self/status`, so Linux only).
 pub(crate) fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        })
-        .unwrap_or(0)
+    kib_field("/proc/self/status", "VmRSS:").unwrap_or(0)
+}
+
+/// The `key` line of a /proc file that gives a size in kB, in bytes.
+fn kib_field(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The memory this process may use in bytes: its cgroup's limit (`memory.max` of cgroup v2, or
@@ -26,16 +27,9 @@ pub(crate) fn limit_bytes() -> u64 {
     .filter_map(|text| text.trim().parse::<u64>().ok())
     // cgroup v1 writes "no limit" as a number near 2^63.
     .find(|&limit| limit < (1 << 62));
-    cgroup.unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|meminfo| {
-                let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-                Some(kib * 1024)
-            })
-            .unwrap_or(0)
-    })
+    cgroup
+        .or_else(|| kib_field("/proc/meminfo", "MemTotal:"))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -35,15 +35,7 @@ async fn metrics_count_operations_by_method_and_code() {
         "300",
     ])
     .await;
-    // Metrics listen before gRPC does, so the line is already in.
-    let line = daemon
-        .seen
-        .iter()
-        .find(|l| l.contains("metrics listening"))
-        .unwrap()
-        .clone();
-    let start = line.find("\"addr\":\"").unwrap() + 8;
-    let metrics_addr = line[start..start + line[start..].find('"').unwrap()].to_owned();
+    let metrics_addr = daemon.metrics_addr();
 
     let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
     store

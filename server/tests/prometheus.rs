@@ -83,14 +83,7 @@ async fn prometheus_scrapes_the_daemon_with_the_shipped_config_and_rules() {
         dir.path().join("data").to_str().unwrap(),
     ])
     .await;
-    let line = daemon
-        .seen
-        .iter()
-        .find(|l| l.contains("metrics listening"))
-        .unwrap()
-        .clone();
-    let start = line.find("\"addr\":\"").unwrap() + 8;
-    let metrics_addr = line[start..start + line[start..].find('"').unwrap()].to_owned();
+    let metrics_addr = daemon.metrics_addr();
     let store = RemoteSessionStore::connect(daemon.url()).await.unwrap();
     for i in 0..5 {
         store

@@ -59,11 +59,6 @@ impl MemoryEngine {
         Ok(answer)
     }
 
-    /// The log every write waits for before it is answered (written; with `always`, synced).
-    pub(crate) fn syncing_log(&self) -> Option<&Arc<AppendLog>> {
-        self.log.as_ref()
-    }
-
     /// Reads a session as the store holds it, for a `Pipeline` Get written straight from it.
     pub(crate) fn get_stored(&self, id: &str) -> Result<Option<StoredSession>, StoreError> {
         self.store.get_stored_now(id)
@@ -93,7 +88,7 @@ impl Engine for MemoryEngine {
         };
         // A write is answered once the log has it (with `always`, on disk).
         if O::WRITES
-            && let Some(log) = self.syncing_log()
+            && let Some(log) = self.log.as_ref()
         {
             log.logged(log.position()).await?;
         }

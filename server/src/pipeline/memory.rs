@@ -16,7 +16,7 @@ use super::Stopped;
 use super::assemble::{Assembler, NESTED, NO_OPERATION, Piece, answer, message};
 use crate::budget::AnswerBudget;
 use crate::draining::Call;
-use crate::engine::{MemoryEngine, Operation};
+use crate::engine::{Engine, MemoryEngine, Operation};
 use crate::service::SessionService;
 
 impl SessionService<MemoryEngine> {
@@ -225,7 +225,7 @@ impl<S> MemoryAnswers<S> {
         let Some(position) = self.log_through else {
             return;
         };
-        let Some(log) = self.service.engine.syncing_log() else {
+        let Some(log) = self.service.engine.append_log() else {
             self.settled(Ok(()));
             return;
         };
@@ -330,7 +330,7 @@ where
             } = &mut *self;
             let log = service
                 .engine
-                .syncing_log()
+                .append_log()
                 .filter(|_| work.as_ref().is_some_and(Work::writes));
             let before = log.map(|log| log.position());
             let produced = match budget {

@@ -52,6 +52,19 @@ pub struct Process {
 }
 
 impl Process {
+    /// The address of `--metrics-listen`, from the daemon's log (metrics listen before gRPC
+    /// does, so the line is in by the time `start` returns).
+    #[allow(dead_code)]
+    pub fn metrics_addr(&self) -> String {
+        let line = self
+            .seen
+            .iter()
+            .find(|l| l.contains("metrics listening"))
+            .expect("started with --metrics-listen");
+        let start = line.find("\"addr\":\"").unwrap() + 8;
+        line[start..start + line[start..].find('"').unwrap()].to_owned()
+    }
+
     /// Starts the daemon with `extra` flags (JSON logs at debug level) and waits until it says
     /// where it listens.
     pub async fn start(extra: &[&str]) -> Self {
