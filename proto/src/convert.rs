@@ -135,21 +135,7 @@ pub const ERROR_DOMAIN: &str = "gonest.session.v1";
 /// The gRPC status a store error is answered with: its code, its message, and for a refusal
 /// with figures, a `google.rpc.ErrorInfo` detail carrying them.
 pub fn status_from_error(error: &StoreError) -> Status {
-    let code = match error {
-        StoreError::InvalidArgument(_) => Code::InvalidArgument,
-        StoreError::Conflict { .. } => Code::Aborted,
-        StoreError::TooLarge { .. }
-        | StoreError::TooManySessions { .. }
-        | StoreError::TooManyOwnerSessions { .. }
-        | StoreError::StoreFull(_) => Code::ResourceExhausted,
-        StoreError::Unsupported(_) => Code::Unimplemented,
-        StoreError::Unauthenticated(_) => Code::Unauthenticated,
-        StoreError::Unavailable(_) | StoreError::LogFailing(_) => Code::Unavailable,
-        StoreError::Timeout => Code::DeadlineExceeded,
-        // A variant core gains later is INTERNAL until it is mapped here (the round-trip test
-        // below lists every variant).
-        _ => Code::Internal,
-    };
+    let code = code_of(error);
     let info = |reason: &str, metadata: Vec<(&str, u64)>| {
         let metadata: HashMap<String, String> = metadata
             .into_iter()
@@ -177,6 +163,41 @@ pub fn status_from_error(error: &StoreError) -> Status {
         _ => return Status::new(code, error.to_string()),
     };
     Status::with_error_details(code, error.to_string(), details)
+}
+
+/// The name of the gRPC status code a store error is sent as, such as `UNAVAILABLE`, as
+/// grpcurl and the gRPC documentation spell it: what a message for people shows, so that an
+/// error reported through another library still says what the daemon answered.
+pub fn code_name(error: &StoreError) -> &'static str {
+    match code_of(error) {
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::Aborted => "ABORTED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    }
+}
+
+/// The status code a store error is sent as.
+fn code_of(error: &StoreError) -> Code {
+    match error {
+        StoreError::InvalidArgument(_) => Code::InvalidArgument,
+        StoreError::Conflict { .. } => Code::Aborted,
+        StoreError::TooLarge { .. }
+        | StoreError::TooManySessions { .. }
+        | StoreError::TooManyOwnerSessions { .. }
+        | StoreError::StoreFull(_) => Code::ResourceExhausted,
+        StoreError::Unsupported(_) => Code::Unimplemented,
+        StoreError::Unauthenticated(_) => Code::Unauthenticated,
+        StoreError::Unavailable(_) | StoreError::LogFailing(_) => Code::Unavailable,
+        StoreError::Timeout => Code::DeadlineExceeded,
+        // A variant core gains later is INTERNAL until it is mapped here (the round-trip test
+        // below lists every variant).
+        _ => Code::Internal,
+    }
 }
 
 /// The status that ends a `Pipeline` stream whose message carries more than `limit` operations
@@ -315,6 +336,17 @@ mod tests {
             StoreError::Timeout,
         ] {
             let status = status_from_error(&error);
+            // The name people read is the code's, as gRPC spells it.
+            let name = format!("{:?}", status.code());
+            let spelled: String = name
+                .chars()
+                .enumerate()
+                .flat_map(|(i, c)| {
+                    let gap = (i > 0 && c.is_ascii_uppercase()).then_some('_');
+                    gap.into_iter().chain(c.to_uppercase())
+                })
+                .collect();
+            assert_eq!(code_name(&error), spelled, "{error:?}");
             let back = error_from_status(&status, Some(3));
             // And through a Pipeline answer, with the message text of no use.
             let mut answer = error_to_pb(&status);

@@ -23,10 +23,10 @@ mod limits;
 mod token_file;
 
 pub use convert::{
-    ERROR_DOMAIN, TRACKING_UNAVAILABLE, batch_too_large, duration_from_pb, duration_to_pb,
-    error_from_pb, error_from_status, error_to_pb, is_tracking_unavailable, record_from_pb,
-    record_to_pb, save_from_pb, save_to_pb, status_from_error, timestamp_from_pb, timestamp_to_pb,
-    tracking_unavailable,
+    ERROR_DOMAIN, TRACKING_UNAVAILABLE, batch_too_large, code_name, duration_from_pb,
+    duration_to_pb, error_from_pb, error_from_status, error_to_pb, is_tracking_unavailable,
+    record_from_pb, record_to_pb, save_from_pb, save_to_pb, status_from_error, timestamp_from_pb,
+    timestamp_to_pb, tracking_unavailable,
 };
 pub use limits::{FRAMING_ALLOWANCE, MAX_BATCH_OPERATIONS, batch_operations, message_limit};
 pub use token_file::{TokenFileError, parse_token_file};

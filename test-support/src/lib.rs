@@ -12,8 +12,11 @@
 //! # }
 //! ```
 
+mod binary;
 pub mod contract;
 pub mod owner_races;
+
+pub use binary::DaemonProcess;
 
 use std::net::SocketAddr;
 
