@@ -7,13 +7,12 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn, execFileSync } = require('node:child_process');
+const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const { startDaemon, stopDaemon } = require('./daemon');
 
-const BIN_DIR = process.env.GONEST_BIN_DIR || path.join(JSON.parse(execFileSync('cargo',
-  ['metadata', '--format-version', '1', '--no-deps'], { cwd: __dirname })).target_directory, 'debug');
 const PROTO = path.join(__dirname, '..', '..', '..', 'proto', 'proto', 'gonest', 'session', 'v1', 'session.proto');
 
 let daemon;
@@ -22,27 +21,11 @@ let scratch;
 
 before(async () => {
   scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'gonest-store-package-'));
-  daemon = spawn(path.join(BIN_DIR, 'gonest-sessiond'), ['--listen', '127.0.0.1:0', '--shutdown-drain', '0s'], {
-    env: { ...process.env, RUST_LOG: 'info' },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  url = await new Promise((resolve, reject) => {
-    let seen = '';
-    const timer = setTimeout(() => reject(new Error(`the daemon did not start: ${seen}`)), 30000);
-    daemon.stderr.on('data', (chunk) => {
-      seen += chunk.toString().replace(/\x1b\[[0-9;]*m/g, '');
-      const match = seen.match(/listening addr=(\S+)/);
-      if (match) {
-        clearTimeout(timer);
-        resolve(`http://${match[1]}`);
-      }
-    });
-    daemon.on('exit', (code) => reject(new Error(`the daemon exited with ${code}: ${seen}`)));
-  });
+  ({ child: daemon, url } = await startDaemon());
 });
 
 after(() => {
-  if (daemon && daemon.exitCode === null) daemon.kill('SIGKILL');
+  stopDaemon(daemon);
   if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
 });
 

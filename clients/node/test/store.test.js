@@ -6,14 +6,9 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
-const path = require('node:path');
 const { GonestSessiondStore, COOKIE_KEY } = require('..');
+const { startDaemon, stopDaemon } = require('./daemon');
 
-// Where cargo builds, as cargo itself says (CARGO_TARGET_DIR included).
-const BIN_DIR = process.env.GONEST_BIN_DIR || path.join(JSON.parse(require('node:child_process')
-  .execFileSync('cargo', ['metadata', '--format-version', '1', '--no-deps'], { cwd: __dirname }))
-  .target_directory, 'debug');
 
 let daemon;
 let url;
@@ -21,23 +16,7 @@ const warnings = [];
 let store;
 
 before(async () => {
-  daemon = spawn(path.join(BIN_DIR, 'gonest-sessiond'), ['--listen', '127.0.0.1:0', '--shutdown-drain', '0s'], {
-    env: { ...process.env, RUST_LOG: 'info' },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  url = await new Promise((resolve, reject) => {
-    let seen = '';
-    const timer = setTimeout(() => reject(new Error(`the daemon did not start: ${seen}`)), 30000);
-    daemon.stderr.on('data', (chunk) => {
-      seen += chunk.toString().replace(/\x1b\[[0-9;]*m/g, '');
-      const match = seen.match(/listening addr=(\S+)/);
-      if (match) {
-        clearTimeout(timer);
-        resolve(`http://${match[1]}`);
-      }
-    });
-    daemon.on('exit', (code) => reject(new Error(`the daemon exited with ${code}: ${seen}`)));
-  });
+  ({ child: daemon, url } = await startDaemon());
   store = new GonestSessiondStore({
     url,
     owner: (sess) => (typeof sess.user === 'string' ? sess.user : null),
@@ -47,7 +26,7 @@ before(async () => {
 
 after(() => {
   if (store) store.close();
-  if (daemon && daemon.exitCode === null) daemon.kill('SIGKILL');
+  stopDaemon(daemon);
 });
 
 const call = (method, request) => new Promise((resolve, reject) => {
