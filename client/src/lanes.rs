@@ -9,13 +9,24 @@
 //!   taking operations from its queue until answers come back;
 //! - an operation whose caller has given up (timed out, or its request was dropped) before it
 //!   was sent is never sent: a write the app reported as failed cannot land afterwards.
+//!
+//! Deadlines are kept per lane, not per operation: every operation of a store has the same
+//! timeout, so a lane's operations reach their deadlines in the order they were queued (and,
+//! once sent, in the order they were sent). Each lane keeps its queue and its operations in
+//! flight in that order, and one task per lane (the reaper) sleeps until the earliest deadline
+//! and fails what has reached it: a queued operation is taken out unsent, a sent one is
+//! answered with the timeout (its answer, if it comes, is dropped; it keeps its place in flight
+//! until then, as it may still be in the stream's send buffer). One timer per lane
+//! instead of one per operation; and an operation queued behind a stream that takes nothing
+//! (a daemon that stopped reading) still fails on time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use gonest_session_proto::pb::{self, pipeline_request::Op, pipeline_response::Result as Answer};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use crate::stream::{self, Connection};
@@ -40,20 +51,47 @@ pub(crate) struct Lanes {
 /// One `Pipeline` stream. Dropping it closes the request side, which ends the stream.
 #[derive(Debug)]
 struct Lane {
-    /// Operations waiting to be sent on the stream.
-    queue: mpsc::UnboundedSender<Queued>,
-    /// How many are waiting, at most [`QUEUE`] (an unbounded channel with a count costs less per
-    /// operation than a bounded one, whose receiver takes a lock to give each place back).
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     /// Set once the stream has ended: the lane is replaced on its next use.
     ended: Arc<AtomicBool>,
 }
 
-/// An operation in a lane's queue, with the caller to answer.
+impl Drop for Lane {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).closed = true;
+        self.shared.wake_sender.notify_one();
+        self.shared.wake_reaper.notify_one();
+    }
+}
+
+/// What a lane's callers, its sender, its answer router and its reaper share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Operations waiting to be sent, in the order they were queued (so, of their deadlines).
+    queue: Mutex<Queue>,
+    /// Operations sent and not yet answered.
+    waiting: Mutex<Waiting>,
+    /// Wakes the sender when an operation is queued or the lane closes.
+    wake_sender: Notify,
+    /// Wakes the reaper when a deadline comes first that it is not sleeping until.
+    wake_reaper: Notify,
+    /// Wakes the sender when an answer (or a deadline) frees a place among [`IN_FLIGHT`].
+    answered: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    ops: VecDeque<Queued>,
+    /// Set when the lane is dropped or its stream has ended: nothing more is queued or sent.
+    closed: bool,
+}
+
+/// An operation in a lane's queue, with the caller to answer and when it gives up.
 #[derive(Debug)]
 struct Queued {
     op: Op,
     reply: Reply,
+    deadline: Instant,
 }
 
 type Reply = oneshot::Sender<Result<Answer, Status>>;
@@ -62,9 +100,26 @@ type Reply = oneshot::Sender<Result<Answer, Status>>;
 struct Waiting {
     /// Set once the stream has ended: no caller may wait on it any more.
     closed: bool,
-    /// Tag of a sent operation to the caller waiting for its answer, with the operation's place
-    /// among the lane's [`IN_FLIGHT`].
-    by_tag: HashMap<u64, Reply>,
+    /// Tag of a sent operation to the caller waiting for its answer (`None` once told it timed
+    /// out), with the operation's place among the lane's [`IN_FLIGHT`]. A place is held until
+    /// the answer comes, timed out or not: the operation may still be on its way (in the
+    /// stream's send buffer behind flow control), and what comes after it must not overtake it.
+    by_tag: HashMap<u64, Option<Reply>>,
+    /// The deadline and tag of each operation sent, in the order sent; an entry whose tag has
+    /// left `by_tag` (answered) is dropped when it reaches the front.
+    sent: VecDeque<(Instant, u64)>,
+}
+
+impl Waiting {
+    /// Drops the front entries of `sent` that were answered.
+    fn forget_answered(&mut self) {
+        while let Some((_, tag)) = self.sent.front() {
+            if self.by_tag.contains_key(tag) {
+                break;
+            }
+            self.sent.pop_front();
+        }
+    }
 }
 
 /// A std mutex is right here: it is held for a map insert or remove, never across an await.
@@ -76,6 +131,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn closed() -> Status {
     Status::unavailable("session stream closed")
+}
+
+/// What an operation that reached its deadline answers: the client maps it to a timeout.
+fn expired() -> Status {
+    Status::deadline_exceeded("the session store did not answer in time")
 }
 
 impl Lanes {
@@ -93,13 +153,20 @@ impl Lanes {
         self.batching.store(true, Ordering::Relaxed);
     }
 
-    /// Sends one operation and waits for its answer. A broken stream fails the call with
-    /// `UNAVAILABLE` (the next call opens a new stream), and so do full queues on every lane.
+    /// Sends one operation and waits for its answer, until `deadline` at the latest (then
+    /// `DEADLINE_EXCEEDED`). A broken stream fails the call with `UNAVAILABLE` (the next call
+    /// opens a new stream), and so do full queues on every lane.
     ///
-    /// Dropping the returned future before the operation was sent withdraws it.
-    pub(crate) async fn call(&self, op: Op) -> Result<Answer, Status> {
+    /// Every call of one store must have the same timeout (deadlines in the order of the calls):
+    /// a lane fails its operations in queue order. Dropping the returned future before the
+    /// operation was sent withdraws it.
+    pub(crate) async fn call(&self, op: Op, deadline: Instant) -> Result<Answer, Status> {
         let (reply, answer) = oneshot::channel();
-        let mut queued = Queued { op, reply };
+        let mut queued = Queued {
+            op,
+            reply,
+            deadline,
+        };
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         // Round-robin, moving on past a lane whose queue is full.
         for offset in 0..self.slots.len() {
@@ -121,14 +188,22 @@ impl Lanes {
             Some(lane) if !lane.ended.load(Ordering::Acquire) => lane,
             _ => slot.insert(Lane::open(self.connection.clone(), self.batching.clone())),
         };
-        if lane.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE {
-            lane.queued.fetch_sub(1, Ordering::AcqRel);
+        let mut queue = lock(&lane.shared.queue);
+        if queue.closed {
+            return Sent::Closed;
+        }
+        if queue.ops.len() >= QUEUE {
             return Sent::Full(queued);
         }
-        match lane.queue.send(queued) {
-            Ok(()) => Sent::Queued,
-            Err(_) => Sent::Closed,
+        let first = queue.ops.is_empty();
+        queue.ops.push_back(queued);
+        drop(queue);
+        lane.shared.wake_sender.notify_one();
+        if first {
+            // The reaper may be sleeping with nothing to wait for, or until a later deadline.
+            lane.shared.wake_reaper.notify_one();
         }
+        Sent::Queued
     }
 }
 
@@ -142,27 +217,18 @@ enum Sent {
 }
 
 impl Lane {
-    /// Opens a stream and spawns the task that routes its answers.
+    /// Opens a stream and spawns the tasks that route its answers and keep its deadlines.
     fn open(connection: Connection, batching: Arc<AtomicBool>) -> Self {
-        let (queue, receiver) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let waiting = Arc::new(Mutex::new(Waiting::default()));
+        let shared = Arc::new(Shared::default());
         let sender = Sender {
-            receiver,
-            queued: queued.clone(),
-            waiting: waiting.clone(),
-            answered: Arc::new(Notify::new()),
+            shared: shared.clone(),
             batching,
             next_tag: 0,
-            carried: None,
         };
         let ended = Arc::new(AtomicBool::new(false));
         tokio::spawn(route_answers(connection, sender, ended.clone()));
-        Self {
-            queue,
-            queued,
-            ended,
-        }
+        tokio::spawn(reap(shared.clone()));
+        Self { shared, ended }
     }
 }
 
@@ -176,17 +242,10 @@ const BATCH_BYTES: usize = 256 << 10;
 
 /// What the request side of a stream keeps between messages.
 struct Sender {
-    receiver: mpsc::UnboundedReceiver<Queued>,
-    /// The lane's count of operations queued.
-    queued: Arc<AtomicUsize>,
-    waiting: Arc<Mutex<Waiting>>,
-    /// Wakes the sender when an answer frees a place among [`IN_FLIGHT`].
-    answered: Arc<Notify>,
+    shared: Arc<Shared>,
     /// Whether the daemon takes batches; read once per message.
     batching: Arc<AtomicBool>,
     next_tag: u64,
-    /// An operation taken from the queue that did not fit the last message.
-    carried: Option<Queued>,
 }
 
 impl Sender {
@@ -196,19 +255,12 @@ impl Sender {
     /// once the queue has closed or the stream has ended.
     async fn next_message(&mut self) -> Option<pb::PipelineRequest> {
         loop {
-            let first = match self.carried.take() {
-                Some(queued) => queued,
-                None => self.recv().await?,
-            };
-            if first.reply.is_closed() {
-                // Its caller gave up before it could be sent.
-                continue;
-            }
-            // Wait for a place among the operations in flight.
+            // Wait for a place among the operations in flight before taking one from the queue:
+            // an operation waiting here is still in the queue, where the reaper sees its deadline.
             loop {
-                let answered = self.answered.notified();
+                let answered = self.shared.answered.notified();
                 {
-                    let waiting = lock(&self.waiting);
+                    let waiting = lock(&self.shared.waiting);
                     if waiting.closed {
                         return None;
                     }
@@ -218,12 +270,15 @@ impl Sender {
                 }
                 answered.await;
             }
+            let first = self.recv().await?;
             let batching = self.batching.load(Ordering::Relaxed);
-            let mut waiting = lock(&self.waiting);
-            // The caller may have given up while this waited for a place.
-            let next_tag = &mut self.next_tag;
+            let Self {
+                shared, next_tag, ..
+            } = self;
+            let mut waiting = lock(&shared.waiting);
+            // An operation whose caller gave up, or whose deadline passed, is not sent.
             let mut single =
-                (!first.reply.is_closed()).then(|| register(next_tag, &mut waiting, first));
+                usable(first, Instant::now()).map(|first| register(next_tag, &mut waiting, first));
             if !batching {
                 match single {
                     Some(request) => return Some(request),
@@ -232,21 +287,22 @@ impl Sender {
             }
             let mut batch = Vec::new();
             let mut bytes = single.as_ref().map_or(0, prost::Message::encoded_len);
+            let now = Instant::now();
             while batch.len() < BATCH_OPS && waiting.by_tag.len() < IN_FLIGHT {
-                let Ok(queued) = self.receiver.try_recv() else {
+                let Some(queued) = lock(&shared.queue).ops.pop_front() else {
                     break;
                 };
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-                if queued.reply.is_closed() {
+                let Some(queued) = usable(queued, now) else {
                     continue;
-                }
+                };
                 bytes += queued.op.encoded_len();
                 if bytes > BATCH_BYTES && (single.is_some() || !batch.is_empty()) {
-                    // Too large to join: it leads the next message.
-                    self.carried = Some(queued);
+                    // Too large to join: back to the front of the queue, to lead the next
+                    // message (in the queue, the reaper sees its deadline).
+                    lock(&shared.queue).ops.push_front(queued);
                     break;
                 }
-                let request = register(&mut self.next_tag, &mut waiting, queued);
+                let request = register(next_tag, &mut waiting, queued);
                 batch.extend(single.take());
                 batch.push(request);
             }
@@ -264,18 +320,44 @@ impl Sender {
         }
     }
 
-    /// The next operation from the queue; `None` once every lane handle is gone.
+    /// The next operation from the queue; `None` once the lane is closed and its queue empty.
     async fn recv(&mut self) -> Option<Queued> {
-        let queued = self.receiver.recv().await?;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        Some(queued)
+        loop {
+            let queued = self.shared.wake_sender.notified();
+            {
+                let mut queue = lock(&self.shared.queue);
+                if let Some(op) = queue.ops.pop_front() {
+                    return Some(op);
+                }
+                if queue.closed {
+                    return None;
+                }
+            }
+            queued.await;
+        }
     }
+}
+
+/// `queued`, unless its caller has given up or its deadline has passed (the caller is then told
+/// so): such an operation is never sent.
+fn usable(queued: Queued, now: Instant) -> Option<Queued> {
+    if queued.reply.is_closed() {
+        return None;
+    }
+    if queued.deadline <= now {
+        let _ = queued.reply.send(Err(expired()));
+        return None;
+    }
+    Some(queued)
 }
 
 /// Tags `queued` and registers its caller for the answer.
 fn register(next_tag: &mut u64, waiting: &mut Waiting, queued: Queued) -> pb::PipelineRequest {
     *next_tag += 1;
-    waiting.by_tag.insert(*next_tag, queued.reply);
+    waiting.by_tag.insert(*next_tag, Some(queued.reply));
+    // The reaper sleeps only until a queued deadline, which comes after this one, or for
+    // nothing at all.
+    waiting.sent.push_back((queued.deadline, *next_tag));
     pb::PipelineRequest {
         tag: *next_tag,
         op: Some(queued.op),
@@ -296,22 +378,24 @@ fn requests(
 /// Runs one stream: hands each answer to the caller waiting on its tag; when the stream ends,
 /// fails every caller still waiting.
 async fn route_answers(mut connection: Connection, sender: Sender, ended: Arc<AtomicBool>) {
-    let (waiting, answered) = (sender.waiting.clone(), sender.answered.clone());
+    let shared = sender.shared.clone();
+    let (waiting, answered) = (&shared.waiting, &shared.answered);
     let ended_by = match stream::pipeline(&mut connection, requests(sender)).await {
         Ok(mut answers) => loop {
             match answers.message().await {
                 Ok(Some(answer)) => {
-                    let mut waiting = lock(&waiting);
+                    let mut waiting = lock(waiting);
                     let was_full = waiting.by_tag.len() >= IN_FLIGHT;
                     for answer in std::iter::once(answer).flat_map(|mut answer| {
                         let batch = std::mem::take(&mut answer.batch);
                         std::iter::once(answer).chain(batch)
                     }) {
-                        let entry = waiting.by_tag.remove(&answer.tag);
+                        let entry = waiting.by_tag.remove(&answer.tag).flatten();
                         if let (Some(reply), Some(result)) = (entry, answer.result) {
                             let _ = reply.send(Ok(result));
                         }
                     }
+                    waiting.forget_answered();
                     drop(waiting);
                     if was_full {
                         answered.notify_one();
@@ -327,12 +411,23 @@ async fn route_answers(mut connection: Connection, sender: Sender, ended: Arc<At
     tracing::debug!(code = ?status.code(), message = status.message(), "session stream closed");
     ended.store(true, Ordering::Release);
     let orphans = {
-        let mut waiting = lock(&waiting);
+        let mut waiting = lock(waiting);
         waiting.closed = true;
+        waiting.sent.clear();
         std::mem::take(&mut waiting.by_tag)
     };
     answered.notify_one();
-    for (_, reply) in orphans {
+    // Queued and never sent: tried again on a new stream if they are reads.
+    let unsent = {
+        let mut queue = lock(&shared.queue);
+        queue.closed = true;
+        std::mem::take(&mut queue.ops)
+    };
+    shared.wake_reaper.notify_one();
+    for queued in unsent {
+        let _ = queued.reply.send(Err(closed()));
+    }
+    for reply in orphans.into_values().flatten() {
         // Whatever ended the stream, the operation's fate is unknown: report it unavailable so
         // reads are retried, and writes are left to the caller.
         let status = match status.code() {
@@ -340,5 +435,57 @@ async fn route_answers(mut connection: Connection, sender: Sender, ended: Arc<At
             _ => Status::unavailable(format!("session stream closed: {}", status.message())),
         };
         let _ = reply.send(Err(status));
+    }
+}
+
+/// Keeps a lane's deadlines: sleeps until the earliest, then fails every queued operation and
+/// every operation in flight that has reached its own. Ends with the lane's stream.
+async fn reap(lane: Arc<Shared>) {
+    loop {
+        let woken = lane.wake_reaper.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let now = Instant::now();
+        let mut next = None;
+        {
+            let mut queue = lock(&lane.queue);
+            while let Some(front) = queue.ops.front() {
+                if front.deadline > now {
+                    next = Some(front.deadline);
+                    break;
+                }
+                if let Some(queued) = queue.ops.pop_front() {
+                    let _ = queued.reply.send(Err(expired()));
+                }
+            }
+        }
+        {
+            let mut waiting = lock(&lane.waiting);
+            if waiting.closed {
+                // The stream has ended and every caller was told.
+                return;
+            }
+            waiting.forget_answered();
+            while let Some(&(deadline, tag)) = waiting.sent.front() {
+                if deadline > now {
+                    next = Some(next.map_or(deadline, |queued: Instant| queued.min(deadline)));
+                    break;
+                }
+                waiting.sent.pop_front();
+                if let Some(reply) = waiting.by_tag.get_mut(&tag).and_then(Option::take) {
+                    let _ = reply.send(Err(expired()));
+                }
+                waiting.forget_answered();
+            }
+        }
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = &mut woken => {}
+                }
+            }
+            None => woken.await,
+        }
     }
 }

@@ -250,28 +250,32 @@ impl RemoteSessionStore {
 
     /// Runs one operation within the timeout; `retry` operations are tried once more when the
     /// stream they went on broke.
+    ///
+    /// The lane the operation goes on keeps its deadline (see `lanes`): no timer per operation.
+    /// Only the rare second try and the first operation's `Stats` have timers of their own.
     async fn call(&self, op: Op, retry: bool, expected_version: Option<u64>) -> Result<Answer> {
-        let attempt = async {
-            // Once, before the first operation of a lazily connected store: whether the daemon
-            // takes batches. If it cannot say now, operations go one by one. Boxed: the Stats
-            // call's future is large, and every operation's future would otherwise carry it.
-            if self.inner.limits.get().is_none() {
-                let _ = Box::pin(self.learn_limits()).await;
+        let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        // Once, before the first operation of a lazily connected store: whether the daemon
+        // takes batches. If it cannot say now, operations go one by one. Boxed: the Stats call's
+        // future is large, and every operation's future would otherwise carry it.
+        if self.inner.limits.get().is_none() {
+            let learnt = tokio::time::timeout_at(deadline, Box::pin(self.learn_limits())).await;
+            if learnt.is_err() {
+                return Err(StoreError::Timeout);
             }
-            if !retry {
-                return self.inner.lanes.call(op).await;
+        }
+        let again = retry.then(|| op.clone());
+        let answer = match (self.inner.lanes.call(op, deadline).await, again) {
+            // The stream broke: a new one, within what is left of the deadline. (This operation
+            // joins a queue behind others with later deadlines, so it keeps a timer of its own.)
+            (Err(status), Some(op)) if status.code() == Code::Unavailable => {
+                tokio::time::timeout_at(deadline, self.inner.lanes.call(op, deadline))
+                    .await
+                    .map_err(|_| StoreError::Timeout)?
             }
-            match self.inner.lanes.call(op.clone()).await {
-                Err(status) if status.code() == Code::Unavailable => {
-                    self.inner.lanes.call(op).await
-                }
-                other => other,
-            }
-        };
-        let answer = tokio::time::timeout(self.inner.timeout, attempt)
-            .await
-            .map_err(|_| StoreError::Timeout)?
-            .map_err(|status| error_from_status(&status, expected_version))?;
+            (first, _) => first,
+        }
+        .map_err(|status| error_from_status(&status, expected_version))?;
         match answer {
             Answer::Error(error) => Err(error_from_status(&error_from_pb(error), expected_version)),
             answer => Ok(answer),

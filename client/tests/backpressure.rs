@@ -331,3 +331,104 @@ async fn a_stream_ended_by_the_daemon_reports_its_status_to_the_callers_waiting(
         assert_eq!(second.await.unwrap(), Err(expected), "{code:?}");
     }
 }
+
+/// Every call in `calls` fails with a timeout (or is refused at once, the lane's queue full), at
+/// least 100 of them time out, and none ends later than `bound` after `started`.
+async fn all_time_out(
+    calls: Vec<
+        tokio::task::JoinHandle<(
+            Result<Option<gonest_session_core::SessionRecord>, StoreError>,
+            std::time::Instant,
+        )>,
+    >,
+    started: std::time::Instant,
+    bound: Duration,
+) {
+    let mut timed_out = 0;
+    for call in calls {
+        let (answer, ended) = tokio::time::timeout(bound + Duration::from_secs(5), call)
+            .await
+            .expect("a call was still waiting long after its deadline")
+            .unwrap();
+        match answer {
+            Err(StoreError::Timeout) => timed_out += 1,
+            // Beyond what the lane queues, a call is refused at once.
+            Err(StoreError::Unavailable(message)) if message.contains("too many") => {}
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        let took = ended - started;
+        assert!(
+            took < bound,
+            "a call failed {took:?} after it began, over {bound:?}"
+        );
+    }
+    assert!(
+        timed_out >= 100,
+        "only {timed_out} calls waited for their deadline"
+    );
+}
+
+fn gets(
+    store: &RemoteSessionStore,
+    n: usize,
+) -> Vec<
+    tokio::task::JoinHandle<(
+        Result<Option<gonest_session_core::SessionRecord>, StoreError>,
+        std::time::Instant,
+    )>,
+> {
+    (0..n)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let answer = store.get(&format!("q{i}")).await;
+                (answer, std::time::Instant::now())
+            })
+        })
+        .collect()
+}
+
+// The stand-in reads one message and then nothing until told: the stream's flow control soon
+// stops the client's sender, and what is queued behind it is failed by the lane's deadlines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_queued_behind_a_stream_that_takes_nothing_fail_at_their_deadline() {
+    let (url, _open, seen) = held_daemon().await;
+    let timeout = Duration::from_millis(300);
+    let store = RemoteSessionStore::builder(&url)
+        .streams(1)
+        .timeout(timeout)
+        .connect()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+
+    // In flight and queued together, more than one stream's flow-control window holds.
+    let calls = gets(&store, 2000);
+
+    // A deadline is kept by one timer per lane: a call fails within a scheduling delay of it,
+    // not at the end of anything else's wait.
+    all_time_out(calls, started, timeout + Duration::from_secs(2)).await;
+    assert!(
+        seen.lock().unwrap().len() < 2000,
+        "the stand-in read every operation: the test did not stall the stream"
+    );
+}
+
+// A daemon whose connection is accepted and never read: no stream ever opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_to_a_daemon_that_never_reads_fail_at_their_deadline() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let timeout = Duration::from_millis(300);
+    let store = RemoteSessionStore::builder(&url)
+        .streams(2)
+        .timeout(timeout)
+        .connect_lazy()
+        .unwrap();
+    let started = std::time::Instant::now();
+
+    let calls = gets(&store, 100);
+
+    all_time_out(calls, started, timeout + Duration::from_secs(2)).await;
+    drop(listener);
+}
