@@ -172,7 +172,7 @@ impl Lanes {
         for offset in 0..self.slots.len() {
             match self.send((start + offset) % self.slots.len(), queued) {
                 Sent::Queued => return answer.await.unwrap_or_else(|_| Err(closed())),
-                Sent::Full(back) => queued = back,
+                Sent::Full(back) => queued = *back,
                 Sent::Closed => return Err(closed()),
             }
         }
@@ -193,7 +193,7 @@ impl Lanes {
             return Sent::Closed;
         }
         if queue.ops.len() >= QUEUE {
-            return Sent::Full(queued);
+            return Sent::Full(Box::new(queued));
         }
         let first = queue.ops.is_empty();
         queue.ops.push_back(queued);
@@ -210,8 +210,9 @@ impl Lanes {
 /// What became of an operation offered to a lane.
 enum Sent {
     Queued,
-    /// The lane's queue is full; the operation is given back.
-    Full(Queued),
+    /// The lane's queue is full; the operation is given back (boxed: a rare case, and the
+    /// common one stays small).
+    Full(Box<Queued>),
     /// The lane's stream is gone.
     Closed,
 }

@@ -332,18 +332,15 @@ async fn a_stream_ended_by_the_daemon_reports_its_status_to_the_callers_waiting(
     }
 }
 
+/// A Get running as a task: its answer, and when it came.
+type Call = tokio::task::JoinHandle<(
+    Result<Option<gonest_session_core::SessionRecord>, StoreError>,
+    std::time::Instant,
+)>;
+
 /// Every call in `calls` fails with a timeout (or is refused at once, the lane's queue full), at
 /// least 100 of them time out, and none ends later than `bound` after `started`.
-async fn all_time_out(
-    calls: Vec<
-        tokio::task::JoinHandle<(
-            Result<Option<gonest_session_core::SessionRecord>, StoreError>,
-            std::time::Instant,
-        )>,
-    >,
-    started: std::time::Instant,
-    bound: Duration,
-) {
+async fn all_time_out(calls: Vec<Call>, started: std::time::Instant, bound: Duration) {
     let mut timed_out = 0;
     for call in calls {
         let (answer, ended) = tokio::time::timeout(bound + Duration::from_secs(5), call)
@@ -368,15 +365,7 @@ async fn all_time_out(
     );
 }
 
-fn gets(
-    store: &RemoteSessionStore,
-    n: usize,
-) -> Vec<
-    tokio::task::JoinHandle<(
-        Result<Option<gonest_session_core::SessionRecord>, StoreError>,
-        std::time::Instant,
-    )>,
-> {
+fn gets(store: &RemoteSessionStore, n: usize) -> Vec<Call> {
     (0..n)
         .map(|i| {
             let store = store.clone();
