@@ -33,7 +33,7 @@
 //!
 //! # Errors
 //! A daemon's refusal, or a daemon that is down or slow, is an
-//! [`Error::Backend`](session_store::Error::Backend) whose message starts with the gRPC code
+//! [`Error::Backend`] whose message starts with the gRPC code
 //! the daemon answered (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, …); tower-sessions answers the
 //! request with 500. A call never waits longer than the [`RemoteSessionStore`]'s timeout.
 //!
