@@ -82,10 +82,8 @@ impl DaemonProcess {
                 panic!("{} did not say where it listens", binary.display());
             }
         };
-        let start = line.find("\"addr\":\"").expect("the line names addr") + 8;
-        let end = start + line[start..].find('"').expect("addr is quoted");
         Self {
-            addr: line[start..end].to_owned(),
+            addr: log_addr(&line).expect("the line names addr").to_owned(),
             child,
             stdin,
         }
@@ -111,4 +109,12 @@ impl Drop for DaemonProcess {
         drop(self.stdin.take());
         self.child.wait().ok();
     }
+}
+
+/// The `addr` field of one of the daemon's JSON log lines (`--log-format json`), such as the
+/// "listening" lines of its gRPC and metrics listeners.
+pub fn log_addr(line: &str) -> Option<&str> {
+    let start = line.find("\"addr\":\"")? + 8;
+    let end = start + line[start..].find('"')?;
+    Some(&line[start..end])
 }

@@ -16,7 +16,7 @@ mod binary;
 pub mod contract;
 pub mod owner_races;
 
-pub use binary::DaemonProcess;
+pub use binary::{DaemonProcess, log_addr};
 
 use std::net::SocketAddr;
 

@@ -61,8 +61,9 @@ impl Process {
             .iter()
             .find(|l| l.contains("metrics listening"))
             .expect("started with --metrics-listen");
-        let start = line.find("\"addr\":\"").unwrap() + 8;
-        line[start..start + line[start..].find('"').unwrap()].to_owned()
+        gonest_session_test_support::log_addr(line)
+            .expect("the line names addr")
+            .to_owned()
     }
 
     /// Starts the daemon with `extra` flags (JSON logs at debug level) and waits until it says
@@ -97,9 +98,9 @@ impl Process {
         let line = process
             .wait_for(|l| l.contains("gonest-sessiond listening"))
             .await;
-        let start = line.find("\"addr\":\"").unwrap() + 8;
-        let end = start + line[start..].find('"').unwrap();
-        process.addr = line[start..end].to_owned();
+        process.addr = gonest_session_test_support::log_addr(&line)
+            .expect("the line names addr")
+            .to_owned();
         process
     }
 
