@@ -171,6 +171,7 @@ impl RemoteSessionStoreBuilder {
         Ok(endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
+            .max_frame_size(gonest_session_proto::MAX_FRAME_SIZE)
             // Find a dead connection in seconds instead of waiting on TCP.
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))

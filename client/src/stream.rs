@@ -3,8 +3,8 @@
 //!
 //! tonic's `Streaming` copies every received DATA frame into one buffer before decoding it, a
 //! second copy of each session value after the kernel's. Here the response body's frames go to a
-//! [`FramedReader`], which decodes a value lying within one frame (as the daemon sends every
-//! value of 8 KiB or more) as a slice of it. The request side is encoded as tonic encodes it:
+//! [`FramedReader`], which decodes a value lying within one frame (the daemon's frames are up
+//! to [`MAX_FRAME_SIZE`](gonest_session_proto::MAX_FRAME_SIZE)) as a slice of it. The request side is encoded as tonic encodes it:
 //! each message prefixed by its flag and length, the messages ready together in one DATA frame.
 //!
 //! The call goes through the same channel and token interceptor as the generated client, and a

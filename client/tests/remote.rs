@@ -144,7 +144,7 @@ async fn an_oversized_save_is_refused_before_sending_and_other_callers_go_on() {
     daemon.stop().await.unwrap();
 }
 
-// Values on both sides of the size the daemon sends as frames of their own (8 KiB), read by many
+// Values on both sides of the size the daemon sends as frames of their own (64 KiB), read by many
 // callers at once so that answers of every size share the stream's frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reads_of_large_and_small_values_come_back_exactly() {
@@ -158,7 +158,7 @@ async fn concurrent_reads_of_large_and_small_values_come_back_exactly() {
         |len: usize, seed: usize| -> Vec<u8> { (0..len).map(|i| (i * 31 + seed) as u8).collect() };
     let sessions: Vec<SessionData> = (0..24)
         .map(|n| {
-            let len = [0, 10, 1000, 8191, 8192, 8193, 16384, 40_000][n % 8];
+            let len = [0, 10, 1000, 65535, 65536, 65537, 16384, 100_000][n % 8];
             [
                 ("v".to_owned(), value(len, n).into()),
                 ("w".to_owned(), value(n * 300, n + 1).into()),

@@ -1,4 +1,5 @@
-//! Encodes `Pipeline` answers as gRPC messages without copying large session values.
+//! Encodes `Pipeline` answers as gRPC messages without copying large session values (64 KiB and
+//! up).
 //!
 //! tonic encodes each message into one contiguous buffer, so every value a Get answers is copied
 //! into it before the socket copies it again. Here a message is written as prost writes it, byte
@@ -127,6 +128,35 @@ impl Answer {
         tag + result + batch
     }
 
+    /// Bytes of it as one gRPC message: its 5-byte prefix and its encoding.
+    pub fn framed_len(&self) -> usize {
+        5 + self.encoded_len()
+    }
+
+    /// Bytes [`Chunks`] copies to write it as one gRPC message: its 5-byte prefix and its
+    /// encoding, less the session values sent as chunks of their own (those of at least
+    /// [`LARGE_VALUE`] bytes in a Get's session).
+    pub fn copied_len(&self) -> usize {
+        self.framed_len() - self.shared_len()
+    }
+
+    /// Bytes of the session values sent as slices of their own, not copied.
+    fn shared_len(&self) -> usize {
+        let large = |len: usize| if len >= LARGE_VALUE { len } else { 0 };
+        let result = match &self.result {
+            Some(Outcome::Stored(get)) => get
+                .session
+                .entries()
+                .map(|(_, value)| large(value.len()))
+                .sum(),
+            Some(Outcome::Message(pb::pipeline_response::Result::Get(pb::GetResponse {
+                session: Some(session),
+            }))) => session.data.values().map(|value| large(value.len())).sum(),
+            _ => 0,
+        };
+        result + self.batch.iter().map(Self::shared_len).sum::<usize>()
+    }
+
     /// The answer as prost's message. A stored session that no longer converts (it cannot: it
     /// was checked when read) becomes an `INTERNAL` error.
     pub fn into_pb(self) -> pb::PipelineResponse {
@@ -159,9 +189,14 @@ impl From<pb::PipelineResponse> for Answer {
     }
 }
 
-/// The smallest value sent as a chunk of its own. Each chunk is an HTTP/2 frame with a 9-byte
-/// header and a frame for the receiver to read; below this the copy costs less than that.
-pub const LARGE_VALUE: usize = 8 << 10;
+/// The smallest value sent as a chunk of its own. h2 writes each DATA frame of 256 bytes or
+/// more with a system call of its own (it chains the frame to its buffer rather than copying
+/// it, then flushes), so a value sent as its own chunk costs a `writev`; copied, it shares one
+/// frame, and one write, with the answers ready with it, as long as the peer accepts frames
+/// that large (`gonest-session-client` asks for [`crate::MAX_FRAME_SIZE`]). At 16 KiB, 50
+/// callers, that was 1.43 times the operations at 0.70 of the daemon's CPU per operation
+/// against sending 8 KiB values and up as chunks (measured on 2026-12-07; bench/README.md).
+pub const LARGE_VALUE: usize = 64 << 10;
 
 /// gRPC messages being written, as chunks ready to send and the one still being written.
 #[derive(Debug, Default)]
@@ -177,10 +212,26 @@ impl Chunks {
     /// then the protobuf encoding of [`Answer::into_pb`]'s message as prost writes it (a stored
     /// session's entries in the order it holds them).
     pub fn push_answer(&mut self, answer: &Answer) {
-        let len = answer.encoded_len();
-        self.open.reserve(5 + len.min(LARGE_VALUE));
-        crate::framed::put_prefix(&mut self.open, len);
-        self.answer(answer);
+        self.push_answers(std::slice::from_ref(answer));
+    }
+
+    /// Appends each of `answers` as [`push_answer`](Self::push_answer) does, into one buffer
+    /// allocated for exactly the bytes they copy ([`Answer::copied_len`]), which ends a chunk:
+    /// the memory the chunks hold is what they send, not a buffer grown by doubling.
+    pub fn push_answers(&mut self, answers: &[Answer]) {
+        self.close();
+        let copied = answers.iter().map(Answer::copied_len).sum();
+        self.open = BytesMut::with_capacity(copied);
+        for answer in answers {
+            crate::framed::put_prefix(&mut self.open, answer.encoded_len());
+            self.answer(answer);
+        }
+        debug_assert_eq!(
+            self.open.len(),
+            self.open.capacity(),
+            "copied_len was not what was written"
+        );
+        self.close();
     }
 
     /// Bytes written and not yet taken.
@@ -346,15 +397,47 @@ pub(crate) mod tests {
     }
 
     fn chunks_of(messages: &[pb::PipelineResponse]) -> Vec<Bytes> {
+        let answers: Vec<Answer> = messages.iter().cloned().map(Answer::from).collect();
         let mut chunks = Chunks::default();
-        for message in messages {
-            chunks.push_answer(&Answer::from(message.clone()));
-        }
+        chunks.push_answers(&answers);
         let len = chunks.len();
         let taken: Vec<Bytes> = std::iter::from_fn(|| chunks.next_chunk()).collect();
         assert_eq!(taken.iter().map(Bytes::len).sum::<usize>(), len);
         assert!(chunks.is_empty());
+        let large: Vec<*const u8> = messages.iter().flat_map(large_values).collect();
+        assert_copied_as_counted(&answers, &taken, &large);
         taken
+    }
+
+    /// Where the values of `message` (and its batch) that are sent as chunks of their own are.
+    fn large_values(message: &pb::PipelineResponse) -> Vec<*const u8> {
+        let mut found = match &message.result {
+            Some(pb::pipeline_response::Result::Get(pb::GetResponse {
+                session: Some(session),
+            })) => session
+                .data
+                .values()
+                .filter(|value| value.len() >= LARGE_VALUE)
+                .map(|value| value.as_ptr())
+                .collect(),
+            _ => Vec::new(),
+        };
+        found.extend(message.batch.iter().flat_map(large_values));
+        found
+    }
+
+    /// The chunks that are not the large values (at `large`) are the bytes
+    /// [`Answer::copied_len`] counts, which [`Chunks::push_answers`] allocates.
+    fn assert_copied_as_counted(answers: &[Answer], chunks: &[Bytes], large: &[*const u8]) {
+        let copied: usize = chunks
+            .iter()
+            .filter(|chunk| !large.contains(&chunk.as_ptr()))
+            .map(Bytes::len)
+            .sum();
+        assert_eq!(
+            copied,
+            answers.iter().map(Answer::copied_len).sum::<usize>()
+        );
     }
 
     /// What tonic sends: each message's prefix and prost's encoding.
@@ -454,12 +537,27 @@ pub(crate) mod tests {
     /// What [`Chunks::push_answer`] writes for `answers`, and each answer as prost's message.
     fn written(answers: &[Answer]) -> (Vec<Bytes>, Vec<pb::PipelineResponse>) {
         let mut chunks = Chunks::default();
-        for answer in answers {
-            chunks.push_answer(answer);
-        }
-        let taken = std::iter::from_fn(|| chunks.next_chunk()).collect();
+        chunks.push_answers(answers);
+        let taken: Vec<Bytes> = std::iter::from_fn(|| chunks.next_chunk()).collect();
+        let large: Vec<*const u8> = answers.iter().flat_map(stored_large_values).collect();
+        assert_copied_as_counted(answers, &taken, &large);
         let messages = answers.iter().cloned().map(Answer::into_pb).collect();
         (taken, messages)
+    }
+
+    /// [`large_values`] of an answer of stored sessions.
+    fn stored_large_values(answer: &Answer) -> Vec<*const u8> {
+        let mut found = match &answer.result {
+            Some(Outcome::Stored(get)) => get
+                .session
+                .entries()
+                .filter(|(_, value)| value.len() >= LARGE_VALUE)
+                .map(|(_, value)| value.as_ptr())
+                .collect(),
+            _ => Vec::new(),
+        };
+        found.extend(answer.batch.iter().flat_map(stored_large_values));
+        found
     }
 
     /// The gRPC messages in `bytes`, decoded.

@@ -37,6 +37,12 @@ pub mod pb {
     tonic::include_proto!("gonest.session.v1");
 }
 
+/// The largest HTTP/2 DATA frame `gonest-session-client` accepts (its SETTINGS_MAX_FRAME_SIZE;
+/// HTTP/2's default is 16 KiB). h2 writes each frame with a system call of its own, so the
+/// daemon's answers ready together go out in one write up to this size, where 16 KiB frames
+/// would take one write per 16 KiB.
+pub const MAX_FRAME_SIZE: u32 = 1 << 20;
+
 /// The encoded file descriptor set of `gonest.session.v1`, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(
     env!("OUT_DIR"),

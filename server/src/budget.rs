@@ -7,6 +7,11 @@
 //! socket. A call that finds the budget spent waits before it produces its answer, and a
 //! `Pipeline` stream waiting so reads no further requests, so what such a peer costs the daemon
 //! is the budget and one answer, whatever it sends.
+//!
+//! An answer is counted as its bytes as a gRPC message, which is what it holds once written:
+//! the `Pipeline` body copies the answers ready together into one buffer of exactly their size
+//! (`Chunks::push_answers`), not a buffer grown by doubling. The budget is
+//! `--max-unsent-answer-bytes` (default [`ANSWER_BYTES_IN_FLIGHT`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 /// Answer bytes a connection may have produced and not yet written, beyond the one answer that
-/// goes over it.
+/// goes over it, unless `--max-unsent-answer-bytes` says otherwise.
 pub(crate) const ANSWER_BYTES_IN_FLIGHT: usize = 4 << 20;
 
 /// Operations one connection may have in progress at once on a backend that waits (Redis):

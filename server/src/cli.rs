@@ -127,6 +127,13 @@ pub struct Cli {
     #[arg(long, env = "GONEST_SESSIOND_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
 
+    /// Answer bytes one connection may have produced and not yet written to its socket, beyond
+    /// one answer: what a peer that asks and never reads can make the daemon hold. A call that
+    /// finds it spent waits; a smaller value bounds memory tighter and slows a connection with
+    /// many large answers in flight.
+    #[arg(long, env = "GONEST_SESSIOND_MAX_UNSENT_ANSWER_BYTES", default_value = "4MiB", value_parser = parse_size)]
+    pub max_unsent_answer_bytes: usize,
+
     /// Time a new connection has to finish its TLS handshake (with TLS), HTTP/2 preface and
     /// first SETTINGS frame; one that has not is closed.
     #[arg(long, env = "GONEST_SESSIOND_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -214,6 +221,7 @@ impl Cli {
             shutdown_drain: self.shutdown_drain,
             metrics_listen: self.metrics_listen,
             handshake_timeout: self.handshake_timeout,
+            max_unsent_answer_bytes: self.max_unsent_answer_bytes,
             backend: self.backend.clone(),
             max_connections: self
                 .max_connections
@@ -320,6 +328,12 @@ mod tests {
         assert_eq!(cli.max_session_bytes, 1 << 20);
         assert_eq!(cli.max_sessions, 0);
         assert_eq!(cli.log_format, LogFormat::Text);
+        assert_eq!(cli.config().unwrap().max_unsent_answer_bytes, 4 << 20);
+        // With no room for answers, none could be sent.
+        let err = Cli::try_parse_from(["gonest-sessiond", "--max-unsent-answer-bytes", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--max-unsent-answer-bytes"), "{err}");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Connections open at once; `None` sizes it from the open-file limit.
     pub max_connections: Option<usize>,
+    /// Answer bytes one connection may have produced and not yet written, beyond one answer.
+    pub max_unsent_answer_bytes: usize,
 }
 
 /// Where the daemon keeps sessions.
@@ -131,6 +133,7 @@ impl Default for Config {
             metrics_listen: None,
             handshake_timeout: Duration::from_secs(5),
             max_connections: None,
+            max_unsent_answer_bytes: crate::budget::ANSWER_BYTES_IN_FLIGHT,
             backend: StoreBackend::Memory,
         }
     }

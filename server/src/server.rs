@@ -150,7 +150,7 @@ async fn serve<E: Engine>(
         max_connections,
         slots,
         tls: config.tls.as_ref().map(TlsFiles::acceptor).transpose()?,
-        answer_budget: crate::budget::ANSWER_BYTES_IN_FLIGHT,
+        answer_budget: config.max_unsent_answer_bytes,
     };
     let server = tonic::transport::Server::builder()
         // Bounds a unary call; Pipeline streams live on, their operations answered one by one.

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use gonest_session_proto::chunked::Chunks;
+use gonest_session_proto::chunked::{Answer, Chunks};
 use http_body::Frame;
 use tonic::Status;
 
@@ -17,6 +17,10 @@ const YIELD_BYTES: usize = 32 << 10;
 /// The answers of one `Pipeline` call as gRPC messages, then the status as trailers.
 pub(super) struct AnswerBody {
     answers: Option<AnswerStream>,
+    /// Answers taken from the stream and not yet written into `chunks`.
+    taken: Vec<Answer>,
+    /// Bytes `taken` will add to `chunks`.
+    taken_len: usize,
     chunks: Chunks,
     trailers: Option<http::HeaderMap>,
 }
@@ -25,6 +29,8 @@ impl AnswerBody {
     pub(super) fn new(answers: AnswerStream) -> Self {
         Self {
             answers: Some(answers),
+            taken: Vec::new(),
+            taken_len: 0,
             chunks: Chunks::default(),
             trailers: None,
         }
@@ -52,17 +58,27 @@ impl http_body::Body for AnswerBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
         // Takes every answer ready, up to YIELD_BYTES, so answers produced together are sent
-        // together.
+        // together, written into one buffer of exactly their size.
         while let Some(answers) = this.answers.as_mut()
-            && this.chunks.len() < YIELD_BYTES
+            && this.chunks.len() + this.taken_len < YIELD_BYTES
         {
             match answers.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(answer))) => this.chunks.push_answer(&answer),
+                Poll::Ready(Some(Ok(answer))) => {
+                    this.taken_len += answer.framed_len();
+                    this.taken.push(answer);
+                }
                 Poll::Ready(Some(Err(status))) => this.end(&status),
                 Poll::Ready(None) => this.end(&Status::ok("")),
-                Poll::Pending if this.chunks.is_empty() => return Poll::Pending,
+                Poll::Pending if this.chunks.is_empty() && this.taken.is_empty() => {
+                    return Poll::Pending;
+                }
                 Poll::Pending => break,
             }
+        }
+        if !this.taken.is_empty() {
+            this.chunks.push_answers(&this.taken);
+            this.taken.clear();
+            this.taken_len = 0;
         }
         if let Some(chunk) = this.chunks.next_chunk() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));

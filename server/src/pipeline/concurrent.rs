@@ -79,7 +79,7 @@ pub(crate) fn answers_at_once<S: SessionStore + Reachable>(
         let message = match piece {
             Ok(piece) => assembler.add(piece).map(|message| {
                 if let Some(budget) = &budget {
-                    budget.produced(message.encoded_len());
+                    budget.produced(message.framed_len());
                 }
                 Ok(message)
             }),

@@ -337,7 +337,7 @@ where
                 None => Ok(Self::answer(service, work)),
                 Some(budget) => budget.try_produce(|| {
                     let answer = Self::answer(service, work);
-                    let bytes = answer.encoded_len();
+                    let bytes = answer.framed_len();
                     (answer, bytes)
                 }),
             };
