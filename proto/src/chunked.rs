@@ -55,6 +55,8 @@ pub struct StoredGet {
     expires_at: prost_types::Timestamp,
     /// The length of the session's encoding (a `Session` message).
     len: usize,
+    /// Bytes of its values sent as chunks of their own, not copied (see [`LARGE_VALUE`]).
+    shared: usize,
 }
 
 impl StoredGet {
@@ -63,8 +65,12 @@ impl StoredGet {
         let created_at = prost_types::Timestamp::from(session.created_at());
         let expires_at = prost_types::Timestamp::from(session.expires_at());
         let mut len = str_len(1, session.id()) + str_len(6, session.owner());
+        let mut shared = 0;
         for (key, value) in session.entries() {
             len += embedded_len(2, entry_len(key, value));
+            if value.len() >= LARGE_VALUE {
+                shared += value.len();
+            }
         }
         len += prost::encoding::message::encoded_len(3, &created_at)
             + prost::encoding::message::encoded_len(4, &expires_at);
@@ -76,6 +82,7 @@ impl StoredGet {
             created_at,
             expires_at,
             len,
+            shared,
         }
     }
 
@@ -142,16 +149,16 @@ impl Answer {
 
     /// Bytes of the session values sent as slices of their own, not copied.
     fn shared_len(&self) -> usize {
-        let large = |len: usize| if len >= LARGE_VALUE { len } else { 0 };
         let result = match &self.result {
-            Some(Outcome::Stored(get)) => get
-                .session
-                .entries()
-                .map(|(_, value)| large(value.len()))
-                .sum(),
+            Some(Outcome::Stored(get)) => get.shared,
             Some(Outcome::Message(pb::pipeline_response::Result::Get(pb::GetResponse {
                 session: Some(session),
-            }))) => session.data.values().map(|value| large(value.len())).sum(),
+            }))) => session
+                .data
+                .values()
+                .map(Bytes::len)
+                .filter(|&len| len >= LARGE_VALUE)
+                .sum(),
             _ => 0,
         };
         result + self.batch.iter().map(Self::shared_len).sum::<usize>()
