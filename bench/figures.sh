@@ -42,11 +42,7 @@ for _ in 1 2 3; do
 done
 
 # End to end: example-app on the daemon against tower-sessions-app on Redis.
-stop
-daemon --max-sessions-per-owner 0
-redis
-serve 8080 "$R/example-app" --listen 127.0.0.1:8080 --store http://127.0.0.1:7070
-serve 8090 "$R/tower-sessions-app" --listen 127.0.0.1:8090 --redis redis://127.0.0.1:6379
+apps
 for route in profile login; do
     for _ in 1 2 3; do
         run $H --route $route

@@ -53,3 +53,13 @@ run() {
     echo "### $*"
     $B "$@" 2>&1 | grep -E "^(throughput|http|memory|sessiond|redis|ours|theirs|ratio|round|during|without|p99|Error)" || true
 }
+
+# Fresh servers for the end-to-end runs: a daemon, Redis, example-app on the daemon (8080) and
+# tower-sessions-app on Redis (8090).
+apps() {
+    stop
+    daemon --max-sessions-per-owner 0
+    redis
+    serve 8080 "$R/example-app" --listen 127.0.0.1:8080 --store http://127.0.0.1:7070
+    serve 8090 "$R/tower-sessions-app" --listen 127.0.0.1:8090 --redis redis://127.0.0.1:6379
+}

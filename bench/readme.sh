@@ -46,14 +46,10 @@ done
 
 # The apps: example-app, and a tower-sessions app that switched its store, on the daemon;
 # tower-sessions-app on Redis.
-stop
-daemon --max-sessions-per-owner 0
-redis
-serve 8080 "$R/example-app" --listen 127.0.0.1:8080 --store http://127.0.0.1:7070
+apps
 serve 8082 "$R/tower-sessions-example" --listen 127.0.0.1:8082 --store http://127.0.0.1:7070
 serve 8083 "$R/tower-sessions-example" --listen 127.0.0.1:8083 --store http://127.0.0.1:7070 \
     --near-cache-entries 0
-serve 8090 "$R/tower-sessions-app" --listen 127.0.0.1:8090 --redis redis://127.0.0.1:6379
 theirs="--theirs http://127.0.0.1:8090 --theirs-store 6379 --clients 50 --duration 10s"
 for route in profile login; do
     thrice http --ours http://127.0.0.1:8080 --ours-store 7070 $theirs --route $route
