@@ -212,6 +212,8 @@ pub struct Chunks {
     /// Bytes in `ready`.
     ready_len: usize,
     open: BytesMut,
+    /// Where in `ready` the last chunk cut from `open` is.
+    last_copied: Option<usize>,
 }
 
 impl Chunks {
@@ -226,9 +228,22 @@ impl Chunks {
     /// allocated for exactly the bytes they copy ([`Answer::copied_len`]), which ends a chunk:
     /// the memory the chunks hold is what they send, not a buffer grown by doubling.
     pub fn push_answers(&mut self, answers: &[Answer]) {
+        self.push_answers_sealed(answers, |chunk, _| chunk);
+    }
+
+    /// As [`push_answers`](Self::push_answers), with the last chunk cut from the buffer passed
+    /// through `seal`, with the buffer's size (`seal` must give back the same bytes). The buffer
+    /// is freed once that chunk is: chunks are sent, and dropped, in order. `seal` can attach
+    /// what must last as long as the buffer (see `Bytes::from_owner`).
+    pub fn push_answers_sealed(
+        &mut self,
+        answers: &[Answer],
+        seal: impl FnOnce(Bytes, usize) -> Bytes,
+    ) {
         self.close();
         let copied = answers.iter().map(Answer::copied_len).sum();
         self.open = BytesMut::with_capacity(copied);
+        self.last_copied = None;
         for answer in answers {
             crate::framed::put_prefix(&mut self.open, answer.encoded_len());
             self.answer(answer);
@@ -239,6 +254,13 @@ impl Chunks {
             "copied_len was not what was written"
         );
         self.close();
+        if let Some(at) = self.last_copied.take()
+            && let Some(chunk) = self.ready.get_mut(at)
+        {
+            let len = chunk.len();
+            *chunk = seal(std::mem::take(chunk), copied);
+            debug_assert_eq!(chunk.len(), len, "seal changed the chunk");
+        }
     }
 
     /// Bytes written and not yet taken.
@@ -266,6 +288,7 @@ impl Chunks {
         if !self.open.is_empty() {
             let chunk = self.open.split().freeze();
             self.ready_len += chunk.len();
+            self.last_copied = Some(self.ready.len());
             self.ready.push_back(chunk);
         }
     }

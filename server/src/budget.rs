@@ -8,9 +8,11 @@
 //! `Pipeline` stream waiting so reads no further requests, so what such a peer costs the daemon
 //! is the budget and one answer, whatever it sends.
 //!
-//! An answer is counted as its bytes as a gRPC message, which is what it holds once written:
-//! the `Pipeline` body copies the answers ready together into one buffer of exactly their size
-//! (`Chunks::push_answers`), not a buffer grown by doubling. The budget is
+//! An answer is counted as its bytes as a gRPC message when produced. The `Pipeline` body then
+//! copies the answers ready together into one buffer of exactly their size
+//! (`Chunks::push_answers_sealed`), not a buffer grown by doubling, and counts as well what the
+//! allocator sets aside beyond it ([`allocated_len`]), paid back when the buffer is freed: the
+//! budget counts the memory the answers hold, not only their bytes. The budget is
 //! `--max-unsent-answer-bytes` (default [`ANSWER_BYTES_IN_FLIGHT`]).
 
 use std::sync::Mutex;
@@ -25,6 +27,25 @@ pub(crate) const ANSWER_BYTES_IN_FLIGHT: usize = 4 << 20;
 /// Operations one connection may have in progress at once on a backend that waits (Redis):
 /// each holds its answer until it is handed on, so this bounds those answers too (32 sessions).
 pub(crate) const OPS_IN_PROGRESS: usize = 32;
+
+/// Bytes the daemon's allocator (mimalloc) sets aside for a buffer of `len` bytes. Up to eight
+/// words it rounds to a word; then to one of four size classes per power of two (`mi_bin`:
+/// a quarter of the power of two below the size in words, so at most 25% more); past its
+/// largest class (64 KiB) to its 64 KiB slices.
+pub(crate) fn allocated_len(len: usize) -> usize {
+    const WORD: usize = 8;
+    const LARGEST_CLASS: usize = 64 << 10;
+    const SLICE: usize = 64 << 10;
+    if len > LARGEST_CLASS {
+        return len.next_multiple_of(SLICE);
+    }
+    let words = len.div_ceil(WORD).max(1);
+    if words <= 8 {
+        return words * WORD;
+    }
+    let power = usize::BITS - 1 - (words - 1).leading_zeros();
+    words.next_multiple_of(1 << (power - 2)) * WORD
+}
 
 /// One connection's budget; see the module docs.
 #[derive(Debug)]
@@ -117,9 +138,15 @@ impl AnswerBudget {
         }
     }
 
+    /// Pays back `bytes` counted for memory that is freed without being written (what the
+    /// allocator set aside beyond an answer buffer's bytes).
+    pub(crate) fn released(&self, bytes: usize) {
+        self.written(bytes);
+    }
+
     /// Answer bytes produced and not yet written.
     #[cfg(test)]
-    fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
 }
@@ -127,6 +154,37 @@ impl AnswerBudget {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    #[test]
+    fn allocated_len_is_mimallocs_size_class() {
+        // mimalloc's classes: exact words up to 64 bytes, then four per power of two.
+        let classes = [
+            (0, 8),
+            (1, 8),
+            (64, 64),
+            (65, 80),
+            (100, 112),
+            (1024, 1024),
+            (1025, 1280),
+            (1120, 1280),
+            (4130, 5120),
+            (28_910, 32_768),
+            (32_768, 32_768),
+            (33_040, 40_960),
+            (65_536, 65_536),
+            (65_537, 131_072),
+        ];
+        for (len, class) in classes {
+            assert_eq!(super::allocated_len(len), class, "{len} bytes");
+        }
+        for len in 0..=65_536 {
+            let class = super::allocated_len(len);
+            assert!(
+                class >= len && class <= (len * 5 / 4).max(8) + 8,
+                "{len} bytes: {class}"
+            );
+        }
+    }
 
     use super::*;
 

@@ -130,11 +130,15 @@ where
         ))
         .into_http();
     }
+    let budget = request
+        .extensions()
+        .get::<crate::incoming::ConnInfo>()
+        .map(|info| info.budget.clone());
     let request = request.map(|body| {
         Streaming::new_request(PipelineDecoder::default(), body, None, Some(max_request))
     });
     let answers = service.answers(tonic::Request::from_http(request));
-    let mut response = http::Response::new(Body::new(AnswerBody::new(answers)));
+    let mut response = http::Response::new(Body::new(AnswerBody::new(answers, budget)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
