@@ -12,10 +12,8 @@ use tonic::Status;
 use super::AnswerStream;
 use crate::budget::{AnswerBudget, allocated_len};
 
-/// Bytes of answers beyond which the body stops taking answers from the stream and hands them on
-/// (tonic's own yield threshold). One buffer holds at most this, unless one answer alone is
-/// larger: an answer that would take it over starts the next (32 KiB is one of the allocator's
-/// size classes, so a full buffer wastes at most what the next answer did not fit into).
+/// Answers written and not yet sent beyond which the body stops taking answers from the stream
+/// and hands them on (tonic's own yield threshold).
 const YIELD_BYTES: usize = 32 << 10;
 
 /// The answers of one `Pipeline` call as gRPC messages, then the status as trailers.
@@ -23,8 +21,6 @@ pub(super) struct AnswerBody {
     answers: Option<AnswerStream>,
     /// Answers taken from the stream and not yet written into `chunks`.
     taken: Vec<Answer>,
-    /// An answer taken that would have made the run over YIELD_BYTES: the next run's first.
-    carried: Option<Answer>,
     /// Bytes `taken` will add to `chunks`.
     taken_len: usize,
     chunks: Chunks,
@@ -39,7 +35,6 @@ impl AnswerBody {
         Self {
             answers: Some(answers),
             taken: Vec::new(),
-            carried: None,
             taken_len: 0,
             chunks: Chunks::default(),
             trailers: None,
@@ -68,10 +63,6 @@ impl http_body::Body for AnswerBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
-        if let Some(answer) = this.carried.take() {
-            this.taken_len += answer.framed_len();
-            this.taken.push(answer);
-        }
         // Takes every answer ready, up to YIELD_BYTES, so answers produced together are sent
         // together, written into one buffer of exactly their size.
         while let Some(answers) = this.answers.as_mut()
@@ -79,12 +70,6 @@ impl http_body::Body for AnswerBody {
         {
             match answers.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(answer))) => {
-                    if !this.taken.is_empty()
-                        && this.chunks.len() + this.taken_len + answer.framed_len() > YIELD_BYTES
-                    {
-                        this.carried = Some(answer);
-                        break;
-                    }
                     this.taken_len += answer.framed_len();
                     this.taken.push(answer);
                 }
@@ -189,32 +174,6 @@ mod tests {
             }
         }
         frames
-    }
-
-    #[tokio::test]
-    async fn a_buffer_holds_at_most_yield_bytes_unless_one_answer_alone_is_larger() {
-        let mut answers: Vec<Answer> = (1..=20).map(|tag| get_answer(tag, 4000)).collect();
-        answers.push(get_answer(21, 40_000));
-        answers.extend((22..=30).map(|tag| get_answer(tag, 1000)));
-        let sent: usize = answers.iter().map(Answer::framed_len).sum();
-        let (small, large) = (answers[0].framed_len(), answers[20].framed_len());
-        let frames = data_frames(&mut body_of(answers, None)).await;
-        assert_eq!(frames.iter().map(Bytes::len).sum::<usize>(), sent);
-        for frame in &frames {
-            assert!(
-                frame.len() <= YIELD_BYTES || frame.len() == large,
-                "a frame of {} bytes",
-                frame.len()
-            );
-        }
-        // 20 answers of about 4 KiB: as many to a buffer as fit in YIELD_BYTES (the next would
-        // take it over).
-        let fit = YIELD_BYTES / small;
-        assert_eq!(
-            (fit, frames[0].len(), frames[1].len()),
-            (8, fit * small, fit * small)
-        );
-        assert!(frames.iter().any(|frame| frame.len() == large));
     }
 
     #[tokio::test]
