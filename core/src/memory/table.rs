@@ -81,6 +81,13 @@ const ID_LEN: Range<usize> = 24..26;
 const OWNER_LEN: Range<usize> = 26..28;
 const HEADER: usize = 28;
 
+/// The little-endian integer at `range` (8 bytes) of a record's buffer.
+fn u64_at(buffer: &[u8], range: Range<usize>) -> u64 {
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&buffer[range]);
+    u64::from_le_bytes(bytes)
+}
+
 impl Record {
     /// A record whose data is written by `write_data` into exactly `data_len` bytes.
     pub(crate) fn new(
@@ -126,11 +133,9 @@ impl Record {
         if bytes.len() < HEADER {
             return None;
         }
-        let mut expires = [0; 8];
-        expires.copy_from_slice(&bytes[EXPIRES]);
         let record = Self {
             buffer: Arc::from(bytes),
-            expires_at: Nanos(u64::from_le_bytes(expires)),
+            expires_at: Nanos(u64_at(bytes, EXPIRES)),
         };
         if record.owner_end() > bytes.len() {
             return None;
@@ -157,9 +162,7 @@ impl Record {
     }
 
     fn u64_at(&self, range: Range<usize>) -> u64 {
-        let mut bytes = [0; 8];
-        bytes.copy_from_slice(&self.buffer[range]);
-        u64::from_le_bytes(bytes)
+        u64_at(&self.buffer, range)
     }
 
     fn u16_at(&self, range: Range<usize>) -> usize {

@@ -130,14 +130,11 @@ where
         ))
         .into_http();
     }
-    let budget = request
-        .extensions()
-        .get::<crate::incoming::ConnInfo>()
-        .map(|info| info.budget.clone());
-    let request = request.map(|body| {
+    let request = tonic::Request::from_http(request.map(|body| {
         Streaming::new_request(PipelineDecoder::default(), body, None, Some(max_request))
-    });
-    let answers = service.answers(tonic::Request::from_http(request));
+    }));
+    let budget = crate::service::answer_budget(&request);
+    let answers = service.answers(request);
     let mut response = http::Response::new(Body::new(AnswerBody::new(answers, budget)));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -151,7 +151,7 @@ fn log_failure(err: &StoreError, status: &Status) {
 }
 
 /// The answer budget of the connection `request` came on (none when called in process).
-fn answer_budget<T>(request: &Request<T>) -> Option<Arc<AnswerBudget>> {
+pub(crate) fn answer_budget<T>(request: &Request<T>) -> Option<Arc<AnswerBudget>> {
     request
         .extensions()
         .get::<ConnInfo>()
