@@ -67,6 +67,11 @@ impl Drop for Lane {
 /// What a lane's callers, its sender, its answer router and its reaper share.
 #[derive(Debug, Default)]
 struct Shared {
+    /// Set while the reaper sleeps with no deadline to wait for: the next operation queued or
+    /// sent wakes it. While it sleeps until a deadline, nothing does: the operations queued
+    /// after have later deadlines (one timeout for all), so one wake per timeout keeps them all,
+    /// not one per operation.
+    reaper_idle: AtomicBool,
     /// Operations waiting to be sent, in the order they were queued (so, of their deadlines).
     queue: Mutex<Queue>,
     /// Operations sent and not yet answered.
@@ -119,6 +124,25 @@ impl Waiting {
             }
             self.sent.pop_front();
         }
+    }
+}
+
+impl Shared {
+    /// Wakes the reaper if it sleeps with nothing to wait for; called after an operation is
+    /// queued or sent. The reaper sets `reaper_idle` before it looks at the queue and the
+    /// operations sent one last time, so either it sees the operation or this sees the flag.
+    fn watch(&self) {
+        if self.reaper_idle.load(Ordering::SeqCst) && self.reaper_idle.swap(false, Ordering::SeqCst)
+        {
+            self.wake_reaper.notify_one();
+        }
+    }
+
+    /// Whether an operation is queued or sent and not yet answered or timed out.
+    fn has_deadlines(&self) -> bool {
+        // One lock at a time: the sender takes them in the other order.
+        let queued = !lock(&self.queue).ops.is_empty();
+        queued || !lock(&self.waiting).sent.is_empty()
     }
 }
 
@@ -195,14 +219,10 @@ impl Lanes {
         if queue.ops.len() >= QUEUE {
             return Sent::Full(Box::new(queued));
         }
-        let first = queue.ops.is_empty();
         queue.ops.push_back(queued);
         drop(queue);
         lane.shared.wake_sender.notify_one();
-        if first {
-            // The reaper may be sleeping with nothing to wait for, or until a later deadline.
-            lane.shared.wake_reaper.notify_one();
-        }
+        lane.shared.watch();
         Sent::Queued
     }
 }
@@ -280,6 +300,9 @@ impl Sender {
             // An operation whose caller gave up, or whose deadline passed, is not sent.
             let mut single =
                 usable(first, Instant::now()).map(|first| register(next_tag, &mut waiting, first));
+            // The first operation was out of the queue until now: a reaper that looked in
+            // between found neither and may sleep with nothing to wait for.
+            shared.watch();
             if !batching {
                 match single {
                     Some(request) => return Some(request),
@@ -356,8 +379,6 @@ fn usable(queued: Queued, now: Instant) -> Option<Queued> {
 fn register(next_tag: &mut u64, waiting: &mut Waiting, queued: Queued) -> pb::PipelineRequest {
     *next_tag += 1;
     waiting.by_tag.insert(*next_tag, Some(queued.reply));
-    // The reaper sleeps only until a queued deadline, which comes after this one, or for
-    // nothing at all.
     waiting.sent.push_back((queued.deadline, *next_tag));
     pb::PipelineRequest {
         tag: *next_tag,
@@ -441,6 +462,11 @@ async fn route_answers(mut connection: Connection, sender: Sender, ended: Arc<At
 
 /// Keeps a lane's deadlines: sleeps until the earliest, then fails every queued operation and
 /// every operation in flight that has reached its own. Ends with the lane's stream.
+///
+/// It is woken only when it sleeps with nothing to wait for (see [`Shared::watch`]) or when the
+/// lane closes. An operation queued while it sleeps until an earlier deadline is looked at
+/// then; its own deadline is later, unless its caller took its time between reading the
+/// clock and queueing it, and then it fails that much late.
 async fn reap(lane: Arc<Shared>) {
     loop {
         let woken = lane.wake_reaper.notified();
@@ -486,7 +512,16 @@ async fn reap(lane: Arc<Shared>) {
                     () = &mut woken => {}
                 }
             }
-            None => woken.await,
+            None => {
+                lane.reaper_idle.store(true, Ordering::SeqCst);
+                // An operation queued or sent since the look above was either seen here, or its
+                // sender sees the flag and wakes this task.
+                if lane.has_deadlines() {
+                    lane.reaper_idle.store(false, Ordering::SeqCst);
+                    continue;
+                }
+                woken.await;
+            }
         }
     }
 }

@@ -421,3 +421,50 @@ async fn operations_to_a_daemon_that_never_reads_fail_at_their_deadline() {
     all_time_out(calls, started, timeout + Duration::from_secs(2)).await;
     drop(listener);
 }
+
+// One stream, a stand-in that never answers. A lane's reaper is woken only when it sleeps with
+// nothing to wait for; each call must still fail at its own deadline, whether it came while
+// the reaper slept so (the calls one after another) or while it slept until the deadline of a
+// call before it (the calls that overlap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_alone_or_overlapping_each_fail_at_their_own_deadline() {
+    let (url, _open, _seen) = held_daemon().await;
+    let timeout = Duration::from_millis(200);
+    let store = RemoteSessionStore::builder(&url)
+        .streams(1)
+        .timeout(timeout)
+        .connect()
+        .await
+        .unwrap();
+    let within = |took: Duration| took >= timeout && took < timeout + Duration::from_secs(1);
+
+    for i in 0..4 {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(timeout * 10, store.get(&format!("alone{i}")))
+            .await
+            .expect("a call alone on its lane waited ten times its timeout");
+        assert_eq!(answer, Err(StoreError::Timeout));
+        let took = started.elapsed();
+        assert!(within(took), "call {i} alone failed after {took:?}");
+    }
+
+    let calls: Vec<_> = (0..4u32)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(60) * i).await;
+                let started = std::time::Instant::now();
+                let answer = store.get(&format!("overlapping{i}")).await;
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let (answer, took) = tokio::time::timeout(timeout * 20, call)
+            .await
+            .expect("an overlapping call waited far past its timeout")
+            .unwrap();
+        assert_eq!(answer, Err(StoreError::Timeout));
+        assert!(within(took), "overlapping call {i} failed after {took:?}");
+    }
+}
