@@ -63,6 +63,19 @@ impl Process {
         ))
     }
 
+    /// Its resident set size in bytes, now (`VmRSS`).
+    pub(crate) fn resident_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
     /// The CPUs it may run on, as Linux lists them ("1", "0-1").
     pub(crate) fn cpus(&self) -> Option<String> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
@@ -107,5 +120,14 @@ mod tests {
         assert_eq!(found.pid(), std::process::id());
         assert!(found.cpu_time().is_some());
         assert!(!found.cpus().unwrap().is_empty());
+        // Our own resident memory grows by what we touch.
+        let before = found.resident_bytes().unwrap();
+        let touched = vec![1u8; 64 << 20];
+        let after = found.resident_bytes().unwrap();
+        assert!(
+            after >= before + (60 << 20),
+            "{before} then {after} with 64 MiB touched"
+        );
+        drop(touched);
     }
 }

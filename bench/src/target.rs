@@ -176,13 +176,17 @@ impl Target {
         Ok(())
     }
 
-    /// The server's resident memory in bytes: `Stats.resident_memory_bytes` of the daemon, or
-    /// Redis's `used_memory_rss`.
+    /// The server's resident memory in bytes as it reports it: `Stats.resident_memory_bytes` of
+    /// the daemon (read from /proc when asked), or Redis's `used_memory_rss`. Redis samples that
+    /// figure in its cron, every 100 ms at its default `hz`, and `INFO` gives the last sample: it
+    /// is read after 250 ms, so that a sample taken after the last write is given, not one
+    /// taken while the bench was still filling.
     pub(crate) async fn resident_bytes(&mut self) -> anyhow::Result<u64> {
         match self {
             Self::Sessiond(store) => Ok(store.stats().await?.resident_memory_bytes.unwrap_or(0)),
             Self::RedisStore(_) => anyhow::bail!("measure Redis's memory with --redis"),
             Self::Redis(connection) => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 let info: String = redis::cmd("INFO")
                     .arg("memory")
                     .query_async(connection)
