@@ -198,6 +198,16 @@ async fn answering(url: &str, open: &watch::Sender<bool>) -> RemoteSessionStore 
         .unwrap()
 }
 
+/// A store on one stream to the stand-in at `url`, with `timeout`.
+async fn one_stream(url: &str, timeout: Duration) -> RemoteSessionStore {
+    RemoteSessionStore::builder(url)
+        .streams(1)
+        .timeout(timeout)
+        .connect()
+        .await
+        .unwrap()
+}
+
 // One thread: the 200 callers all queue their operation before the stream's sender runs.
 #[tokio::test(flavor = "current_thread")]
 async fn queued_operations_travel_as_batches_to_a_daemon_that_takes_them() {
@@ -230,12 +240,7 @@ async fn queued_operations_travel_as_batches_to_a_daemon_that_takes_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_fails_fast_instead_of_growing() {
     let (url, _open, _seen) = held_daemon().await;
-    let store = RemoteSessionStore::builder(&url)
-        .streams(1)
-        .timeout(Duration::from_secs(60))
-        .connect()
-        .await
-        .unwrap();
+    let store = one_stream(&url, Duration::from_secs(60)).await;
     // More than one stream has in flight (1,024) and queues (1,024) together.
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..2300 {
@@ -264,12 +269,7 @@ async fn a_full_queue_fails_fast_instead_of_growing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_that_timed_out_before_it_was_sent_is_never_sent() {
     let (url, open, seen) = held_daemon().await;
-    let store = RemoteSessionStore::builder(&url)
-        .streams(1)
-        .timeout(Duration::from_millis(300))
-        .connect()
-        .await
-        .unwrap();
+    let store = one_stream(&url, Duration::from_millis(300)).await;
     // Fill the stream's operations in flight; they go unanswered and time out.
     let blockers: Vec<_> = (0..1024)
         .map(|i| {
@@ -383,12 +383,7 @@ fn gets(store: &RemoteSessionStore, n: usize) -> Vec<Call> {
 async fn operations_queued_behind_a_stream_that_takes_nothing_fail_at_their_deadline() {
     let (url, _open, seen) = held_daemon().await;
     let timeout = Duration::from_millis(300);
-    let store = RemoteSessionStore::builder(&url)
-        .streams(1)
-        .timeout(timeout)
-        .connect()
-        .await
-        .unwrap();
+    let store = one_stream(&url, timeout).await;
     let started = std::time::Instant::now();
 
     // In flight and queued together, more than one stream's flow-control window holds.
@@ -430,12 +425,7 @@ async fn operations_to_a_daemon_that_never_reads_fail_at_their_deadline() {
 async fn calls_alone_or_overlapping_each_fail_at_their_own_deadline() {
     let (url, _open, _seen) = held_daemon().await;
     let timeout = Duration::from_millis(200);
-    let store = RemoteSessionStore::builder(&url)
-        .streams(1)
-        .timeout(timeout)
-        .connect()
-        .await
-        .unwrap();
+    let store = one_stream(&url, timeout).await;
     let within = |took: Duration| took >= timeout && took < timeout + Duration::from_secs(1);
 
     for i in 0..4 {
