@@ -109,7 +109,7 @@ struct Waiting {
     /// out), with the operation's place among the lane's [`IN_FLIGHT`]. A place is held until
     /// the answer comes, timed out or not: the operation may still be on its way (in the
     /// stream's send buffer behind flow control), and what comes after it must not overtake it.
-    by_tag: HashMap<u64, Option<Reply>>,
+    by_tag: HashMap<u64, Option<Reply>, foldhash::fast::FixedState>,
     /// The deadline and tag of each operation sent, in the order sent; an entry whose tag has
     /// left `by_tag` (answered) is dropped when it reaches the front.
     sent: VecDeque<(Instant, u64)>,

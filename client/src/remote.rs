@@ -248,12 +248,18 @@ impl RemoteSessionStore {
         })
     }
 
-    /// Runs one operation within the timeout; `retry` operations are tried once more when the
-    /// stream they went on broke.
+    /// Runs one operation within the timeout; an operation given `again` (how to make it anew)
+    /// is tried once more when the stream it went on broke. Made anew, not copied beforehand: a
+    /// second try is rare, and a copy would cost every read an allocation.
     ///
     /// The lane the operation goes on keeps its deadline (see `lanes`): no timer per operation.
     /// Only the rare second try and the first operation's `Stats` have timers of their own.
-    async fn call(&self, op: Op, retry: bool, expected_version: Option<u64>) -> Result<Answer> {
+    async fn call(
+        &self,
+        op: Op,
+        again: Option<&(dyn Fn() -> Op + Sync)>,
+        expected_version: Option<u64>,
+    ) -> Result<Answer> {
         let deadline = tokio::time::Instant::now() + self.inner.timeout;
         // Once, before the first operation of a lazily connected store: whether the daemon
         // takes batches. If it cannot say now, operations go one by one. Boxed: the Stats call's
@@ -264,12 +270,11 @@ impl RemoteSessionStore {
                 return Err(StoreError::Timeout);
             }
         }
-        let again = retry.then(|| op.clone());
         let answer = match (self.inner.lanes.call(op, deadline).await, again) {
             // The stream broke: a new one, within what is left of the deadline. (This operation
             // joins a queue behind others with later deadlines, so it keeps a timer of its own.)
-            (Err(status), Some(op)) if status.code() == Code::Unavailable => {
-                tokio::time::timeout_at(deadline, self.inner.lanes.call(op, deadline))
+            (Err(status), Some(again)) if status.code() == Code::Unavailable => {
+                tokio::time::timeout_at(deadline, self.inner.lanes.call(again(), deadline))
                     .await
                     .map_err(|_| StoreError::Timeout)?
             }
@@ -306,8 +311,8 @@ impl SessionStore for RemoteSessionStore {
             Some(Lookup::Miss(ticket)) => Some(ticket),
             Some(Lookup::Off) | None => None,
         };
-        let op = Op::Get(pb::GetRequest { id: id.to_owned() });
-        let record = match self.call(op, true, None).await? {
+        let op = || Op::Get(pb::GetRequest { id: id.to_owned() });
+        let record = match self.call(op(), Some(&op), None).await? {
             Answer::Get(response) => response.session.map(record_from_pb).transpose()?,
             other => return Err(unexpected(&other)),
         };
@@ -322,7 +327,7 @@ impl SessionStore for RemoteSessionStore {
         let id = save.id.clone();
         let request = save_to_pb(save);
         self.check_size(&request).await?;
-        let answer = self.call(Op::Save(request), false, expected).await;
+        let answer = self.call(Op::Save(request), None, expected).await;
         // Saved, refused (ABORTED) or unknown: the cached copy is stale or may be.
         self.changed(&id);
         match answer? {
@@ -336,8 +341,8 @@ impl SessionStore for RemoteSessionStore {
     }
 
     async fn destroy(&self, id: &str) -> Result<bool> {
-        let op = Op::Destroy(pb::DestroyRequest { id: id.to_owned() });
-        let answer = self.call(op, true, None).await;
+        let op = || Op::Destroy(pb::DestroyRequest { id: id.to_owned() });
+        let answer = self.call(op(), Some(&op), None).await;
         self.changed(id);
         match answer? {
             Answer::Destroy(response) => Ok(response.existed),
@@ -346,11 +351,13 @@ impl SessionStore for RemoteSessionStore {
     }
 
     async fn touch(&self, id: &str, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
-        let op = Op::Touch(pb::TouchRequest {
-            id: id.to_owned(),
-            ttl: ttl.map(duration_to_pb),
-        });
-        let answer = self.call(op, true, None).await;
+        let op = || {
+            Op::Touch(pb::TouchRequest {
+                id: id.to_owned(),
+                ttl: ttl.map(duration_to_pb),
+            })
+        };
+        let answer = self.call(op(), Some(&op), None).await;
         self.changed(id);
         match answer? {
             Answer::Touch(response) if response.found => {

@@ -332,6 +332,32 @@ async fn a_stream_ended_by_the_daemon_reports_its_status_to_the_callers_waiting(
     }
 }
 
+// One thread, one stream, no batches: the stream ends after its first answer, so the second
+// read fails on it, and is made again on a new stream (which answers it); a save in its place
+// is not.
+#[tokio::test(flavor = "current_thread")]
+async fn a_read_on_a_stream_that_ends_is_tried_again_on_a_new_one() {
+    let (url, open, held) = serve_ending(false, Some(Code::Unavailable)).await;
+    let store = answering(&url, &open).await;
+    let (first, second) = (store.clone(), store.clone());
+    let first = tokio::spawn(async move { first.get("a").await });
+    let second = tokio::spawn(async move { second.get("b").await });
+    assert_eq!(first.await.unwrap(), Ok(None));
+    assert_eq!(second.await.unwrap(), Ok(None));
+    let seen = held.seen.lock().unwrap().clone();
+    assert_eq!(seen.first().map(String::as_str), Some("a"), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("b"), "{seen:?}");
+    // The same with a save: its caller is told, and it is not made again.
+    let (first, second) = (store.clone(), store.clone());
+    let first = tokio::spawn(async move { first.get("c").await });
+    let second = tokio::spawn(async move { second.save(Save::new("d", SessionData::new())).await });
+    assert_eq!(first.await.unwrap(), Ok(None));
+    assert!(
+        matches!(second.await.unwrap(), Err(StoreError::Unavailable(_))),
+        "a save is not made twice"
+    );
+}
+
 /// A Get running as a task: its answer, and when it came.
 type Call = tokio::task::JoinHandle<(
     Result<Option<gonest_session_core::SessionRecord>, StoreError>,
