@@ -8,6 +8,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = gonest_session_bench::Cli::parse();
+    // As an app sets one up. Without a subscriber, the clients' libraries (h2, with tracing's
+    // `log` feature on, as tower-sessions turns it on) pass every span they open to `log`.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     // Like redis-benchmark, one thread by default: the load generator should spend as little of
     // the machine as it can, since the servers it measures run on the same cores.
     let runtime = match cli.threads {
