@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `bytes` fields (session values, error details) as `bytes::Bytes`: decoded as slices
         // of the received message, and handed to and from the session stores without a copy.
         .bytes(".")
+        .boxed(".gonest.session.v1.PipelineRequest.op.save")
+        .boxed(".gonest.session.v1.PipelineResponse.result.get")
         .codec_path("crate::codec::Codec")
         .compile_fds(descriptors)?;
     Ok(())

@@ -327,7 +327,7 @@ impl SessionStore for RemoteSessionStore {
         let id = save.id.clone();
         let request = save_to_pb(save);
         self.check_size(&request).await?;
-        let answer = self.call(Op::Save(request), None, expected).await;
+        let answer = self.call(Op::Save(Box::new(request)), None, expected).await;
         // Saved, refused (ABORTED) or unknown: the cached copy is stale or may be.
         self.changed(&id);
         match answer? {

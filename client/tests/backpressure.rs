@@ -32,7 +32,7 @@ impl Held {
         let result = match request.op {
             Some(Op::Get(get)) => {
                 self.seen.lock().unwrap().push(get.id);
-                Some(Answer::Get(pb::GetResponse { session: None }))
+                Some(Answer::Get(Box::default()))
             }
             Some(Op::Save(save)) => {
                 self.seen

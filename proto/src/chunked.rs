@@ -151,11 +151,10 @@ impl Answer {
     fn shared_len(&self) -> usize {
         let result = match &self.result {
             Some(Outcome::Stored(get)) => get.shared,
-            Some(Outcome::Message(pb::pipeline_response::Result::Get(pb::GetResponse {
-                session: Some(session),
-            }))) => session
-                .data
-                .values()
+            Some(Outcome::Message(pb::pipeline_response::Result::Get(get))) => get
+                .session
+                .iter()
+                .flat_map(|session| session.data.values())
                 .map(Bytes::len)
                 .filter(|&len| len >= LARGE_VALUE)
                 .sum(),
@@ -170,9 +169,9 @@ impl Answer {
         let result = self.result.map(|result| match result {
             Outcome::Message(result) => result,
             Outcome::Stored(get) => match get.session.to_record() {
-                Ok(record) => pb::pipeline_response::Result::Get(pb::GetResponse {
+                Ok(record) => pb::pipeline_response::Result::Get(Box::new(pb::GetResponse {
                     session: Some(record_to_pb(record)),
-                }),
+                })),
                 Err(err) => pb::pipeline_response::Result::Error(crate::error_to_pb(
                     &crate::status_from_error(&err),
                 )),
@@ -419,9 +418,9 @@ pub(crate) mod tests {
     fn get(tag: u64, session: Option<pb::Session>) -> pb::PipelineResponse {
         pb::PipelineResponse {
             tag,
-            result: Some(pb::pipeline_response::Result::Get(pb::GetResponse {
-                session,
-            })),
+            result: Some(pb::pipeline_response::Result::Get(Box::new(
+                pb::GetResponse { session },
+            ))),
             batch: Vec::new(),
         }
     }
@@ -442,11 +441,10 @@ pub(crate) mod tests {
     /// Where the values of `message` (and its batch) that are sent as chunks of their own are.
     fn large_values(message: &pb::PipelineResponse) -> Vec<*const u8> {
         let mut found = match &message.result {
-            Some(pb::pipeline_response::Result::Get(pb::GetResponse {
-                session: Some(session),
-            })) => session
-                .data
-                .values()
+            Some(pb::pipeline_response::Result::Get(get)) => get
+                .session
+                .iter()
+                .flat_map(|session| session.data.values())
                 .filter(|value| value.len() >= LARGE_VALUE)
                 .map(|value| value.as_ptr())
                 .collect(),

@@ -222,17 +222,19 @@ mod tests {
     fn get(tag: u64, values: &[(&str, Bytes)]) -> pb::PipelineResponse {
         pb::PipelineResponse {
             tag,
-            result: Some(pb::pipeline_response::Result::Get(pb::GetResponse {
-                session: Some(pb::Session {
-                    id: format!("s{tag}"),
-                    data: values
-                        .iter()
-                        .map(|(key, value)| ((*key).to_owned(), value.clone()))
-                        .collect(),
-                    version: tag,
-                    ..Default::default()
-                }),
-            })),
+            result: Some(pb::pipeline_response::Result::Get(Box::new(
+                pb::GetResponse {
+                    session: Some(pb::Session {
+                        id: format!("s{tag}"),
+                        data: values
+                            .iter()
+                            .map(|(key, value)| ((*key).to_owned(), value.clone()))
+                            .collect(),
+                        version: tag,
+                        ..Default::default()
+                    }),
+                },
+            ))),
             batch: Vec::new(),
         }
     }

@@ -534,10 +534,10 @@ async fn pipeline_applies_in_order_and_answers_errors_inline(store: Store) {
     let daemon = Daemon::start(store.config()).await;
     let mut client = daemon.client();
     let requests = vec![
-        op(10, Op::Save(save("p", &[("n", "1")], Some(0)))),
+        op(10, Op::Save(Box::new(save("p", &[("n", "1")], Some(0))))),
         op(11, Op::Get(get("p"))),
-        op(12, Op::Save(save("p", &[("n", "2")], Some(1)))),
-        op(13, Op::Save(save("p", &[("n", "x")], Some(1)))),
+        op(12, Op::Save(Box::new(save("p", &[("n", "2")], Some(1))))),
+        op(13, Op::Save(Box::new(save("p", &[("n", "x")], Some(1))))),
         op(14, Op::Get(get(""))),
         pb::PipelineRequest {
             tag: 15,
@@ -584,7 +584,7 @@ async fn many_pipeline_streams_run_at_once_and_keep_their_own_order(store: Store
             // so any reordering inside the stream would surface as a conflict.
             let requests = (0..200u64).map(move |i| {
                 let value = i.to_string();
-                op(i, Op::Save(save(&id, &[("i", &value)], Some(i))))
+                op(i, Op::Save(Box::new(save(&id, &[("i", &value)], Some(i)))))
             });
             let answers = pipelined(&mut client, requests).await;
             for (i, answer) in answers.iter().enumerate() {
@@ -677,7 +677,7 @@ async fn shutdown_ends_open_pipeline_streams_and_returns(store: Store) {
         .await
         .unwrap()
         .into_inner();
-    tx.send(op(1, Op::Save(save("s", &[], None))))
+    tx.send(op(1, Op::Save(Box::new(save("s", &[], None)))))
         .await
         .unwrap();
     let first = answers.message().await.unwrap().unwrap();
@@ -698,7 +698,7 @@ async fn a_long_pipeline_with_batches_keeps_its_order(store: Store) {
     let daemon = Daemon::start(store.config()).await;
     let mut requests = Vec::new();
     for n in 0..200u64 {
-        let op = Op::Save(save("ordered", &[("k", &n.to_string())], Some(n)));
+        let op = Op::Save(Box::new(save("ordered", &[("k", &n.to_string())], Some(n))));
         let request = pb::PipelineRequest {
             tag: n,
             op: Some(op),
@@ -746,7 +746,11 @@ async fn a_batch_of_saves_is_applied_in_its_order(store: Store) {
     let batch = (0..200u64)
         .map(|n| pb::PipelineRequest {
             tag: n + 1,
-            op: Some(Op::Save(save("batched", &[("k", &n.to_string())], Some(n)))),
+            op: Some(Op::Save(Box::new(save(
+                "batched",
+                &[("k", &n.to_string())],
+                Some(n),
+            )))),
             batch: Vec::new(),
         })
         .collect();
@@ -785,7 +789,12 @@ async fn a_batch_over_the_operations_cap_is_refused_unread(store: Store) {
     assert_eq!(cap, gonest_session_proto::MAX_BATCH_OPERATIONS);
     let saves = |count: usize, prefix: &str| -> Vec<pb::PipelineRequest> {
         (0..count as u64)
-            .map(|n| op(n + 1, Op::Save(save(&format!("{prefix}{n}"), &[], None))))
+            .map(|n| {
+                op(
+                    n + 1,
+                    Op::Save(Box::new(save(&format!("{prefix}{n}"), &[], None))),
+                )
+            })
             .collect()
     };
     let envelope = |batch| pb::PipelineRequest {
@@ -1077,11 +1086,11 @@ async fn an_oversized_pipeline_op_is_answered_inline_and_the_stream_goes_on(stor
     .await;
     let mut client = daemon.client();
     let requests = vec![
-        op(1, Op::Save(save("kept", &[("n", "1")], None))),
+        op(1, Op::Save(Box::new(save("kept", &[("n", "1")], None)))),
         // Over --max-session-bytes, within the message limit: refused, the stream goes on.
-        op(2, Op::Save(big_save("kept", 100 * 1024))),
+        op(2, Op::Save(Box::new(big_save("kept", 100 * 1024)))),
         op(3, Op::Get(get("kept"))),
-        op(4, Op::Save(big_save("fits", 60 * 1024))),
+        op(4, Op::Save(Box::new(big_save("fits", 60 * 1024)))),
     ];
     let answers: Vec<Answer> = pipelined(&mut client, requests)
         .await
@@ -1226,8 +1235,8 @@ async fn a_batch_is_applied_in_order_and_answered_in_one_message(store: Store) {
         tag: 0,
         op: None,
         batch: vec![
-            op(1, Op::Save(save("b", &[("n", "1")], Some(0)))),
-            op(2, Op::Save(save("b", &[("n", "2")], Some(0)))),
+            op(1, Op::Save(Box::new(save("b", &[("n", "1")], Some(0))))),
+            op(2, Op::Save(Box::new(save("b", &[("n", "2")], Some(0))))),
             op(3, Op::Get(get("b"))),
             pb::PipelineRequest {
                 tag: 4,
@@ -1272,7 +1281,7 @@ async fn a_batch_with_large_answers_comes_back_in_parts_in_order(store: Store) {
     client.save(big_save("big", 300 << 10)).await.unwrap();
     // Ten Gets of a 300 KiB session, then a save: 3 MB of answers.
     let mut batch: Vec<_> = (1..=10).map(|tag| op(tag, Op::Get(get("big")))).collect();
-    batch.push(op(11, Op::Save(save("after", &[], Some(0)))));
+    batch.push(op(11, Op::Save(Box::new(save("after", &[], Some(0))))));
     let envelope = pb::PipelineRequest {
         tag: 77,
         op: Some(Op::Get(get("after"))),
@@ -1382,7 +1391,11 @@ async fn interleaved_sessions_each_keep_their_order(store: Store) {
         let (id, round) = (ids[(n % 4) as usize], n / 4);
         op(
             n + 1,
-            Op::Save(save(id, &[("n", &round.to_string())], Some(round))),
+            Op::Save(Box::new(save(
+                id,
+                &[("n", &round.to_string())],
+                Some(round),
+            ))),
         )
     });
     let mut messages = Vec::new();

@@ -151,9 +151,11 @@ mod tests {
         };
         Answer::from(pb::PipelineResponse {
             tag,
-            result: Some(pb::pipeline_response::Result::Get(pb::GetResponse {
-                session: Some(session),
-            })),
+            result: Some(pb::pipeline_response::Result::Get(Box::new(
+                pb::GetResponse {
+                    session: Some(session),
+                },
+            ))),
             batch: Vec::new(),
         })
     }

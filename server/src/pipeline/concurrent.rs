@@ -95,8 +95,8 @@ impl<S: SessionStore + Reachable> SessionService<StoreEngine<S>> {
         use pb::pipeline_request::Op;
         use pb::pipeline_response::Result as Done;
         let result: Result<Outcome, Status> = match op {
-            Some(Op::Get(op)) => message(self.call(op).await, Done::Get),
-            Some(Op::Save(op)) => message(self.call(op).await, Done::Save),
+            Some(Op::Get(op)) => message(self.call(op).await, |get| Done::Get(Box::new(get))),
+            Some(Op::Save(op)) => message(self.call(*op).await, Done::Save),
             Some(Op::Destroy(op)) => message(self.call(op).await, Done::Destroy),
             Some(Op::Touch(op)) => message(self.call(op).await, Done::Touch),
             None => return self.refuse(tag, NO_OPERATION),

@@ -30,11 +30,11 @@ impl SessionService<MemoryEngine> {
             Some(Op::Get(op)) => {
                 let stored = self.engine.get_stored(&op.id).map(|stored| match stored {
                     Some(session) => Outcome::Stored(StoredGet::new(session)),
-                    None => Outcome::Message(Done::Get(pb::GetResponse::default())),
+                    None => Outcome::Message(Done::Get(Box::default())),
                 });
                 self.observed(pb::GetRequest::METHOD, started, stored)
             }
-            Some(Op::Save(op)) => message(self.now(op, started), Done::Save),
+            Some(Op::Save(op)) => message(self.now(*op, started), Done::Save),
             Some(Op::Destroy(op)) => message(self.now(op, started), Done::Destroy),
             Some(Op::Touch(op)) => message(self.now(op, started), Done::Touch),
             None => return self.refuse(tag, NO_OPERATION),
@@ -406,7 +406,7 @@ mod tests {
     fn save(tag: u64, id: &str) -> pb::PipelineRequest {
         pb::PipelineRequest {
             tag,
-            op: Some(pb::pipeline_request::Op::Save(pb::SaveRequest {
+            op: Some(pb::pipeline_request::Op::Save(Box::new(pb::SaveRequest {
                 session: Some(pb::Session {
                     id: id.into(),
                     data: [("k".to_owned(), b"v".to_vec().into())].into(),
@@ -414,7 +414,7 @@ mod tests {
                 }),
                 expected_version: None,
                 ttl: None,
-            })),
+            }))),
             batch: Vec::new(),
         }
     }
