@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `bytes` fields (session values, error details) as `bytes::Bytes`: decoded as slices
         // of the received message, and handed to and from the session stores without a copy.
         .bytes(".")
+        // The largest variants of the Pipeline enums, boxed: the operation and the answer move
+        // between a caller, its lane and the answer router several times each.
         .boxed(".gonest.session.v1.PipelineRequest.op.save")
         .boxed(".gonest.session.v1.PipelineResponse.result.get")
         .codec_path("crate::codec::Codec")

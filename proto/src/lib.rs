@@ -31,7 +31,10 @@ pub use convert::{
 pub use limits::{FRAMING_ALLOWANCE, MAX_BATCH_OPERATIONS, batch_operations, message_limit};
 pub use token_file::{TokenFileError, parse_token_file};
 
-/// Generated messages, client and server of `gonest.session.v1`.
+/// Generated messages, client and server of `gonest.session.v1`. `bytes` fields are
+/// [`bytes::Bytes`]; in a `Pipeline` message, a Save operation and a Get answer are boxed
+/// (`Op::Save(Box<SaveRequest>)`, `Result::Get(Box<GetResponse>)`), so the operation and answer
+/// enums stay small as they move between tasks.
 pub mod pb {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("gonest.session.v1");
