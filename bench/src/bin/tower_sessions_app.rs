@@ -21,13 +21,6 @@ const USER_ID: u64 = 42;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // As example-app, its peer, sets one up.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let mut listen = "127.0.0.1:8090".to_owned();
     let mut redis = "redis://127.0.0.1:6379".to_owned();
     let mut args = std::env::args().skip(1);
